@@ -1,0 +1,1 @@
+"""Datasets, label noise and the chunked stream."""
