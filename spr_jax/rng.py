@@ -17,9 +17,9 @@ EVAL = 6  # linear-head init and fine-tuning shuffles at evaluation e
 
 
 def purpose_key(seed: int, purpose: int) -> jax.Array:
-  return jax.random.fold_in(jax.random.PRNGKey(seed), purpose)
+    return jax.random.fold_in(jax.random.PRNGKey(seed), purpose)
 
 
 def chunk_key(seed: int, purpose: int, index) -> jax.Array:
-  """Key of one chunk (or evaluation) for one purpose; `index` may be traced."""
-  return jax.random.fold_in(purpose_key(seed, purpose), index)
+    """Key of one chunk (or evaluation) for one purpose; `index` may be traced."""
+    return jax.random.fold_in(purpose_key(seed, purpose), index)

@@ -1,0 +1,108 @@
+"""Shared config defaults (SPEC.md's mnist setting) and config validation.
+
+Every file in configs/ starts from `base_config()` and overrides what its setting changes, so one
+default lives in one place. `validate` turns a bad value into an error that says what to change.
+"""
+import ml_collections
+
+MNIST_EPISODES = [[7, 6], [2, 3], [0, 1], [5, 9], [8, 4]]
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    c.dataset = ml_collections.ConfigDict()
+    c.dataset.name = "mnist"  # see spr_jax.data.sources.DATASETS
+    c.dataset.data_dir = ""  # a local folder (IDX files, CIFAR batches, webvision); "" = default places
+    c.dataset.subset_per_class = 0  # >0: seeded, class-balanced training subset (before the noise)
+
+    c.noise = ml_collections.ConfigDict()
+    c.noise.kind = "symmetric"  # none | symmetric | asymmetric | superclass | real
+    c.noise.rate = 0.4
+
+    # Tasks of class ids (noisy labels); SPEC.md section 1.
+    c.episodes = MNIST_EPISODES
+
+    c.stream = ml_collections.ConfigDict()
+    c.stream.batch = 10  # the stream is read in batches of 10; a task's last partial batch is dropped
+    c.stream.delayed_buffer_size = 300  # D: samples per chunk
+
+    c.model = ml_collections.ConfigDict()
+    c.model.encoder = "mlp"  # mlp (784-512-512) | resnet18
+    c.model.proj_dim = 256
+
+    c.ssl = ml_collections.ConfigDict()  # shared by expert and base (SPEC.md section 4)
+    c.ssl.lr = 3e-4
+    c.ssl.temperature = 0.5
+    c.ssl.warmup_epochs = 11  # constant lr for this many epochs, then cosine
+
+    c.expert = ml_collections.ConfigDict()
+    c.expert.epochs = 4000  # one batch of the whole chunk per epoch
+    c.expert.group_size = 8  # chunks trained together under vmap on one device (bounds memory)
+
+    c.base = ml_collections.ConfigDict()
+    c.base.epochs = 3000
+    c.base.batch_size = 300  # B
+    c.base.data_parallel = False  # split self-replay batches over local devices
+
+    c.filter = ml_collections.ConfigDict()
+    c.filter.num_graphs = 5  # E_max
+    c.filter.max_iter = 6000  # eigenvector-centrality power iterations (networkx's cap)
+
+    c.buffer = ml_collections.ConfigDict()
+    c.buffer.size = 300  # P
+    c.buffer.plain_replay = False  # True: no filter, uniform eviction (the ablation baseline)
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.epochs = 50
+    c.eval.batch_size = 16
+    c.eval.lr = 2e-3
+    c.eval.decay_every = 300  # steps
+    c.eval.decay = 0.1
+    c.eval.clip = 0.5  # gradient clipping by value
+    c.eval.test_batch_size = 1000
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every_chunks = 10
+    c.checkpoint.keep = 3
+
+    c.cache = ml_collections.ConfigDict()
+    c.cache.dir = ""  # expert cache folder; "" = WORKDIR/expert_cache
+    c.cache.save_params = False
+    return c
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message says what to change."""
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+    """Checks what can be checked without the data (class ids are checked against the dataset later)."""
+    def need(cond, msg):
+        if not cond:
+            raise ConfigError(msg)
+
+    need(isinstance(c.seed, int) and not isinstance(c.seed, bool), f"config.seed must be an int, got {c.seed!r}")
+    need(0.0 <= float(c.noise.rate) <= 1.0,
+         f"config.noise.rate={c.noise.rate} is outside [0, 1]; pass e.g. --config.noise.rate=0.4")
+    kinds = ("none", "symmetric", "asymmetric", "superclass", "real")
+    need(c.noise.kind in kinds, f"config.noise.kind={c.noise.kind!r} is unknown; use one of {kinds}")
+    need(c.stream.batch >= 1, "config.stream.batch must be >= 1")
+    need(c.stream.delayed_buffer_size >= 2, "config.stream.delayed_buffer_size (D) must be >= 2")
+    need(c.buffer.size >= 1, "config.buffer.size (P) must be >= 1")
+    need(c.base.batch_size >= 2, "config.base.batch_size (B) must be >= 2")
+    need(c.expert.epochs >= 1 and c.base.epochs >= 1, "expert.epochs and base.epochs must be >= 1")
+    need(c.expert.group_size >= 1, "config.expert.group_size must be >= 1")
+    need(c.filter.num_graphs >= 1, "config.filter.num_graphs (E_max) must be >= 1")
+    need(c.model.encoder in ("mlp", "resnet18"),
+         f"config.model.encoder={c.model.encoder!r} is unknown; use 'mlp' or 'resnet18'")
+    need(c.dataset.subset_per_class >= 0, "config.dataset.subset_per_class must be >= 0 (0 = all)")
+    need(len(c.episodes) >= 1, "config.episodes must hold at least one task")
+    seen = {}
+    for t, task in enumerate(c.episodes):
+        need(len(task) >= 1, f"task {t} of config.episodes is empty; every task needs at least one class id")
+        for k in task:
+            need(isinstance(k, int) and k >= 0, f"class id {k!r} in task {t} must be a non-negative int")
+            need(k not in seen, f"class {k} is in task {seen.get(k)} and task {t}; a class may be in one task only")
+            seen[k] = t
