@@ -21,7 +21,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.noise.kind = "symmetric"  # none | symmetric | asymmetric | superclass | real
     c.noise.rate = 0.4
 
-    # Tasks of class ids (noisy labels); SPEC.md section 1.
+    # Tasks of class ids (noisy labels); SPEC.md section 1. The string "superclasses" makes one task per
+    # superclass of the dataset (cifar100), in the order of its coarse labels.
     c.episodes = MNIST_EPISODES
 
     c.stream = ml_collections.ConfigDict()
@@ -31,6 +32,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.encoder = "mlp"  # mlp (784-512-512) | resnet18
     c.model.proj_dim = 256
+    c.model.input_norm = ""  # "" (pixels in [0, 1]) | "imagenet" (mean/std normalisation, webvision)
 
     c.ssl = ml_collections.ConfigDict()  # shared by expert and base (SPEC.md section 4)
     c.ssl.lr = 3e-4
@@ -98,6 +100,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
     need(c.model.encoder in ("mlp", "resnet18"),
          f"config.model.encoder={c.model.encoder!r} is unknown; use 'mlp' or 'resnet18'")
     need(c.dataset.subset_per_class >= 0, "config.dataset.subset_per_class must be >= 0 (0 = all)")
+    if c.episodes == "superclasses":
+        return
+    need(not isinstance(c.episodes, str), f"config.episodes={c.episodes!r}: give a list of class lists or "
+         f"'superclasses'")
     need(len(c.episodes) >= 1, "config.episodes must hold at least one task")
     seen = {}
     for t, task in enumerate(c.episodes):
@@ -106,3 +112,26 @@ def validate(c: ml_collections.ConfigDict) -> None:
             need(isinstance(k, int) and k >= 0, f"class id {k!r} in task {t} must be a non-negative int")
             need(k not in seen, f"class {k} is in task {seen.get(k)} and task {t}; a class may be in one task only")
             seen[k] = t
+
+
+def cifar10_base() -> ml_collections.ConfigDict:
+    """CIFAR-10 (SPEC.md): ResNet-18, D = P = B = 500; symmetric noise and the mnist episodes."""
+    c = base_config()
+    c.dataset.name = "cifar10"
+    c.model.encoder = "resnet18"
+    c.stream.delayed_buffer_size = 500
+    c.buffer.size = 500
+    c.base.batch_size = 500
+    c.expert.group_size = 2  # ResNet-18 experts are large: fewer per device at once
+    return c
+
+
+def cifar100_base() -> ml_collections.ConfigDict:
+    """CIFAR-100 (SPEC.md): ResNet-18, D = 1250, P = 5000, B = 250."""
+    c = cifar10_base()
+    c.dataset.name = "cifar100"
+    c.stream.delayed_buffer_size = 1250
+    c.buffer.size = 5000
+    c.base.batch_size = 250
+    c.expert.group_size = 1
+    return c

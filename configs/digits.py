@@ -1,0 +1,20 @@
+"""The embedded demo: scikit-learn's 1,797 real 8x8 handwritten digits, 40% symmetric noise, MLP.
+No download, runs in about a minute on a laptop CPU. Buffers and epochs are scaled to the data
+(D = P = B = 100, 300 expert and 200 base epochs per chunk).
+
+    python launch.py --config=configs/digits.py --workdir=/tmp/spr_digits
+"""
+from spr_jax import configlib
+
+
+def get_config():
+    c = configlib.base_config()
+    c.dataset.name = "digits"
+    c.stream.delayed_buffer_size = 100
+    c.buffer.size = 100
+    c.base.batch_size = 100
+    c.expert.epochs = 300
+    c.base.epochs = 200
+    c.expert.group_size = 16
+    c.eval.test_batch_size = 400
+    return c

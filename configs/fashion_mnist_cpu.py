@@ -1,0 +1,17 @@
+"""Fashion-MNIST, 40% symmetric noise, affordable on a CPU: the published mnist settings except 600
+training images per class (a 6,000-sample stream, 19 chunks of 300) and 50 expert and 50 base epochs.
+
+    python launch.py --config=configs/fashion_mnist_cpu.py --workdir=workdirs/fmnist_cpu
+    python launch.py --config=configs/fashion_mnist_cpu.py --config.buffer.plain_replay=True \
+        --workdir=workdirs/fmnist_cpu_plain
+"""
+from spr_jax import configlib
+
+
+def get_config():
+    c = configlib.base_config()
+    c.dataset.name = "fashion_mnist"
+    c.dataset.subset_per_class = 600
+    c.expert.epochs = 50
+    c.base.epochs = 50
+    return c

@@ -1,0 +1,11 @@
+"""MNIST, 40% symmetric noise: SPEC.md's published setting (D = P = B = 300, MLP, 4000/3000 epochs).
+
+    python launch.py --config=configs/mnist.py --workdir=workdirs/mnist
+
+mnist cannot be downloaded offline: give an IDX folder with --config.dataset.data_dir=FOLDER.
+"""
+from spr_jax import configlib
+
+
+def get_config():
+    return configlib.base_config()
