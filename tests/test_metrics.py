@@ -1,0 +1,28 @@
+import numpy as np
+
+from spr_jax import metrics
+
+
+def test_forgetting_and_average_on_a_hand_computed_matrix():
+    a = [[0.9, 0.0, 0.0],
+         [0.6, 0.8, 0.0],
+         [0.5, 0.7, 0.9]]
+    assert np.isclose(metrics.average_accuracy(a), (0.5 + 0.7 + 0.9) / 3)
+    # task 0: best 0.9 -> 0.5 (0.4); task 1: best 0.8 -> 0.7 (0.1)
+    assert np.isclose(metrics.forgetting(a), (0.4 + 0.1) / 2)
+    assert metrics.forgetting([[0.7]]) == 0.0
+
+
+def test_accuracies_by_class_and_task():
+    labels = np.array([0, 0, 1, 1, 2, 2, 3])
+    preds = np.array([0, 1, 1, 1, 0, 2, 3])
+    np.testing.assert_allclose(metrics.accuracy_by_class(preds, labels, 5), [0.5, 1, 0.5, 1, 0])
+    assert metrics.task_accuracies(preds, labels, [[0, 1], [2, 3]]) == [0.75, 2 / 3]
+    assert np.isclose(metrics.overall_accuracy(preds, labels, [[0, 1], [2]]), 4 / 6)
+
+
+def test_filter_precision_recall():
+    keep = np.array([1, 1, 1, 0, 0], bool)
+    corrupt = np.array([0, 0, 1, 0, 1], bool)
+    assert metrics.filter_precision_recall(keep, corrupt) == (2 / 3, 2 / 3)
+    assert metrics.filter_precision_recall(np.zeros(5, bool), corrupt)[0] is None
