@@ -8,5 +8,5 @@ from spr_jax import configlib
 def get_config():
     c = configlib.cifar100_base()
     c.noise.kind = "superclass"
-    c.episodes = "superclasses"  # task k = the five fine classes of coarse label k
+    c.superclass_episodes = True  # task k = the five fine classes of coarse label k
     return c

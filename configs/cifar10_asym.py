@@ -8,5 +8,5 @@ from spr_jax import configlib
 def get_config():
     c = configlib.cifar10_base()
     c.noise.kind = "asymmetric"
-    c.episodes = [[9, 1], [2, 0], [3, 5], [6, 8], [4, 7]]
+    c.episodes = ((9, 1), (2, 0), (3, 5), (6, 8), (4, 7))
     return c

@@ -8,5 +8,5 @@ from spr_jax import configlib
 def get_config():
     c = configlib.base_config()
     c.noise.kind = "asymmetric"
-    c.episodes = [[2, 7], [3, 8], [5, 6], [0, 9], [4, 1]]
+    c.episodes = ((2, 7), (3, 8), (5, 6), (0, 9), (4, 1))
     return c

@@ -8,7 +8,7 @@ from spr_jax import configlib
 def get_config():
     c = configlib.base_config()
     c.dataset.name = "synthetic"
-    c.episodes = [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
+    c.episodes = ((0, 1), (2, 3), (4, 5), (6, 7), (8, 9))
     c.stream.delayed_buffer_size = 40
     c.buffer.size = 40
     c.base.batch_size = 40

@@ -13,7 +13,7 @@ def get_config():
     c.noise.kind = "real"
     c.noise.rate = 0.0  # unknown: the labels come noisy
     c.model.input_norm = "imagenet"
-    c.episodes = [[7, 2], [11, 1], [8, 13], [3, 0], [6, 5], [12, 9], [4, 10]]
+    c.episodes = ((7, 2), (11, 1), (8, 13), (3, 0), (6, 5), (12, 9), (4, 10))
     c.stream.delayed_buffer_size = 1000
     c.buffer.size = 1000
     c.base.batch_size = 1000

@@ -5,7 +5,7 @@ default lives in one place. `validate` turns a bad value into an error that says
 """
 import ml_collections
 
-MNIST_EPISODES = [[7, 6], [2, 3], [0, 1], [5, 9], [8, 4]]
+MNIST_EPISODES = ((7, 6), (2, 3), (0, 1), (5, 9), (8, 4))
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -21,9 +21,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.noise.kind = "symmetric"  # none | symmetric | asymmetric | superclass | real
     c.noise.rate = 0.4
 
-    # Tasks of class ids (noisy labels); SPEC.md section 1. The string "superclasses" makes one task per
-    # superclass of the dataset (cifar100), in the order of its coarse labels.
+    # Tasks of class ids (noisy labels); SPEC.md section 1. Tuples, so that the command line can override
+    # them: --config.episodes='((0, 1), (2, 3))'.
     c.episodes = MNIST_EPISODES
+    c.superclass_episodes = False  # True: one task per superclass (cifar100), replacing `episodes`
 
     c.stream = ml_collections.ConfigDict()
     c.stream.batch = 10  # the stream is read in batches of 10; a task's last partial batch is dropped
@@ -100,10 +101,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     need(c.model.encoder in ("mlp", "resnet18"),
          f"config.model.encoder={c.model.encoder!r} is unknown; use 'mlp' or 'resnet18'")
     need(c.dataset.subset_per_class >= 0, "config.dataset.subset_per_class must be >= 0 (0 = all)")
-    if c.episodes == "superclasses":
+    if c.superclass_episodes:
         return
-    need(not isinstance(c.episodes, str), f"config.episodes={c.episodes!r}: give a list of class lists or "
-         f"'superclasses'")
     need(len(c.episodes) >= 1, "config.episodes must hold at least one task")
     seen = {}
     for t, task in enumerate(c.episodes):

@@ -21,14 +21,14 @@ class Prepared:
         return self.dataset.num_classes
 
 
-def resolve_episodes(episodes, dataset: sources.Dataset) -> list:
-    if episodes == "superclasses":
+def resolve_episodes(config, dataset: sources.Dataset) -> list:
+    if config.superclass_episodes:
         if dataset.superclass_of is None:
-            raise ValueError(f"episodes='superclasses' needs a dataset with superclasses (cifar100); "
+            raise ValueError(f"config.superclass_episodes needs a dataset with superclasses (cifar100); "
                              f"{dataset.name} has none")
         return [np.flatnonzero(dataset.superclass_of == k).tolist()
                 for k in range(int(dataset.superclass_of.max()) + 1)]
-    return [list(task) for task in episodes]
+    return [list(task) for task in config.episodes]
 
 
 def prepare(config) -> Prepared:
@@ -38,7 +38,7 @@ def prepare(config) -> Prepared:
         keep = stream_lib.class_balanced_subset(config.seed, dataset.train.labels, config.dataset.subset_per_class)
         train = sources.Split(images=dataset.train.images[keep], labels=dataset.train.labels[keep])
         dataset = dataclasses.replace(dataset, train=train)
-    episodes = resolve_episodes(config.episodes, dataset)
+    episodes = resolve_episodes(config, dataset)
     stream_lib.validate_episodes(episodes, dataset.num_classes)  # before any work on noise
     noisy = noise_lib.apply_noise(config.seed, dataset.train.labels, config.noise.kind, config.noise.rate,
                                   dataset.num_classes, dataset=dataset.name, superclass_of=dataset.superclass_of)
@@ -76,6 +76,7 @@ def stream_summary(p: Prepared) -> dict:
         "num_tasks": len(p.episodes),
         "chunk_size": s.chunk_size,
         "num_chunks": s.num_chunks,
+        "stream_samples": int(s.task_available.sum()),  # training samples whose noisy label is in a task
         "samples_in_chunks": int(streamed.size),
         "noise_rate_in_chunks": float(n.corrupt[streamed].mean()) if n.known else None,
         "dropped_final_partial_chunk": s.dropped_tail,
@@ -87,9 +88,9 @@ def stream_summary(p: Prepared) -> dict:
 def format_stream_summary(d: dict) -> str:
     lines = [f"{d['dataset']}: {d['train_images']} training / {d['test_images']} test images "
              f"{tuple(d['image_shape'])}, {d['num_classes']} classes",
-             f"stream: {d['samples_in_chunks']} noisy samples in {d['num_tasks']} tasks -> {d['num_chunks']} chunks "
-             f"of {d['chunk_size']} (dropped: {d['dropped_partial_batches']} in partial batches, "
-             f"{d['dropped_final_partial_chunk']} in the final partial chunk)"]
+             f"stream: {d['stream_samples']} noisy samples in {d['num_tasks']} tasks -> {d['num_chunks']} chunks "
+             f"of {d['chunk_size']} ({d['samples_in_chunks']} samples; dropped {d['dropped_partial_batches']} in "
+             f"tasks' partial batches and {d['dropped_final_partial_chunk']} in the final partial chunk)"]
     if d["noise_known"]:
         lines.append(f"realised noise: {100 * d['noise_rate_overall']:.1f}% of the training set, "
                      f"{100 * d['noise_rate_in_chunks']:.1f}% of the streamed samples")
