@@ -1,0 +1,145 @@
+"""The replay phase: SPRState through the chunks of the stream, one lax.scan per segment of chunks.
+
+Per chunk (SPEC.md section 3, steps 2 and 4; the expert and the filter, steps 1 and 3, come in as the
+chunk's clean_p and keep, computed ahead by the expert phase or inline by `inline_filter`):
+1. self-replay: the persistent base trains base_epochs on the chunk; while the purified buffer is not
+   full every batch is min(B, D) chunk samples, once it is full half of B comes from the chunk (shuffled,
+   drop_last) and half is drawn with replacement from the purified buffer;
+2. offer: the kept samples enter the purified buffer (class-balanced, lowest-clean_p eviction).
+All randomness of chunk c derives from `rng.chunk_key(seed, purpose, c)`, so a run is a pure function of
+its seed, and a segment can be resumed from a checkpointed state.
+"""
+import functools
+from typing import Callable, NamedTuple, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+
+from spr_jax import buffers
+from spr_jax import optim
+from spr_jax import rng
+from spr_jax import steps
+
+
+@flax.struct.dataclass
+class SPRState:
+    base: steps.TrainState  # the persistent SimCLR base: params, BatchNorm statistics, Adam state
+    buffer: buffers.PurifiedBuffer
+    chunk: jax.Array  # int32: chunks processed so far (the schedule position and the key index)
+    seed: jax.Array  # int32: the run's seed, so the state alone determines every later draw
+
+
+class TrainData(NamedTuple):
+    """Device-resident arrays the loop indexes into (never copied per chunk)."""
+    images: jax.Array  # uint8 [N, H, W, C]
+    noisy: jax.Array  # int32 [N]
+    corrupt: jax.Array  # bool [N]
+
+
+class ReplaySettings(NamedTuple):
+    epochs: int
+    batch_size: int
+    base_lr: float
+    warmup_epochs: int
+    color_jitter: bool
+    plain_replay: bool
+
+
+def init_state(model, seed: int, input_shape, buffer_size: int, num_classes: int) -> SPRState:
+    base = steps.init_state(model, rng.purpose_key(seed, rng.BASE_INIT), input_shape)
+    return SPRState(base=base, buffer=buffers.init_buffer(buffer_size, num_classes),
+                    chunk=jnp.zeros((), jnp.int32), seed=jnp.asarray(seed, jnp.int32))
+
+
+def _key(state: SPRState, purpose: int) -> jax.Array:
+    return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(state.seed), purpose), state.chunk)
+
+
+def self_replay(model, s: ReplaySettings, base, chunk_images, buffer, data: TrainData, key, call_index):
+    """base_epochs of contrastive training on the chunk (and the buffer once full); returns (base, loss)."""
+    d = chunk_images.shape[0]
+
+    def run(base, batches_per_epoch, batch_fn):
+        def epoch(base, e):
+            lr = optim.ssl_lr(s.base_lr, s.epochs, s.warmup_epochs, call_index, e)
+            k_batches, k_steps = jax.random.split(jax.random.fold_in(key, e))
+            batches = batch_fn(k_batches)
+
+            def step(base, xs):
+                images, k = xs
+                return steps.contrastive_step(model, base, images, k, lr, color_jitter=s.color_jitter)
+
+            base, losses = jax.lax.scan(step, base, (batches, jax.random.split(k_steps, batches_per_epoch)))
+            return base, losses.mean()
+
+        base, losses = jax.lax.scan(epoch, base, jnp.arange(s.epochs))
+        return base, losses[-1]
+
+    def chunk_only(base):
+        b = min(s.batch_size, d)
+        n = d // b
+
+        def batch_fn(k):
+            perm = jax.random.permutation(k, d)[:n * b].reshape(n, b)
+            return chunk_images[perm]
+        return run(base, n, batch_fn)
+
+    def mixed(base):
+        half = s.batch_size // 2
+        n = d // half
+
+        def batch_fn(k):
+            k_perm, k_buf = jax.random.split(k)
+            perm = jax.random.permutation(k_perm, d)[:n * half].reshape(n, half)
+            slots = buffers.sample_indices(buffer, k_buf, n * half).reshape(n, half)
+            return jnp.concatenate([chunk_images[perm], data.images[buffer.index[slots]]], axis=1)
+        return run(base, n, batch_fn)
+
+    return jax.lax.cond(buffers.is_full(buffer), mixed, chunk_only, base)
+
+
+def chunk_step(model, s: ReplaySettings, data: TrainData, state: SPRState, indices, clean_p, keep):
+    """One chunk: self-replay of the base, then the kept samples are offered to the purified buffer."""
+    base, loss = self_replay(model, s, state.base, data.images[indices], state.buffer, data,
+                             _key(state, rng.REPLAY), state.chunk)
+    offered = jnp.ones_like(keep) if s.plain_replay else keep
+    draws = buffers.offer_draws(_key(state, rng.BUFFER), indices.shape[0])
+    buffer = buffers.offer(state.buffer, draws, indices, data.noisy[indices], data.corrupt[indices], clean_p,
+                           offered, plain_replay=s.plain_replay)
+    corrupt = data.corrupt[indices]
+    metrics = {
+        "base_loss": loss,
+        "kept": offered.sum(),
+        "kept_clean": (offered & ~corrupt).sum(),
+        "clean": (~corrupt).sum(),
+        "buffer_valid": buffer.valid.sum(),
+        "buffer_clean": (buffer.valid & ~buffer.corrupt).sum(),
+        "buffer_counts": buffers.class_counts(buffer),
+    }
+    return state.replace(base=base, buffer=buffer, chunk=state.chunk + 1), metrics
+
+
+@functools.partial(jax.jit, static_argnames=("model", "settings", "inline_filter"), donate_argnames=("state",))
+def run_chunks(model, settings: ReplaySettings, state: SPRState, data: TrainData, chunk_indices, clean_p, keep,
+               active, inline_filter: Optional[Callable] = None):
+    """Scans `chunk_step` over a segment of chunks ([n, D] inputs); rows with active=False are skipped
+    (padding, so every segment has one shape and the loop compiles once).
+
+    With `inline_filter(state.chunk, indices) -> (clean_p, keep)` each chunk's expert and filter run
+    inside the loop instead of coming precomputed (the reference's order; used to check the two agree).
+    """
+    def real(state, indices, cp, kp):
+        if inline_filter is not None:
+            cp, kp = inline_filter(state.chunk, indices)
+        return chunk_step(model, settings, data, state, indices, cp, kp)
+
+    def skip(state, indices, cp, kp):
+        shapes = jax.eval_shape(real, state, indices, cp, kp)[1]
+        return state, jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
+
+    def body(state, xs):
+        indices, cp, kp, on = xs
+        return jax.lax.cond(on, real, skip, state, indices, cp, kp)
+
+    return jax.lax.scan(body, state, (chunk_indices, clean_p, keep, active))
