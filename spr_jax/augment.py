@@ -1,0 +1,197 @@
+"""SimCLR views as pure, vmapped JAX functions (SPEC.md section 4).
+
+Per image, with its own key: torchvision's RandomResizedCrop(size=input size, scale=(0.08, 1),
+ratio=(3/4, 4/3)) with bilinear resizing, RandomHorizontalFlip(p=0.5), and for RGB inputs
+RandomApply([ColorJitter(0.5, 0.5, 0.5, 0.2)], p=0.5), in that order, on float pixels in [0, 1].
+
+Static shapes throughout:
+- Every random choice of an image comes from one uniform draw of its key (NUM_UNIFORMS values): each
+  separate jax.random call costs about a second of XLA compile time on CPU.
+- The crop takes torchvision's 10 candidate (area, log-aspect) pairs at once and uses the first valid one,
+  else torchvision's centre-crop fallback; offsets are drawn for every candidate and the chosen one's used.
+- Crop + bilinear resize (torch's align_corners=False rule, the crop's border pixels repeated) + flip are
+  separable: two rows / columns of the image per output row / column, gathered and blended; the flip
+  reverses the column taps. The crop is never larger than the image, so resizing only ever upsamples and
+  antialiasing (torchvision's default for tensors) changes nothing.
+- Colour jitter applies its four ops in a random order, as torchvision does: four slots, each picking its
+  op by the slot's entry of a random permutation (lax.switch; under vmap every op is computed and selected).
+  The ops follow torchvision's tensor functional versions (blend with black / grey mean / greyscale,
+  clamp to [0, 1], hue shift through HSV).
+"""
+import math
+
+import jax
+import jax.numpy as jnp
+
+SCALE = (0.08, 1.0)
+RATIO = (3.0 / 4.0, 4.0 / 3.0)
+ATTEMPTS = 10
+JITTER = (0.5, 0.5, 0.5, 0.2)  # brightness, contrast, saturation, hue
+JITTER_P = 0.5
+FLIP_P = 0.5
+
+
+def _centre_crop(height: int, width: int, ratio=RATIO):
+    """torchvision's fallback after 10 failed attempts (static: depends on the shape only)."""
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w = width
+        h = int(round(w / min(ratio)))
+    elif in_ratio > max(ratio):
+        h = height
+        w = int(round(h * max(ratio)))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+# One uniform draw per image feeds every random choice (each separate jax.random call site costs about a
+# second of XLA compile time on CPU): slices of the draw, in this order.
+_AREA, _RATIO, _TOP, _LEFT = (slice(k * ATTEMPTS, (k + 1) * ATTEMPTS) for k in range(4))
+_FLIP, _APPLY = 4 * ATTEMPTS, 4 * ATTEMPTS + 1
+_FACTORS = slice(4 * ATTEMPTS + 2, 4 * ATTEMPTS + 6)
+_ORDER = slice(4 * ATTEMPTS + 6, 4 * ATTEMPTS + 10)
+NUM_UNIFORMS = 4 * ATTEMPTS + 10
+
+
+def crop_params(u, height: int, width: int, scale=SCALE, ratio=RATIO):
+    """RandomResizedCrop.get_params from uniforms u [NUM_UNIFORMS]: (top, left, h, w) as int32 scalars."""
+    area = height * width
+    target_area = area * (scale[0] + (scale[1] - scale[0]) * u[_AREA])
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = jnp.exp(log_lo + (log_hi - log_lo) * u[_RATIO])
+    # jnp.round rounds half to even, like Python's round().
+    w = jnp.round(jnp.sqrt(target_area * aspect)).astype(jnp.int32)
+    h = jnp.round(jnp.sqrt(target_area / aspect)).astype(jnp.int32)
+    valid = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    # randint(0, H - h + 1) for every candidate, as floor(u * (H - h + 1)).
+    i = jnp.floor(u[_TOP] * (height - h + 1).astype(jnp.float32)).astype(jnp.int32)
+    j = jnp.floor(u[_LEFT] * (width - w + 1).astype(jnp.float32)).astype(jnp.int32)
+    i, j = jnp.minimum(i, height - h), jnp.minimum(j, width - w)  # u * n may round up to n in float32
+    first = jnp.argmax(valid)
+    ci, cj, ch, cw = _centre_crop(height, width, ratio)
+    ok = valid.any()
+    pick = lambda v, fallback: jnp.where(ok, v[first], jnp.int32(fallback))
+    return pick(i, ci), pick(j, cj), pick(h, ch), pick(w, cw)
+
+
+def interp_taps(start, size, out_size: int):
+    """Bilinear taps resizing pixels [start, start + size) to out_size pixels: (lo [out], hi [out], frac [out]).
+
+    Output pixel o = (1 - frac) * in[lo] + frac * in[hi]. torch's align_corners=False rule: source =
+    (o + 0.5) * size / out_size - 0.5, clamped at 0; the upper neighbour is clamped to the crop's last pixel.
+    """
+    src = (jnp.arange(out_size, dtype=jnp.float32) + 0.5) * (size.astype(jnp.float32) / out_size) - 0.5
+    src = jnp.maximum(src, 0.0)
+    i0 = jnp.minimum(jnp.floor(src).astype(jnp.int32), size - 1)
+    frac = src - i0.astype(jnp.float32)
+    i1 = jnp.minimum(i0 + 1, size - 1)
+    return start + i0, start + i1, frac
+
+
+def resized_crop_flip(u, img):
+    """Random resized crop to the input size, then a random horizontal flip, of one float image [H, W, C]."""
+    height, width, _ = img.shape
+    top, left, h, w = crop_params(u, height, width)
+    y0, y1, fy = interp_taps(top, h, height)
+    x0, x1, fx = interp_taps(left, w, width)
+    flip = u[_FLIP] < FLIP_P
+    x0, x1, fx = (jnp.where(flip, a[::-1], a) for a in (x0, x1, fx))
+    # Separable and gather-based: XLA's CPU gathers beat small batched matmuls here.
+    rows = img[y0] + fy[:, None, None] * (img[y1] - img[y0])
+    return rows[:, x0] + fx[None, :, None] * (rows[:, x1] - rows[:, x0])
+
+
+# ---------------------------------------------------------------- colour jitter (torchvision tensor ops)
+
+def _grey(img):
+    return 0.299 * img[..., 0] + 0.587 * img[..., 1] + 0.114 * img[..., 2]
+
+
+def _blend(img, other, ratio):
+    return jnp.clip(ratio * img + (1.0 - ratio) * other, 0.0, 1.0)
+
+
+def adjust_brightness(img, f):
+    return _blend(img, 0.0, f)
+
+
+def adjust_contrast(img, f):
+    return _blend(img, jnp.mean(_grey(img)), f)
+
+
+def adjust_saturation(img, f):
+    return _blend(img, _grey(img)[..., None], f)
+
+
+def rgb_to_hsv(img):
+    r, g, b = img[..., 0], img[..., 1], img[..., 2]
+    maxc = jnp.max(img, axis=-1)
+    minc = jnp.min(img, axis=-1)
+    eqc = maxc == minc
+    cr = maxc - minc
+    s = cr / jnp.where(eqc, 1.0, maxc)
+    crd = jnp.where(eqc, 1.0, cr)
+    rc, gc, bc = (maxc - r) / crd, (maxc - g) / crd, (maxc - b) / crd
+    hr = (maxc == r) * (bc - gc)
+    hg = ((maxc == g) & (maxc != r)) * (2.0 + rc - bc)
+    hb = ((maxc != g) & (maxc != r)) * (4.0 + gc - rc)
+    h = jnp.mod((hr + hg + hb) / 6.0 + 1.0, 1.0)
+    return h, s, maxc
+
+
+def hsv_to_rgb(h, s, v):
+    i = jnp.floor(h * 6.0)
+    f = h * 6.0 - i
+    i = i.astype(jnp.int32) % 6
+    p = jnp.clip(v * (1.0 - s), 0.0, 1.0)
+    q = jnp.clip(v * (1.0 - s * f), 0.0, 1.0)
+    t = jnp.clip(v * (1.0 - s * (1.0 - f)), 0.0, 1.0)
+    pick = lambda *c: jnp.select([i == k for k in range(6)], c)
+    return jnp.stack([pick(v, q, p, p, t, v), pick(t, v, v, q, p, p), pick(p, p, t, v, v, q)], axis=-1)
+
+
+def adjust_hue(img, f):
+    h, s, v = rgb_to_hsv(img)
+    return hsv_to_rgb(jnp.mod(h + f, 1.0), s, v)
+
+
+def jitter_colors(u, img, strength=JITTER):
+    """ColorJitter(brightness, contrast, saturation, hue) on one RGB image, ops in a random order."""
+    b, c, s, h = strength
+    lo = jnp.asarray([max(0.0, 1 - b), max(0.0, 1 - c), max(0.0, 1 - s), -h], jnp.float32)
+    hi = jnp.asarray([1 + b, 1 + c, 1 + s, h], jnp.float32)
+    factors = lo + (hi - lo) * u[_FACTORS]
+    order = jnp.argsort(u[_ORDER])  # a uniform random permutation, as torch.randperm(4)
+    ops = [lambda x: adjust_brightness(x, factors[0]), lambda x: adjust_contrast(x, factors[1]),
+           lambda x: adjust_saturation(x, factors[2]), lambda x: adjust_hue(x, factors[3])]
+    for slot in range(4):
+        img = jax.lax.switch(order[slot], ops, img)
+    return img
+
+
+# ---------------------------------------------------------------- views
+
+def augment_one(key, image_uint8, *, color_jitter: bool = False):
+    """One augmented float32 view in [0, 1] of one uint8 image [H, W, C]."""
+    channels = image_uint8.shape[-1]
+    u = jax.random.uniform(key, (NUM_UNIFORMS,))
+    img = image_uint8.astype(jnp.float32) * (1.0 / 255.0)
+    out = jnp.clip(resized_crop_flip(u, img), 0.0, 1.0)
+    if color_jitter:
+        if channels != 3:
+            raise ValueError(f"colour jitter needs RGB images, got {channels} channels")
+        out = jnp.where(u[_APPLY] < JITTER_P, jitter_colors(u, out), out)
+    return out
+
+
+def augment(key, images_uint8, *, color_jitter: bool = False):
+    """One view per image of a uint8 batch [B, H, W, C] -> float32 [B, H, W, C]; one key per image."""
+    keys = jax.random.split(key, images_uint8.shape[0])
+    return jax.vmap(lambda k, x: augment_one(k, x, color_jitter=color_jitter))(keys, images_uint8)
+
+
+def views(key, images_uint8, *, color_jitter: bool = False):
+    """Two views per image: float32 [2B, H, W, C] in [0, 1]; rows b and B + b are the views of image b."""
+    both = jnp.concatenate([images_uint8, images_uint8], axis=0)
+    return augment(key, both, color_jitter=color_jitter)

@@ -1,0 +1,133 @@
+"""The expert phase (SPEC.md sections 3.1 and 5b, DESIGN.md): one fresh SimCLR expert per chunk, in parallel.
+
+An expert depends only on its chunk's images and its key `rng.chunk_key(seed, rng.EXPERT, c)`, so all
+experts of a run are trained before (and apart from) the sequential self-replay: `jax.vmap` over a group of
+`group_size` chunks on each device, the groups of one round split over the local devices with
+`jax.shard_map` over a 1-D device mesh, rounds looped in Python. The training images stay on every device
+(replicated); a chunk's images are gathered from its indices inside the compiled program, and so is an
+optional per-chunk `post_fn` (the self-centered filter), so only small per-chunk results come back.
+"""
+import functools
+import math
+from typing import Any, Callable, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from spr_jax import rng, steps
+
+AXIS = "chunks"
+
+
+@functools.partial(jax.jit, static_argnames=("model", "epochs", "warmup_epochs", "color_jitter", "temperature"))
+def train_expert(model: nn.Module, images_uint8, key, *, epochs: int, base_lr, warmup_epochs: int,
+                 color_jitter: bool = False, temperature: float = 0.5):
+    """Trains a fresh expert on one chunk's images [D, H, W, C] (uint8), one batch of the chunk per epoch.
+
+    The key (the chunk's `rng.chunk_key(seed, rng.EXPERT, c)`) splits into (init key, fit key).
+    Returns (TrainState, features [D, proj_dim] (L2-normalised projections, BN eval mode), losses [epochs]).
+    """
+    init_key, fit_key = jax.random.split(key)
+    state = steps.init_state(model, init_key, images_uint8.shape[1:])
+    state, losses = steps.contrastive_fit(model, state, images_uint8, fit_key, epochs=epochs, base_lr=base_lr,
+                                          warmup_epochs=warmup_epochs, color_jitter=color_jitter,
+                                          temperature=temperature)
+    features = steps.embed(model, state.params, state.batch_stats, images_uint8)
+    return state, features, losses
+
+
+PostFn = Callable[[jax.Array, jax.Array, Any], dict]
+
+
+def expert_phase(train_images, chunks, seed: int, *, model: nn.Module, epochs: int, base_lr: float,
+                 warmup_epochs: int, color_jitter: bool = False, group_size: int = 8,
+                 temperature: float = 0.5, devices: Optional[Sequence[jax.Device]] = None,
+                 post_fn: Optional[PostFn] = None, post_args: Any = None, keep_losses: bool = True,
+                 progress: bool = True) -> dict:
+    """Trains the expert of every chunk and returns its results as numpy arrays with a leading axis C.
+
+    train_images: uint8 [N, H, W, C], all training images (put once on every device).
+    chunks: int [C, D], the training-set indices of each chunk's samples.
+    Chunk c's expert is `train_expert(model, train_images[chunks[c]], rng.chunk_key(seed, rng.EXPERT, c))`,
+    whichever device and group it runs in.
+    post_fn(chunk_index, features [D, proj_dim], post_args[c]) -> dict of arrays, optional, runs per chunk
+    inside the same compiled program (e.g. the self-centered filter, returning clean_p and keep); post_args
+    is a pytree of arrays with leading axis C (e.g. the chunks' noisy labels [C, D]) sliced per chunk, or
+    None. Its outputs are returned under their own names.
+    Returns {"features": [C, D, proj_dim] float32, "final_loss": [C], "losses": [C, epochs] (if
+    keep_losses), **post_fn outputs}.
+    """
+    chunks = np.asarray(chunks, np.int32)
+    num_chunks = chunks.shape[0]
+    devices = list(devices) if devices is not None else jax.local_devices()
+    mesh = Mesh(np.asarray(devices), (AXIS,))
+    per_round = len(devices) * group_size
+    rounds = math.ceil(num_chunks / per_round)
+    replicated, split = NamedSharding(mesh, P()), NamedSharding(mesh, P(AXIS))
+    images = jax.device_put(np.asarray(train_images), replicated)
+    post_args = {} if post_args is None else post_args
+
+    def one(chunk_id, idx, args, images):
+        key = rng.chunk_key(seed, rng.EXPERT, chunk_id)
+        _, features, losses = train_expert(model, jnp.take(images, idx, axis=0), key, epochs=epochs,
+                                           base_lr=base_lr, warmup_epochs=warmup_epochs,
+                                           color_jitter=color_jitter, temperature=temperature)
+        out = {"features": features, "final_loss": losses[-1]}
+        if keep_losses:
+            out["losses"] = losses
+        if post_fn is not None:
+            extra = post_fn(chunk_id, features, args if jax.tree_util.tree_leaves(args) else None)
+            clash = set(extra) & set(out)
+            if clash:
+                raise ValueError(f"post_fn outputs {sorted(clash)} clash with the expert phase's own outputs")
+            out.update(extra)
+        return out
+
+    def per_device(images, ids, idx, args):  # this device's group: ids [G], idx [G, D]
+        return jax.vmap(one, in_axes=(0, 0, 0, None))(ids, idx, args, images)
+
+    run_round = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS), P(AXIS)),
+                                      out_specs=P(AXIS), check_vma=False))
+
+    def dispatch(r):
+        # The last round is padded with repeats of real chunks; their results are dropped.
+        ids = np.arange(r * per_round, (r + 1) * per_round) % num_chunks
+        args = jax.tree_util.tree_map(lambda a: jax.device_put(np.asarray(a)[ids], split), post_args)
+        out = run_round(images, jax.device_put(ids.astype(np.int32), split),
+                        jax.device_put(chunks[ids], split), args)
+        return out, min(per_round, num_chunks - r * per_round)
+
+    results = []
+    bar = _progress(num_chunks, progress)
+    pending = dispatch(0) if rounds else None
+    for r in range(rounds):
+        out, n_real = pending
+        # Queue the next round before waiting on this one, so the device never idles on the host.
+        pending = dispatch(r + 1) if r + 1 < rounds else None
+        results.append(jax.tree_util.tree_map(lambda a: np.asarray(a)[:n_real], out))
+        bar.update(n_real)
+    bar.close()
+    if not results:
+        return {}
+    return jax.tree_util.tree_map(lambda *a: np.concatenate(a, axis=0), *results)
+
+
+class _NoBar:
+    def update(self, n):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is a dependency, but a bar is never worth a crash
+        return _NoBar()
+    return tqdm(total=total, unit="expert", desc="experts")

@@ -1,0 +1,182 @@
+"""Flax (linen) models: the SPR encoders, the SimCLR projection head and the linear evaluation head.
+
+SPEC.md section 4. Inputs are float32 images [B, H, W, C] with pixels in [0, 1]; `train` switches BatchNorm
+between batch statistics (and running-average updates, collection "batch_stats") and the running averages.
+
+Initialisation follows PyTorch, because we match the reference in distribution, not draw for draw:
+- nn.Linear (and a plain nn.Conv2d): weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming-uniform
+  with a = sqrt(5)).
+- torchvision's ResNet re-initialises every conv with kaiming-normal (mode fan_out, ReLU gain), sets
+  BatchNorm scale 1 / bias 0 and leaves zero_init_residual off; `ResNet18` does the same.
+BatchNorm: torch momentum 0.1 is flax momentum 0.9, eps 1e-5. One known difference: torch updates the
+running variance with the unbiased batch variance (n / (n - 1)), flax with the biased one; n is B*H*W, so
+the gap is below 1% except for a tiny batch.
+
+`SimCLRModel` and `Classifier` both call their encoder submodule "encoder", so an evaluation copies
+`params["encoder"]` (and `batch_stats["encoder"]`) of the SimCLR base into a fresh classifier.
+"""
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for the kernel: variance 1 / (3 fan_in).
+torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+# torchvision ResNet convs: N(0, 2 / fan_out) with fan_out = out_channels * kh * kw.
+resnet_conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def torch_bias_init(fan_in: int):
+    """PyTorch's bias init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)); flax bias initialisers do not see fan_in."""
+    bound = 1.0 / float(fan_in) ** 0.5
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+    return init
+
+
+class TorchDense(nn.Module):
+    """nn.Dense with torch.nn.Linear's default initialisation."""
+    features: int
+
+    @nn.compact
+    def __call__(self, x):
+        fan_in = x.shape[-1]
+        kernel = self.param("kernel", torch_kernel_init, (fan_in, self.features))
+        bias = self.param("bias", torch_bias_init(fan_in), (self.features,))
+        return x @ kernel + bias
+
+
+def normalize_input(x, input_norm: str):
+    """'' keeps pixels in [0, 1]; 'imagenet' subtracts the ImageNet mean and divides by its std (webvision)."""
+    if input_norm == "":
+        return x
+    if input_norm == "imagenet":
+        return (x - jnp.asarray(IMAGENET_MEAN, x.dtype)) / jnp.asarray(IMAGENET_STD, x.dtype)
+    raise ValueError(f"input_norm={input_norm!r} is unknown; use '' or 'imagenet'")
+
+
+class MLPEncoder(nn.Module):
+    """Flatten, then Linear(in, 512)-ReLU-Linear(512, 512)-ReLU: 664,576 params for 784 inputs."""
+    hidden: Sequence[int] = (512, 512)
+    input_norm: str = ""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        del train  # no BatchNorm
+        x = normalize_input(x, self.input_norm)
+        x = x.reshape(x.shape[0], -1)
+        for i, width in enumerate(self.hidden):
+            x = nn.relu(TorchDense(width, name=f"fc{i + 1}")(x))
+        return x
+
+    @property
+    def features(self) -> int:
+        return self.hidden[-1]
+
+
+def _bn(train: bool, name: str):
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+
+
+class BasicBlock(nn.Module):
+    """torchvision's BasicBlock: conv3x3-BN-ReLU-conv3x3-BN, plus a 1x1 conv+BN shortcut on a shape change."""
+    channels: int
+    stride: int = 1
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        conv = lambda c, k, s, p, name: nn.Conv(c, (k, k), (s, s), padding=[(p, p), (p, p)], use_bias=False,
+                                                kernel_init=resnet_conv_init, name=name)
+        y = conv(self.channels, 3, self.stride, 1, "conv1")(x)
+        y = nn.relu(_bn(train, "bn1")(y))
+        y = conv(self.channels, 3, 1, 1, "conv2")(y)
+        y = _bn(train, "bn2")(y)
+        if self.stride != 1 or x.shape[-1] != self.channels:
+            x = conv(self.channels, 1, self.stride, 0, "downsample_conv")(x)
+            x = _bn(train, "downsample_bn")(x)
+        return nn.relu(x + y)
+
+
+class ResNet18(nn.Module):
+    """torchvision resnet18 without its fc layer: 512-d features, 11,176,512 params (conv kernels + BN)."""
+    input_norm: str = ""
+    stage_channels: Sequence[int] = (64, 128, 256, 512)
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = normalize_input(x, self.input_norm)
+        x = nn.Conv(self.stage_channels[0], (7, 7), (2, 2), padding=[(3, 3), (3, 3)], use_bias=False,
+                    kernel_init=resnet_conv_init, name="conv1")(x)
+        x = nn.relu(_bn(train, "bn1")(x))
+        # torch pads the max-pool with -inf, as flax's max_pool does.
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        for i, c in enumerate(self.stage_channels):
+            for j in range(2):
+                stride = 2 if (i > 0 and j == 0) else 1
+                x = BasicBlock(c, stride, name=f"layer{i + 1}_{j}")(x, train)
+        return jnp.mean(x, axis=(1, 2))
+
+    @property
+    def features(self) -> int:
+        return self.stage_channels[-1]
+
+
+class ProjectionHead(nn.Module):
+    """Linear(d, d)-ReLU-Linear(d, proj_dim)."""
+    hidden: int
+    proj_dim: int = 256
+
+    @nn.compact
+    def __call__(self, h):
+        h = nn.relu(TorchDense(self.hidden, name="fc1")(h))
+        return TorchDense(self.proj_dim, name="fc2")(h)
+
+
+class SimCLRModel(nn.Module):
+    """Encoder plus projection head; returns (features [B, d], projections [B, proj_dim])."""
+    encoder: nn.Module
+    proj_dim: int = 256
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        h = self.encoder(x, train=train)
+        z = ProjectionHead(h.shape[-1], self.proj_dim, name="projector")(h)
+        return h, z
+
+
+class Classifier(nn.Module):
+    """Encoder plus a linear head, for evaluation; the encoder's params sit under "encoder" as in SimCLRModel."""
+    encoder: nn.Module
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        h = self.encoder(x, train=train)
+        return TorchDense(self.num_classes, name="head")(h)
+
+
+def make_encoder(encoder: str, input_norm: str = "") -> nn.Module:
+    if encoder == "mlp":
+        return MLPEncoder(input_norm=input_norm)
+    if encoder == "resnet18":
+        return ResNet18(input_norm=input_norm)
+    raise ValueError(f"encoder={encoder!r} is unknown; use 'mlp' or 'resnet18'")
+
+
+def make_simclr(encoder: str, proj_dim: int = 256, input_norm: str = "") -> SimCLRModel:
+    """The SimCLR model of config.model (encoder 'mlp' | 'resnet18', proj_dim, input_norm)."""
+    return SimCLRModel(make_encoder(encoder, input_norm), proj_dim)
+
+
+def make_classifier(encoder: str, num_classes: int, input_norm: str = "") -> Classifier:
+    """The evaluation classifier; its params["encoder"] has the tree of make_simclr(encoder)'s."""
+    return Classifier(make_encoder(encoder, input_norm), num_classes)
+
+
+def param_count(tree: Any) -> int:
+    return int(sum(x.size for x in jax.tree_util.tree_leaves(tree)))

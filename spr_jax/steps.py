@@ -1,0 +1,102 @@
+"""Pure contrastive training steps: no I/O, jit-able, vmap-able (the expert phase vmaps them over chunks).
+
+The model is a flax.linen module (static: hashable); everything that changes is the `TrainState` pytree.
+The jitted entry points donate the state they are given (pass a state once, use the returned one).
+"""
+import functools
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from spr_jax import augment, losses, optim
+
+
+@flax.struct.dataclass
+class TrainState:
+    """params and BatchNorm running statistics of a SimCLR model, plus its Adam state."""
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+
+def _variables(params, batch_stats):
+    return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
+
+
+def init_state(model: nn.Module, key, input_shape) -> TrainState:
+    """Fresh parameters (PyTorch-like init) and Adam state; input_shape is one image's (H, W, C)."""
+    return _init_state(model, key, tuple(int(d) for d in input_shape))
+
+
+@functools.partial(jax.jit, static_argnames=("model", "input_shape"))
+def _init_state(model: nn.Module, key, input_shape) -> TrainState:
+    # Compiled once per (model, shape): eager init runs and compiles op by op, which is slower on CPU.
+    variables = model.init(key, jnp.zeros((2,) + input_shape, jnp.float32), train=False)
+    params = variables["params"]
+    return TrainState(params=params, batch_stats=variables.get("batch_stats", {}),
+                      opt_state=optim.ssl_optimizer().init(params))
+
+
+def contrastive_loss(model: nn.Module, params, batch_stats, x, temperature: float = 0.5):
+    """NT-Xent of the 2B views x (rows b and B + b are one image), forwarded together in BN train mode.
+
+    Returns (loss, new batch_stats).
+    """
+    if batch_stats:
+        (_, z), updates = model.apply(_variables(params, batch_stats), x, train=True, mutable=["batch_stats"])
+        batch_stats = updates["batch_stats"]
+    else:
+        _, z = model.apply(_variables(params, batch_stats), x, train=True)
+    b = x.shape[0] // 2
+    return losses.nt_xent(z[:b], z[b:], temperature), batch_stats
+
+
+def contrastive_update(model: nn.Module, state: TrainState, x, lr, temperature: float = 0.5):
+    """One Adam step on the NT-Xent of already augmented views x [2B, H, W, C]."""
+    def loss_fn(params):
+        return contrastive_loss(model, params, state.batch_stats, x, temperature)
+
+    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = optim.ssl_optimizer().update(grads, state.opt_state, state.params, lr=lr)
+    params = jax.tree_util.tree_map(lambda p, u: p + u, state.params, updates)
+    return TrainState(params=params, batch_stats=batch_stats, opt_state=opt_state), loss
+
+
+@functools.partial(jax.jit, static_argnames=("model", "color_jitter", "temperature"), donate_argnames=("state",))
+def contrastive_step(model: nn.Module, state: TrainState, images_uint8, key, lr, *, color_jitter: bool = False,
+                     temperature: float = 0.5):
+    """Two views of the batch images_uint8 [B, H, W, C], forwarded as one batch of 2B, NT-Xent, Adam step.
+
+    Returns (state, loss).
+    """
+    x = augment.views(key, images_uint8, color_jitter=color_jitter)
+    return contrastive_update(model, state, x, lr, temperature)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "epochs", "warmup_epochs", "color_jitter", "temperature"),
+                   donate_argnames=("state",))
+def contrastive_fit(model: nn.Module, state: TrainState, images_uint8, key, *, epochs: int, base_lr,
+                    warmup_epochs: int, color_jitter: bool = False, temperature: float = 0.5,
+                    call_index=0):
+    """`epochs` epochs of one batch of the whole set images_uint8 (the expert's regime), in one lax.scan.
+
+    Epoch e draws its views with fold_in(key, e) and runs at ssl_lr(base_lr, epochs, warmup_epochs,
+    call_index, e). Returns (state, losses [epochs]).
+    """
+    def epoch(state, e):
+        lr = optim.ssl_lr(base_lr, epochs, warmup_epochs, call_index, e)
+        x = augment.views(jax.random.fold_in(key, e), images_uint8, color_jitter=color_jitter)
+        return contrastive_update(model, state, x, lr, temperature)
+
+    return jax.lax.scan(epoch, state, jnp.arange(epochs, dtype=jnp.int32))
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def embed(model: nn.Module, params, batch_stats, images_uint8):
+    """L2-normalised projections [N, proj_dim] of un-augmented images, BatchNorm in eval mode."""
+    x = images_uint8.astype(jnp.float32) * (1.0 / 255.0)
+    _, z = model.apply(_variables(params, batch_stats), x, train=False)
+    return z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)

@@ -1,0 +1,98 @@
+"""The expert phase: vmapped groups and device sharding give the experts of one-by-one training."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from spr_jax import experts, models, rng
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SEED = 7
+KW = dict(epochs=12, base_lr=1e-3, warmup_epochs=11)  # 12 epochs: the constant phase and one cosine step
+
+
+def _data():
+    """120 8x8 images of one blurred blob each, plus pixel noise.
+
+    Structured images on purpose: on pure-noise images Adam amplifies float rounding (which differs between
+    a vmap of 1 and of 2, or 1 and 4 devices) into ~1e-3 feature differences within a dozen epochs.
+    """
+    rs = np.random.RandomState(0)
+    yy, xx = np.mgrid[:8, :8]
+    blobs = [255 * np.exp(-((yy - rs.uniform(1, 7)) ** 2 + (xx - rs.uniform(1, 7)) ** 2) / rs.uniform(2, 8))
+             + rs.randint(0, 30, (8, 8)) for _ in range(120)]
+    images = np.clip(np.stack(blobs), 0, 255)[..., None].astype(np.uint8)
+    chunks = rs.permutation(120)[:80].reshape(5, 16).astype(np.int32)
+    labels = rs.randint(0, 3, (5, 16)).astype(np.int32)
+    return images, chunks, labels
+
+
+def _post(chunk_index, features, labels):
+    """A stand-in for the self-centered filter: per-chunk outputs computed from features and labels."""
+    return {"keep": features[:, 0] > 0, "label_sum": jnp.sum(labels), "chunk": chunk_index}
+
+
+def _phase(devices=None, group_size=2):
+    images, chunks, labels = _data()
+    return experts.expert_phase(images, chunks, SEED, model=models.make_simclr("mlp"), group_size=group_size,
+                                devices=devices, post_fn=_post, post_args=labels, progress=False, **KW)
+
+
+@pytest.fixture(scope="module")
+def one_device():
+    return _phase(devices=jax.local_devices()[:1], group_size=2)  # 3 rounds of 2, the last padded
+
+
+def test_expert_phase_outputs(one_device):
+    _, chunks, labels = _data()
+    out = one_device
+    assert out["features"].shape == (5, 16, 256) and out["features"].dtype == np.float32
+    assert out["final_loss"].shape == (5,) and out["losses"].shape == (5, 12)
+    np.testing.assert_array_equal(out["final_loss"], out["losses"][:, -1])
+    np.testing.assert_allclose(np.linalg.norm(out["features"], axis=-1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(out["chunk"], np.arange(5))
+    np.testing.assert_array_equal(out["label_sum"], labels.sum(1))
+    np.testing.assert_array_equal(out["keep"], out["features"][:, :, 0] > 0)
+    assert not np.allclose(out["features"][0], out["features"][1])
+
+
+def test_expert_phase_equals_one_by_one_training(one_device):
+    images, chunks, _ = _data()
+    model = models.make_simclr("mlp")
+    for c in range(len(chunks)):
+        _, features, losses = experts.train_expert(model, jnp.asarray(images[chunks[c]]),
+                                                   rng.chunk_key(SEED, rng.EXPERT, c), **KW)
+        np.testing.assert_allclose(one_device["features"][c], features, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(one_device["losses"][c], losses, rtol=1e-5, atol=1e-6)
+
+
+_FOUR_DEVICES = textwrap.dedent("""
+    import sys
+    import jax, numpy as np
+    assert jax.device_count() == 4, jax.devices()
+    sys.path.insert(0, {tests!r})
+    import test_experts as t
+    out = t._phase(devices=None, group_size=1)  # 2 rounds of 4 chunks, the last padded with 3 repeats
+    np.savez({path!r}, devices=jax.device_count(), **out)
+""")
+
+
+def test_expert_phase_on_four_simulated_devices_equals_one(one_device, tmp_path):
+    path = str(tmp_path / "four.npz")
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    code = _FOUR_DEVICES.format(tests=os.path.join(ROOT, "tests"), path=path)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    four = np.load(path)
+    assert int(four["devices"]) == 4
+    for name in ("features", "losses", "final_loss"):
+        np.testing.assert_allclose(four[name], one_device[name], rtol=1e-4, atol=1e-5, err_msg=name)
+    for name in ("keep", "label_sum", "chunk"):
+        np.testing.assert_array_equal(four[name], one_device[name], err_msg=name)
