@@ -9,6 +9,7 @@ import os
 import sys
 
 from absl import app
+from absl import logging
 from absl import flags
 from ml_collections import config_flags
 
@@ -21,6 +22,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
     del argv
+    logging.set_verbosity(logging.WARNING)  # keep jax's backend probing out of the report
     from spr_jax import configlib, experiment
     config = _CONFIG.value
     os.makedirs(_WORKDIR.value, exist_ok=True)

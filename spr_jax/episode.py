@@ -57,7 +57,10 @@ def _key(state: SPRState, purpose: int) -> jax.Array:
 
 
 def self_replay(model, s: ReplaySettings, base, chunk_images, buffer, data: TrainData, key, call_index):
-    """base_epochs of contrastive training on the chunk (and the buffer once full); returns (base, loss)."""
+    """base_epochs of contrastive training on the chunk (and the buffer once full).
+
+    Returns (base, loss of the last epoch, whether batches mixed in buffer samples).
+    """
     d = chunk_images.shape[0]
 
     def run(base, batches_per_epoch, batch_fn):
@@ -96,12 +99,14 @@ def self_replay(model, s: ReplaySettings, base, chunk_images, buffer, data: Trai
             return jnp.concatenate([chunk_images[perm], data.images[buffer.index[slots]]], axis=1)
         return run(base, n, batch_fn)
 
-    return jax.lax.cond(buffers.is_full(buffer), mixed, chunk_only, base)
+    full = buffers.is_full(buffer)
+    base, loss = jax.lax.cond(full, mixed, chunk_only, base)
+    return base, loss, full
 
 
 def chunk_step(model, s: ReplaySettings, data: TrainData, state: SPRState, indices, clean_p, keep):
     """One chunk: self-replay of the base, then the kept samples are offered to the purified buffer."""
-    base, loss = self_replay(model, s, state.base, data.images[indices], state.buffer, data,
+    base, loss, mixed = self_replay(model, s, state.base, data.images[indices], state.buffer, data,
                              _key(state, rng.REPLAY), state.chunk)
     offered = jnp.ones_like(keep) if s.plain_replay else keep
     draws = buffers.offer_draws(_key(state, rng.BUFFER), indices.shape[0])
@@ -110,6 +115,7 @@ def chunk_step(model, s: ReplaySettings, data: TrainData, state: SPRState, indic
     corrupt = data.corrupt[indices]
     metrics = {
         "base_loss": loss,
+        "replayed_buffer": mixed,
         "kept": offered.sum(),
         "kept_clean": (offered & ~corrupt).sum(),
         "clean": (~corrupt).sum(),

@@ -179,6 +179,7 @@ def chunk_record(c, task, m, known) -> dict:
     kept, kept_clean, clean = int(m["kept"]), int(m["kept_clean"]), int(m["clean"])
     return {
         "type": "chunk", "chunk": c, "task": task, "base_loss": float(m["base_loss"]),
+        "replayed_buffer": bool(m["replayed_buffer"]),  # batches were half chunk, half purified buffer
         "kept": kept,
         "filter_precision": (kept_clean / kept if kept else None) if known else None,
         "filter_recall": (kept_clean / clean if clean else None) if known else None,
