@@ -3,6 +3,7 @@
 This is the I/O edge: it moves arrays to the device once, calls the compiled phases, and writes
 WORKDIR/stream.json, metrics.jsonl (one line per chunk and per evaluation), summary.json and plots.
 """
+import functools
 import json
 import os
 import time
@@ -32,24 +33,29 @@ def color_jitter_for(images) -> bool:
     return images.shape[-1] == 3  # colour jitter only for RGB (SPEC.md section 4)
 
 
-def make_filter_fn(config, seed, num_classes):
-    """post_fn for the expert phase: chunk c's expert features and noisy labels -> clean_p and keep."""
-    def post_fn(chunk_index, features, labels):
-        clean_p, keep = purify.purify_chunk(rng.chunk_key(seed, rng.FILTER, chunk_index), features, labels,
-                                            num_classes=num_classes, num_graphs=int(config.filter.num_graphs),
-                                            max_iter=int(config.filter.max_iter))
+@functools.lru_cache(maxsize=None)
+def filter_fn(num_classes: int, num_graphs: int, max_iter: int):
+    """post_fn for the expert phase: (chunk, expert features, its noisy labels and filter key) -> clean_p, keep.
+
+    Cached and free of run-specific closures, so the compiled expert phase is reused across runs.
+    """
+    def post_fn(chunk_index, features, args):
+        clean_p, keep = purify.purify_chunk(args["key"], features, args["labels"], num_classes=num_classes,
+                                            num_graphs=num_graphs, max_iter=max_iter)
         return {"clean_p": clean_p, "keep": keep}
     return post_fn
 
 
 def run_expert_phase(config, model, prepared, train_images_dev, progress=True) -> dict:
     s = prepared.stream
-    post_fn = make_filter_fn(config, config.seed, prepared.num_classes)
+    filter_keys = jax.vmap(lambda c: rng.chunk_key(config.seed, rng.FILTER, c))(jnp.arange(s.num_chunks))
+    post_fn = filter_fn(prepared.num_classes, int(config.filter.num_graphs), int(config.filter.max_iter))
     return experts.expert_phase(
         train_images_dev, s.chunks, config.seed, model=model, epochs=int(config.expert.epochs),
         base_lr=float(config.ssl.lr), warmup_epochs=int(config.ssl.warmup_epochs),
         color_jitter=color_jitter_for(prepared.dataset.train.images), group_size=int(config.expert.group_size),
-        post_fn=post_fn, post_args=prepared.noisy.noisy[s.chunks], progress=progress)
+        post_fn=post_fn, post_args={"labels": prepared.noisy.noisy[s.chunks], "key": filter_keys},
+        progress=progress)
 
 
 def segments(stream, piece: int):
