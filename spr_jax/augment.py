@@ -10,9 +10,9 @@ Static shapes throughout:
 - The crop takes torchvision's 10 candidate (area, log-aspect) pairs at once and uses the first valid one,
   else torchvision's centre-crop fallback; offsets are drawn for every candidate and the chosen one's used.
 - Crop + bilinear resize (torch's align_corners=False rule, the crop's border pixels repeated) + flip are
-  separable: two rows / columns of the image per output row / column, gathered and blended; the flip
-  reverses the column taps. The crop is never larger than the image, so resizing only ever upsamples and
-  antialiasing (torchvision's default for tensors) changes nothing.
+  one separable linear map: out = Wy @ image @ Wx^T with per-image [H, H] and [W, W] interpolation
+  matrices (two non-zeros per row); the flip reverses Wx's rows. The crop is never larger than the image, so
+  resizing only ever upsamples and antialiasing (torchvision's default for tensors) changes nothing.
 - Colour jitter applies its four ops in a random order, as torchvision does: four slots, each picking its
   op by the slot's entry of a random permutation (lax.switch; under vmap every op is computed and selected).
   The ops follow torchvision's tensor functional versions (blend with black / grey mean / greyscale,
@@ -89,17 +89,23 @@ def interp_taps(start, size, out_size: int):
     return start + i0, start + i1, frac
 
 
+def interp_matrix(start, size, out_size: int, in_size: int):
+    """[out_size, in_size] bilinear weights of interp_taps: two non-zeros per row (one at the borders)."""
+    lo, hi, frac = interp_taps(start, size, out_size)
+    cols = jnp.arange(in_size, dtype=jnp.int32)[None, :]
+    return (1.0 - frac)[:, None] * (cols == lo[:, None]) + frac[:, None] * (cols == hi[:, None])
+
+
 def resized_crop_flip(u, img):
     """Random resized crop to the input size, then a random horizontal flip, of one float image [H, W, C]."""
     height, width, _ = img.shape
     top, left, h, w = crop_params(u, height, width)
-    y0, y1, fy = interp_taps(top, h, height)
-    x0, x1, fx = interp_taps(left, w, width)
-    flip = u[_FLIP] < FLIP_P
-    x0, x1, fx = (jnp.where(flip, a[::-1], a) for a in (x0, x1, fx))
-    # Separable and gather-based: XLA's CPU gathers beat small batched matmuls here.
-    rows = img[y0] + fy[:, None, None] * (img[y1] - img[y0])
-    return rows[:, x0] + fx[None, :, None] * (rows[:, x1] - rows[:, x0])
+    wy = interp_matrix(top, h, height, height)
+    wx = interp_matrix(left, w, width, width)
+    wx = jnp.where(u[_FLIP] < FLIP_P, wx[::-1], wx)  # flipping the output = reversing Wx's rows
+    # Two small matmuls per image (batched under vmap): faster on CPU than gathering rows and columns.
+    rows = jnp.einsum("yh,hwc->ywc", wy, img)
+    return jnp.einsum("ywc,xw->yxc", rows, wx)
 
 
 # ---------------------------------------------------------------- colour jitter (torchvision tensor ops)

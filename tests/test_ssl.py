@@ -2,6 +2,7 @@
 import colorsys
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -249,3 +250,26 @@ def test_contrastive_step_is_the_fit_body():
     assert float(l1) == pytest.approx(float(l2[0]), rel=1e-5)
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), s1.params, s2.params)
     assert not np.allclose(s1.params["projector"]["fc2"]["bias"], s0.params["projector"]["fc2"]["bias"])
+
+
+class _TinyBN(nn.Module):
+    """A BatchNorm encoder that compiles fast (ResNet-18's 20 random conv inits take seconds of CPU compile)."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = models.TorchDense(8)(x.reshape(x.shape[0], -1))
+        return nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x))
+
+
+def test_contrastive_step_threads_batchnorm_statistics():
+    model = models.SimCLRModel(_TinyBN(), proj_dim=16)
+    x = _images((4, 6, 6, 3))
+    state = steps.init_state(model, jax.random.PRNGKey(0), x.shape[1:])
+    before = np.asarray(state.batch_stats["encoder"]["BatchNorm_0"]["mean"])
+    state, loss = steps.contrastive_step(model, state, x, jax.random.PRNGKey(1), 3e-4)
+    assert np.isfinite(float(loss))
+    after = np.asarray(state.batch_stats["encoder"]["BatchNorm_0"]["mean"])
+    assert np.all(before == 0) and not np.allclose(after, 0)
+    z = steps.embed(model, state.params, state.batch_stats, x)
+    assert z.shape == (4, 16)
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(z), axis=1), 1.0, rtol=1e-5)
