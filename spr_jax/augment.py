@@ -6,7 +6,7 @@ RandomApply([ColorJitter(0.5, 0.5, 0.5, 0.2)], p=0.5), in that order, on float p
 
 Static shapes throughout:
 - Every random choice of an image comes from one uniform draw of its key (NUM_UNIFORMS values): each
-  separate jax.random call costs about a second of XLA compile time on CPU.
+  separate jax.random call costs up to a second of XLA compile time on CPU.
 - The crop takes torchvision's 10 candidate (area, log-aspect) pairs at once and uses the first valid one,
   else torchvision's centre-crop fallback; offsets are drawn for every candidate and the chosen one's used.
 - Crop + bilinear resize (torch's align_corners=False rule, the crop's border pixels repeated) + flip are
@@ -45,7 +45,7 @@ def _centre_crop(height: int, width: int, ratio=RATIO):
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-# One uniform draw per image feeds every random choice (each separate jax.random call site costs about a
+# One uniform draw per image feeds every random choice (each separate jax.random call site costs up to a
 # second of XLA compile time on CPU): slices of the draw, in this order.
 _AREA, _RATIO, _TOP, _LEFT = (slice(k * ATTEMPTS, (k + 1) * ATTEMPTS) for k in range(4))
 _FLIP, _APPLY = 4 * ATTEMPTS, 4 * ATTEMPTS + 1
@@ -104,8 +104,9 @@ def resized_crop_flip(u, img):
     wx = interp_matrix(left, w, width, width)
     wx = jnp.where(u[_FLIP] < FLIP_P, wx[::-1], wx)  # flipping the output = reversing Wx's rows
     # Two small matmuls per image (batched under vmap): faster on CPU than gathering rows and columns.
-    rows = jnp.einsum("yh,hwc->ywc", wy, img)
-    return jnp.einsum("ywc,xw->yxc", rows, wx)
+    # Full fp32 precision, so that accelerators' reduced-precision matmuls (TF32) do not round the pixels.
+    rows = jnp.einsum("yh,hwc->ywc", wy, img, precision="highest")
+    return jnp.einsum("ywc,xw->yxc", rows, wx, precision="highest")
 
 
 # ---------------------------------------------------------------- colour jitter (torchvision tensor ops)

@@ -95,3 +95,12 @@ def test_expert_phase_on_four_simulated_devices_equals_one(one_device, tmp_path)
         np.testing.assert_allclose(four[name], one_device[name], rtol=1e-4, atol=1e-5, err_msg=name)
     for name in ("keep", "label_sum", "chunk"):
         np.testing.assert_array_equal(four[name], one_device[name], err_msg=name)
+
+
+def test_phase_kwargs_from_config():
+    from spr_jax import configlib
+    c = configlib.cifar10_base()
+    kw = experts.phase_kwargs(c, channels=3)
+    assert kw["color_jitter"] and kw["epochs"] == 4000 and kw["warmup_epochs"] == 11 and kw["group_size"] == 2
+    assert isinstance(kw["model"].encoder, models.ResNet18) and kw["base_lr"] == pytest.approx(3e-4)
+    assert not experts.phase_kwargs(configlib.base_config(), channels=1)["color_jitter"]
