@@ -57,13 +57,15 @@ def expert_phase(train_images, chunks, seed: int, *, model: nn.Module, epochs: i
                  warmup_epochs: int, color_jitter: bool = False, group_size: int = 8,
                  temperature: float = 0.5, devices: Optional[Sequence[jax.Device]] = None,
                  post_fn: Optional[PostFn] = None, post_args: Any = None, keep_losses: bool = True,
-                 progress: bool = True) -> dict:
+                 chunk_ids=None, progress: bool = True) -> dict:
     """Trains the expert of every chunk and returns its results as numpy arrays with a leading axis C.
 
     train_images: uint8 [N, H, W, C], all training images (put once on every device).
     chunks: int [C, D], the training-set indices of each chunk's samples.
+    chunk_ids: int [C], the stream's index of each row of `chunks` (default 0..C-1): pass a subset of the
+    chunks with their ids to recompute some chunks alone, or to split a run's chunks over hosts.
     Chunk c's expert is `train_expert(model, train_images[chunks[c]], rng.chunk_key(seed, rng.EXPERT, c))`,
-    whichever device and group it runs in.
+    whichever device, group or subset it runs in.
     post_fn(chunk_index, features [D, proj_dim], post_args[c]) -> dict of arrays, optional, runs per chunk
     inside the same compiled program (e.g. the self-centered filter, returning clean_p and keep); post_args
     is a pytree of arrays with leading axis C (e.g. the chunks' noisy labels [C, D]) sliced per chunk, or
@@ -79,6 +81,9 @@ def expert_phase(train_images, chunks, seed: int, *, model: nn.Module, epochs: i
     """
     chunks = np.asarray(chunks, np.int32)
     num_chunks = chunks.shape[0]
+    chunk_ids = np.arange(num_chunks, dtype=np.int32) if chunk_ids is None else np.asarray(chunk_ids, np.int32)
+    if chunk_ids.shape != (num_chunks,):
+        raise ValueError(f"chunk_ids has shape {chunk_ids.shape}; it needs one id per row of chunks ({num_chunks},)")
     devices = tuple(devices) if devices is not None else tuple(jax.local_devices())
     per_round = len(devices) * group_size
     rounds = math.ceil(num_chunks / per_round)
@@ -92,10 +97,10 @@ def expert_phase(train_images, chunks, seed: int, *, model: nn.Module, epochs: i
 
     def dispatch(r):
         # The last round is padded with repeats of real chunks; their results are dropped.
-        ids = np.arange(r * per_round, (r + 1) * per_round) % num_chunks
-        args = jax.tree_util.tree_map(lambda a: jax.device_put(np.asarray(a)[ids], split), post_args)
-        out = run_round(images, expert_key, base_lr, jax.device_put(ids.astype(np.int32), split),
-                        jax.device_put(chunks[ids], split), args)
+        rows = np.arange(r * per_round, (r + 1) * per_round) % num_chunks
+        args = jax.tree_util.tree_map(lambda a: jax.device_put(np.asarray(a)[rows], split), post_args)
+        out = run_round(images, expert_key, base_lr, jax.device_put(chunk_ids[rows], split),
+                        jax.device_put(chunks[rows], split), args)
         return out, min(per_round, num_chunks - r * per_round)
 
     results = []

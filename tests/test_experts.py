@@ -104,3 +104,12 @@ def test_phase_kwargs_from_config():
     assert kw["color_jitter"] and kw["epochs"] == 4000 and kw["warmup_epochs"] == 11 and kw["group_size"] == 2
     assert isinstance(kw["model"].encoder, models.ResNet18) and kw["base_lr"] == pytest.approx(3e-4)
     assert not experts.phase_kwargs(configlib.base_config(), channels=1)["color_jitter"]
+
+
+def test_a_chunk_recomputed_alone_equals_its_row(one_device):
+    images, chunks, labels = _data()
+    out = experts.expert_phase(images, chunks[[3]], SEED, model=models.make_simclr("mlp"), group_size=2,
+                               devices=jax.local_devices()[:1], post_fn=_post, post_args=labels[[3]],
+                               chunk_ids=[3], progress=False, **KW)
+    np.testing.assert_allclose(out["features"][0], one_device["features"][3], rtol=1e-4, atol=1e-5)
+    assert int(out["chunk"][0]) == 3 and out["features"].shape == (1, 16, 256)
