@@ -90,7 +90,9 @@ def expert_phase(train_images, chunks, seed: int, *, model: nn.Module, epochs: i
     run_round, mesh = _round_fn(model, epochs, warmup_epochs, color_jitter, temperature, devices, post_fn,
                                 keep_losses)
     replicated, split = NamedSharding(mesh, P()), NamedSharding(mesh, P(AXIS))
-    images = jax.device_put(np.asarray(train_images), replicated)
+    if not isinstance(train_images, jax.Array):
+        train_images = np.asarray(train_images)
+    images = jax.device_put(train_images, replicated)  # a device array is copied device to device
     expert_key = rng.purpose_key(seed, rng.EXPERT)  # chunk c's key is fold_in(expert_key, c)
     base_lr = np.float32(base_lr)
     post_args = {} if post_args is None else post_args
