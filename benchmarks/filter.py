@@ -1,0 +1,104 @@
+"""Self-Centered filter: the compiled JAX filter against the numpy + networkx + scipy reference pipeline.
+
+Prints JSON only: per chunk size, our median time after compilation (block_until_ready), the reference's
+median time (class by class, graph by graph, as the original release runs) on the same chunk and draws, and
+the speedup; plus the device, thread settings, and whether both agreed on the keep decisions.
+
+    .venv/bin/python benchmarks/filter.py [--sizes 300,1000] [--classes 10] [--graphs 5] [--ours-runs 20]
+        [--reference-runs 3]
+
+numpy's OpenBLAS with 2 threads can be pathologically slow on these machines (DATA.md); it only affects the
+reference side, so OPENBLAS_NUM_THREADS / OMP_NUM_THREADS default to 1 (override by setting them) and are
+recorded in the output.
+"""
+import os
+
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import pathlib  # noqa: E402
+import platform  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
+import reference_filter  # noqa: E402
+from spr_jax import purify  # noqa: E402
+
+
+def clustered_chunk(seed, size, num_classes, dim=128, noise=0.4, spread=0.8):
+    """Features of `num_classes` clusters on the unit sphere, labels with symmetric noise at `noise`."""
+    rng = np.random.default_rng(seed)
+    means = rng.normal(size=(num_classes, dim))
+    means /= np.linalg.norm(means, axis=1, keepdims=True)
+    true = rng.permutation(np.arange(size) % num_classes)
+    feats = means[true] + spread * rng.normal(size=(size, dim)) / np.sqrt(dim)
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    labels = true.copy()
+    flip = rng.random(size) < noise
+    labels[flip] = (true[flip] + rng.integers(1, num_classes, flip.sum())) % num_classes
+    return feats.astype(np.float32), labels.astype(np.int32)
+
+
+def _median_ms(fn, runs):
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1e3 * float(np.median(times))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="300,1000")
+    parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--graphs", type=int, default=5)
+    parser.add_argument("--ours-runs", type=int, default=20)
+    parser.add_argument("--reference-runs", type=int, default=3)
+    args = parser.parse_args()
+
+    result = {}
+    for size in (int(s) for s in args.sizes.split(",")):
+        feats, labels = clustered_chunk(size, size, args.classes)
+        graph_u, keep_u = purify.filter_draws(jax.random.PRNGKey(size), size, args.graphs)
+        f_dev, l_dev = jax.device_put(feats), jax.device_put(labels)
+
+        def ours():
+            return jax.block_until_ready(
+                purify.self_centered_filter(f_dev, l_dev, graph_u, keep_u, num_classes=args.classes))
+
+        start = time.perf_counter()
+        clean_p, keep = ours()
+        compile_s = time.perf_counter() - start
+        ours_ms = _median_ms(ours, args.ours_runs)
+
+        gu_np, ku_np = np.asarray(graph_u), np.asarray(keep_u)
+        ref_p, ref_keep = reference_filter.self_centered_filter(feats, labels, gu_np, ku_np)
+        ref_ms = _median_ms(lambda: reference_filter.self_centered_filter(feats, labels, gu_np, ku_np),
+                            args.reference_runs)
+        result[f"chunk{size}"] = {
+            "ours_ms": round(ours_ms, 3),
+            "reference_ms": round(ref_ms, 1),
+            "speedup": round(ref_ms / ours_ms, 1),
+            "ours_first_call_s": round(compile_s, 2),
+            "classes": args.classes,
+            "graphs": args.graphs,
+            "keep_agree": float(np.mean(np.asarray(keep) == ref_keep)),
+            "clean_p_max_abs_diff": float(np.max(np.abs(np.asarray(clean_p) - ref_p))),
+        }
+    result["device"] = f"{jax.devices()[0].device_kind} ({jax.default_backend()}), {platform.processor() or platform.machine()}, {os.cpu_count()} cpus"
+    result["threads"] = {v: os.environ.get(v) for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+                                                        "MKL_NUM_THREADS", "XLA_FLAGS")}
+    result["versions"] = {"jax": jax.__version__, "numpy": np.__version__}
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,407 @@
+"""The Self-Centered filter (SPEC.md section 3 step 3) as one compiled, batched JAX function.
+
+The reference runs class by class and graph by graph with networkx and scipy. Here every class and every graph
+of a chunk is processed at once with static shapes:
+
+- The chunk's full D x D similarity S = max(0, cos) is masked to same-class pairs (`labels_i == labels_j`), so
+  the E stochastic graphs form one [E, D, D] block-diagonal (up to a permutation) weight tensor. Memory and
+  work are O(E D^2) whatever the number of classes; classes absent from the chunk simply have no samples.
+- Graph e: A[i, j] = 1 if S[i, j] > graph_u[e, i, j] else 1e-5, same-class pairs only. As
+  networkx.from_numpy_array does on a non-symmetric matrix, each pair keeps the lower-triangle value
+  A[max(i, j), min(i, j)]; the diagonal is a self-loop of weight 1.
+- Eigenvector centrality is networkx's power iteration x <- (A + I) x / ||.||_class for all (graph, class)
+  pairs in one `lax.while_loop`; a pair is frozen at the iteration where networkx would return
+  (sum |x - x_prev| < n_class * 1e-6), so each class stops exactly where networkx stops, or after max_iter.
+- The beta mixture (percentile trimming, normalisation, 10 EM steps, 100-bin posterior lookup) runs for all
+  (graph, class) pairs at once; per-class sums are matmuls with the [D, K] one-hot of the labels and per-class
+  percentiles come from one sort by (label, centrality).
+
+Precision (a mixed scheme; the tests hold it to the float64 reference):
+- Similarities, draws and the [E, D, D] graphs are float32 (the graphs as 0/1 edge indicators).
+- The power iteration is float64-exact at float32 matmul cost (`stochastic_graph_centrality`): x is split
+  into float32 slices whose products with the 0/1 edges sum exactly in float32. Plain float32 is not enough:
+  sparse graphs (noisy features) have lambda_2 / lambda_1 ~ 0.998, networkx stops there thousands of
+  iterations in, far from the eigenvector, and float32 rounding drifts the result by ~1e-4.
+- Percentiles, the EM and the lookup run in float64 (jax.enable_x64 inside `_in_x64`, which also keeps the
+  region correct under vmap of a jitted caller). Small or sparse classes give tied centralities, the mixture
+  then collapses onto them (variance ~1e-20, alpha ~1e16), and the outcome (e.g. an all-zero lookup) is
+  only reproduced with float64 and a beta density accurate for huge a, b (`_log_beta_pdf`, as scipy's).
+- Every matmul is at Precision.HIGHEST (GPU/TPU defaults would use tf32/bf16).
+
+Choices SPEC.md leaves open (tests/reference_filter.py makes the same ones):
+- Samples enter the fit when p5 - t <= c <= p95 + t with t = 1e-6 p95 (numpy's default linear percentiles):
+  inclusive, and mathematically tied centralities (symmetric nodes, e.g. isolated ones) that rounding splits
+  around a percentile all enter, in float32 or float64 alike.
+- The lookup posterior is 1 where component 1's density is infinite, 0 where only component 0's is.
+- Degenerate fits: when all of a class's fitted values are equal (within 1e-6) after clipping (always
+  for classes of 1, 2 or 3 samples, whose trimmed set has at most one distinct value; equal centralities,
+  e.g. identical features), the method-of-moments variance is 0 and the reference would produce NaN. Such a
+  (graph, class) gives clean_p 0.5 to all its samples: the filter has no evidence either way, so the sample
+  is kept with probability one half and, if kept, ranks in the middle for buffer eviction. The same value is
+  used if any part of a fit is not finite (never seen in practice), so clean_p is always finite.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_HI = jax.lax.Precision.HIGHEST
+LOW_WEIGHT = 1e-5  # weight of a non-edge in a stochastic graph
+TOL = 1e-6  # networkx's per-node convergence tolerance
+EM_ITERS = 10
+LOOKUP_BINS = 100
+EPS_NAN = 1e-12
+FIT_EPS = 1e-4
+DEGENERATE_P = 0.5
+TIE_RTOL = 1e-6  # percentile bounds are widened by this (relative) to take in rounding-split ties
+DEGENERATE_ATOL = 1e-6  # fitted values (in [0, 1]) this close count as all equal
+
+# The lookup grid (float64, as the reference).
+_GRID = np.linspace(EPS_NAN, 1 - EPS_NAN, LOOKUP_BINS)
+_LOG_GRID = np.log(_GRID)
+_LOG1M_GRID = np.log1p(-_GRID)
+
+
+def filter_draws(key, chunk_size: int, num_graphs: int):
+    """graph_u float32 [E, D, D], keep_u float32 [D]: every uniform draw the filter uses."""
+    k_graph, k_keep = jax.random.split(key)
+    graph_u = jax.random.uniform(k_graph, (num_graphs, chunk_size, chunk_size), jnp.float32)
+    keep_u = jax.random.uniform(k_keep, (chunk_size,), jnp.float32)
+    return graph_u, keep_u
+
+
+def similarity(features):
+    """max(0, cosine similarity) of all pairs of a chunk, [D, D] float32."""
+    f = features.astype(jnp.float32)
+    f = f / jnp.linalg.norm(f, axis=1, keepdims=True)
+    return jnp.maximum(jnp.dot(f, f.T, precision=_HI), 0.0)
+
+
+def edge_matrix(sim, labels, graph_u):
+    """B [E, D, D] float32 in {0, 1}: edges (S > u, plus the self-loops) of the E graphs, same class only.
+
+    A graph's weights are A = 1e-5 M + (1 - 1e-5) B with M the same-class mask: 1 on edges and self-loops,
+    1e-5 between unlinked samples of a class, 0 across classes. networkx.from_numpy_array keeps
+    A[max(i, j), min(i, j)] for every pair, so u is read from the lower triangle (S is symmetric).
+    """
+    d = sim.shape[0]
+    rows, cols = jnp.arange(d)[:, None], jnp.arange(d)[None, :]
+    u = jnp.where(rows > cols, graph_u, jnp.swapaxes(graph_u, 1, 2))
+    same = labels[:, None] == labels[None, :]
+    return (same[None] & ((sim[None] > u) | (rows == cols))).astype(jnp.float32)
+
+
+def graph_weights(sim, labels, graph_u):
+    """The weights A [E, D, D] float32 of the E stochastic graphs (see `edge_matrix`), for inspection."""
+    same = labels[:, None] == labels[None, :]
+    return jnp.where(same[None], jnp.where(edge_matrix(sim, labels, graph_u) > 0, 1.0, LOW_WEIGHT), 0.0)
+
+
+def _onehot(labels, num_classes, dtype=jnp.float32):
+    return (labels[:, None] == jnp.arange(num_classes)[None, :]).astype(dtype)
+
+
+def _class_sum(values, onehot):
+    """Per-class sums of [E, D, ...] values -> [E, K, ...] (a matmul with the label one-hot)."""
+    return jnp.einsum("ed...,dk->ek...", values, onehot, precision=_HI)
+
+
+def _in_x64(fn):
+    """`fn` traced with float64 enabled (jax.enable_x64), also when it is batched after tracing.
+
+    A float64 region inside a jitted function breaks when that jitted function is vmapped afterwards:
+    batching rules run outside the x64 context and mix float32 constants into float64 ops. As a
+    custom_vmap, the region is batched by vmapping `fn` itself inside the context instead. fn takes and
+    returns arrays (float32 / int32 at the boundary).
+    """
+    @jax.custom_batching.custom_vmap
+    def run(*args):
+        with jax.enable_x64(True):
+            return fn(*args)
+
+    @run.def_vmap
+    def _batched(axis_size, in_batched, *args):
+        in_axes = tuple(0 if b else None for b in in_batched)
+        out = _in_x64(jax.vmap(fn, in_axes=in_axes))(*args)
+        return out, jax.tree.map(lambda _: True, out)
+
+    return run
+
+
+def _power_iteration(matvec, labels, shape, num_classes, max_iter):
+    """networkx's eigenvector_centrality loop for every (graph, class) at once, in float64 (call under x64).
+
+    matvec(x) = A x for x [E, D] float64. A (graph, class) is frozen at the iteration where networkx
+    returns (sum_class |x - x_prev| < n_class * 1e-6), or the loop ends after max_iter iterations.
+    """
+    onehot = _onehot(labels, num_classes, jnp.float64)
+    counts = onehot.sum(0)
+    thresh = counts * TOL
+    x0 = jnp.broadcast_to(1.0 / counts[labels], shape)
+    done0 = jnp.broadcast_to(counts == 0, (shape[0], num_classes))
+
+    def cond(state):
+        it, _, done = state
+        return (it < max_iter) & ~jnp.all(done)
+
+    def body(state):
+        it, x, done = state
+        y = x + matvec(x)  # (A + I) x
+        norm = jnp.sqrt(_class_sum(y * y, onehot))
+        norm = jnp.where(norm == 0, 1.0, norm)
+        y = y / norm[:, labels]
+        err = _class_sum(jnp.abs(y - x), onehot)
+        x = jnp.where(done[:, labels], x, y)  # converged classes keep the vector networkx returned
+        return it + 1, x, done | (err < thresh)
+
+    _, x, _ = jax.lax.while_loop(cond, body, (jnp.int32(0), x0, done0))
+    return x
+
+
+def eigenvector_centrality(weights, labels, *, num_classes: int, max_iter: int = 6000):
+    """networkx.eigenvector_centrality of every class's graph in every one of E graphs: [E, D] float32.
+
+    weights: [E, D, D] symmetric, zero across classes, self-loops on the diagonal, any values. Computed in
+    float64 (a slowly converging graph, lambda_2 / lambda_1 ~ 0.998, stops thousands of iterations in, far
+    from the eigenvector, and float32 rounding drifts it by 1e-4 there). The filter itself uses the faster
+    exact scheme of `stochastic_graph_centrality`.
+    """
+    def run(weights, labels):
+        w64 = weights.astype(jnp.float64)
+        matvec = lambda x: jnp.einsum("eij,ej->ei", w64, x, precision=_HI)  # noqa: E731
+        x = _power_iteration(matvec, labels, weights.shape[:2], num_classes, max_iter)
+        return x.astype(jnp.float32)
+
+    return _in_x64(run)(weights, labels.astype(jnp.int32))
+
+
+def _slice_bits(d: int) -> int:
+    """Bits per slice so that sums of d slice values (each < 2^bits units) are exact in float32."""
+    return 24 - max(1, int(np.ceil(np.log2(d))))
+
+
+def stochastic_graph_centrality(edges, labels, *, num_classes: int, max_iter: int = 6000):
+    """Centralities [E, D] float64 (call under x64) of the graphs A = 1e-5 M + (1 - 1e-5) B, B = `edges`.
+
+    Float64-exact at float32 matmul cost: x in (0, 1] is split into a few float32 slices of `_slice_bits`
+    bits each (x = sum_k s_k up to 2^-64), B s_k is exact in float32 (B is 0/1 and the sums stay below
+    2^24 units), and the slices are summed in float64. So the one heavy op per iteration is a float32
+    [E, D, D] x [E, D, slices] matmul, no float64 copy of the D x D graphs. M x is a per-class sum.
+    """
+    num_graphs, d = edges.shape[0], edges.shape[1]
+    bits = _slice_bits(d)
+    num_slices = -(-64 // bits)  # x to 2^-64 absolute: 1e-13 relative even for x ~ 1e-6
+    onehot = _onehot(labels, num_classes, jnp.float64)
+
+    def matvec(x):
+        slices, rest = [], x
+        for k in range(num_slices):
+            unit = 2.0 ** (-bits * (k + 1))
+            s = jnp.round(rest / unit) * unit  # exact: a multiple of unit, |s / unit| <= 2^bits
+            slices.append(s)
+            rest = rest - s
+        bx = jnp.einsum("eij,ejs->eis", edges, jnp.stack(slices, -1).astype(jnp.float32), precision=_HI,
+                        preferred_element_type=jnp.float32)
+        bx = jnp.sum(bx.astype(jnp.float64), axis=-1)
+        mx = _class_sum(x, onehot)[:, labels]
+        return (1 - LOW_WEIGHT) * bx + LOW_WEIGHT * mx
+
+    return _power_iteration(matvec, labels, (num_graphs, d), num_classes, max_iter)
+
+
+def _class_percentile(sorted_vals, starts, counts, q: int):
+    """numpy's default (linear) percentile q of every class; sorted_vals [E, D] sorted by (label, value)."""
+    pos = q * jnp.maximum(counts - 1, 0)  # virtual index q/100 * (n - 1), kept exact in integers
+    lo, frac = pos // 100, (pos % 100).astype(sorted_vals.dtype) / 100
+    hi = jnp.minimum(lo + 1, jnp.maximum(counts - 1, 0))
+    d = sorted_vals.shape[-1]
+    a = sorted_vals[:, jnp.clip(starts + lo, 0, d - 1)]
+    b = sorted_vals[:, jnp.clip(starts + hi, 0, d - 1)]
+    diff = b - a
+    return jnp.where(frac >= 0.5, b - diff * (1 - frac), a + diff * frac)  # numpy's _lerp
+
+
+def _normalise(c, p5, p95):
+    lo = p5 + 1e-5
+    x = (c - lo) / (p95 - lo + 1e-6)
+    return jnp.where(x >= 1, 1 - 1e-3, jnp.where(x <= 0, 1e-3, x))
+
+
+def _log1pmx(t):
+    """log(1 + t) - t, accurate for small |t| (series) as well as large."""
+    small = jnp.abs(t) < 1e-3
+    ts = jnp.where(small, t, 0.0)
+    series = ts * ts * (-1 / 2 + ts * (1 / 3 + ts * (-1 / 4 + ts * (1 / 5 + ts * (-1 / 6 + ts / 7)))))
+    tb = jnp.where(small, 0.0, t)
+    return jnp.where(small, series, jnp.log1p(tb) - tb)
+
+
+def _stirling_delta(z):
+    """lgamma(z) - [(z - 1/2) log z - z + log(2 pi) / 2]: asymptotic series from 10 on, direct below."""
+    big = z >= 10
+    zi = 1 / jnp.where(big, z, 10.0)
+    zi2 = zi * zi
+    series = zi * (1 / 12 - zi2 * (1 / 360 - zi2 * (1 / 1260 - zi2 * (1 / 1680 - zi2 / 1188))))
+    zs = jnp.where(big, 1.0, z)
+    direct = jax.lax.lgamma(zs) - (zs - 0.5) * jnp.log(zs) + zs - 0.5 * np.log(2 * np.pi)
+    return jnp.where(big, series, direct)
+
+
+def _beta_log_density_terms(a, b):
+    """Per-(graph, class, component) terms of `_log_beta_pdf`: a, b, mean, 1 - mean, log normaliser."""
+    s = a + b
+    m, m1 = a / s, b / s
+    # log(m^a (1 - m)^b / B(a, b)) by Stirling: no cancellation of a log m against betaln for large a, b.
+    log_norm = (0.5 * (jnp.log(a) + jnp.log(b) - jnp.log(s)) - 0.5 * np.log(2 * np.pi)
+                + _stirling_delta(s) - _stirling_delta(a) - _stirling_delta(b))
+    return a, b, m, m1, log_norm
+
+
+def _log_beta_pdf(x, log_x, log_1mx, a, b, m, m1, log_norm):
+    """log beta.pdf(x; a, b), accurate (like scipy's boost pdf) even for a, b ~ 1e16.
+
+    x^(a-1) (1-x)^(b-1) / B(a, b) = exp(a log(x/m) + b log((1-x)/(1-m))) m^a (1-m)^b / B(a, b) / (x (1-x)),
+    m = a / (a + b). Near the mean the exponent is a log1pmx(u) + b log1pmx(v) (the linear terms cancel
+    exactly), so a sharply peaked component (a tied cluster in the data) keeps its exact shape.
+    """
+    u = (x - m) / m
+    v = (m - x) / m1
+    near = (jnp.abs(u) < 0.5) & (jnp.abs(v) < 0.5)
+    expo_near = a * _log1pmx(jnp.where(near, u, 0.0)) + b * _log1pmx(jnp.where(near, v, 0.0))
+    expo_far = a * (log_x - jnp.log(m)) + b * (log_1mx - jnp.log(m1))
+    return jnp.where(near, expo_near, expo_far) + log_norm - log_x - log_1mx
+
+
+def beta_mixture(x, fit, labels, *, num_classes: int):
+    """EM of SPEC.md for every (graph, class): x [E, D] normalised values, fit [E, D] bool (trimmed set).
+
+    Runs in the dtype of x (float64 in the filter). Returns alphas, betas, weights, each [E, K, 2], and a
+    [E, K] degenerate flag. On CPU the cost is the number of XLA ops, not flops, so class parameters go to
+    the samples by matmuls with the one-hot (a gather would be fused with, and recompute, its producer)
+    and all per-class sums of a pass are one matmul.
+    """
+    num_graphs, dtype = x.shape[0], x.dtype
+    onehot = _onehot(labels, num_classes).astype(dtype)
+    xf = jnp.clip(x, FIT_EPS, 1 - FIT_EPS)
+    x_, log_x, log_1mx = xf[..., None], jnp.log(xf)[..., None], jnp.log1p(-xf)[..., None]
+    w_fit = fit.astype(dtype)[..., None]
+
+    def to_samples(per_class):  # [E, K, 2, P] -> P arrays [E, D, 2]
+        return jnp.einsum("ekcp,dk->pedc", per_class, onehot, precision=_HI)
+
+    # Degenerate: the fitted values of the class are all equal (up to rounding) -> zero variance.
+    member = (onehot[None] > 0) & fit[..., None]  # [E, D, K]
+    hi = jnp.max(jnp.where(member, xf[..., None], -jnp.inf), axis=1)
+    lo = jnp.min(jnp.where(member, xf[..., None], jnp.inf), axis=1)
+    degenerate = ~(hi - lo > DEGENERATE_ATOL)
+
+    def em_step(params):
+        alphas, betas, weights = params
+        terms = _beta_log_density_terms(alphas, betas)
+        per_class = jnp.stack(terms[:4] + (terms[4] + jnp.log(weights),), -1)
+        lp = _log_beta_pdf(x_, log_x, log_1mx, *to_samples(per_class))  # log(w_k pdf_k)
+        # Floored at 1e-12 and normalised over the components, in log space.
+        lp = jnp.maximum(lp, jnp.log(EPS_NAN))
+        ex = jnp.exp(lp - jnp.max(lp, axis=-1, keepdims=True))
+        r = ex / jnp.sum(ex, axis=-1, keepdims=True) * w_fit
+        # Weighted method of moments, two-pass like the reference.
+        sums = _class_sum(jnp.stack([r, r * x_], -1), onehot)  # [E, K, 2, 2]
+        s0 = jnp.where(sums[..., 0] > 0, sums[..., 0], 1.0)
+        mean = sums[..., 1] / s0
+        (mean_s,) = to_samples(mean[..., None])
+        var = _class_sum(r * (x_ - mean_s) ** 2, onehot) / s0
+        # Degenerate or empty classes get harmless stand-ins; their result is replaced anyway.
+        ok = (var > 0) & ~degenerate[..., None]
+        mean = jnp.where(ok, mean, 0.5)
+        var = jnp.where(ok, var, 1.0 / 12)
+        alphas = mean * (mean * (1 - mean) / var - 1)
+        betas = alphas * (1 - mean) / mean
+        return alphas, betas, s0 / s0.sum(-1, keepdims=True)
+
+    shape = (num_graphs, num_classes, 2)
+    params = (jnp.broadcast_to(jnp.array([1.0, 2.0], dtype), shape),
+              jnp.broadcast_to(jnp.array([2.0, 1.0], dtype), shape), jnp.full(shape, 0.5, dtype))
+    params = jax.lax.fori_loop(0, EM_ITERS, lambda _, p: em_step(p), params)
+    return params + (degenerate,)
+
+
+def clean_lookup(alphas, betas, weights):
+    """Component 1's posterior on the 100-point grid, held at its maximum from its argmax on: [..., 100]."""
+    dtype = alphas.dtype
+    grid = [jnp.asarray(g, dtype) for g in (_GRID, _LOG_GRID, _LOG1M_GRID)]
+    terms = [t[..., None] for t in _beta_log_density_terms(alphas, betas)]
+    wp = weights[..., None] * jnp.exp(_log_beta_pdf(*grid, *terms))  # w_k pdf_k, [..., 2, 100]
+    p0, p1 = wp[..., 0, :], wp[..., 1, :]
+    # Literally the reference's float64 expression: whether the posterior reaches exactly 1.0 at the
+    # first grid point or only at the last (which the argmax below turns into "all 1" or not) is decided
+    # by its rounding.
+    post = p1 / (p0 + p1 + EPS_NAN)
+    # Infinite densities: 1 where component 1's is infinite (numpy: inf / inf), 0 where only p0 is.
+    post = jnp.where(jnp.isinf(p1), 1.0, post)
+    # First index of the maximum, as numpy's argmax (spelled out: jnp.argmax breaks under local x64).
+    top = jnp.max(post, axis=-1, keepdims=True)
+    bins = jnp.arange(LOOKUP_BINS)
+    peak = jnp.min(jnp.where(post == top, bins, LOOKUP_BINS), axis=-1, keepdims=True)
+    return jnp.where(bins >= peak, top, post)
+
+
+def _clean_posterior64(cent, labels, num_classes):
+    """Per-graph clean probability [E, D] float32 from centralities [E, D] (call under x64)."""
+    num_graphs, d = cent.shape
+    cent = cent.astype(jnp.float64)
+    counts = jnp.zeros(num_classes, jnp.int32).at[labels].add(1)
+    starts = jnp.cumsum(counts) - counts
+    _, sorted_c = jax.lax.sort((jnp.broadcast_to(labels, (num_graphs, d)), cent), dimension=-1, num_keys=2)
+    p5 = _class_percentile(sorted_c, starts, counts, 5)[:, labels]
+    p95 = _class_percentile(sorted_c, starts, counts, 95)[:, labels]
+    tol = TIE_RTOL * jnp.abs(p95)
+    fit = (cent >= p5 - tol) & (cent <= p95 + tol)
+    x = _normalise(cent, p5, p95)
+    alphas, betas, weights, degenerate = beta_mixture(x, fit, labels, num_classes=num_classes)
+    lookup = clean_lookup(alphas, betas, weights)  # [E, K, 100]
+    degenerate = degenerate | ~jnp.all(jnp.isfinite(lookup), axis=-1)
+    bins = jnp.clip((LOOKUP_BINS * jnp.clip(x, EPS_NAN, 1 - EPS_NAN)).astype(jnp.int32), 0, LOOKUP_BINS - 1)
+    flat = lookup.reshape(num_graphs, num_classes * LOOKUP_BINS)
+    value = jnp.take_along_axis(flat, labels * LOOKUP_BINS + bins, axis=-1)
+    bad = degenerate[:, labels] | ~jnp.isfinite(value) | ~jnp.isfinite(x)
+    return jnp.where(bad, DEGENERATE_P, value).astype(jnp.float32)
+
+
+def centrality_clean_posterior(cent, labels, *, num_classes: int):
+    """Per-graph clean probability [E, D] float32 of every sample from its class's centralities [E, D].
+
+    Percentile trimming, normalisation, EM and lookup run in float64: the mixture fit is numerically
+    fragile in exactly the cases small or sparse classes produce (a cluster of tied values makes a
+    component collapse to variance ~1e-20, alpha ~1e16), where float32 gives different answers from the
+    float64 reference. The data are [E, D], so this costs little.
+    """
+    fn = functools.partial(_clean_posterior64, num_classes=num_classes)
+    return _in_x64(fn)(cent, labels.astype(jnp.int32))
+
+
+def _graph_posteriors64(edges, labels, num_classes, max_iter):
+    cent = stochastic_graph_centrality(edges, labels, num_classes=num_classes, max_iter=max_iter)
+    return _clean_posterior64(cent, labels, num_classes)
+
+
+@functools.partial(jax.jit, static_argnames=("num_classes", "max_iter"))
+def self_centered_filter(features, labels, graph_u, keep_u, *, num_classes: int, max_iter: int = 6000):
+    """clean_p [D] float32 and keep [D] bool of one chunk, given its draws (see `filter_draws`).
+
+    features: [D, F] expert features (L2-normalised; normalised again here); labels: [D] int noisy labels in
+    [0, num_classes). clean_p is the mean over the E graphs of each sample's clean posterior; a sample is
+    kept when clean_p > keep_u. Degenerate (graph, class) fits contribute 0.5 (see the module docstring).
+    """
+    labels = labels.astype(jnp.int32)
+    edges = edge_matrix(similarity(features), labels, graph_u)
+    fn = functools.partial(_graph_posteriors64, num_classes=num_classes, max_iter=max_iter)
+    clean_p = _in_x64(fn)(edges, labels).mean(0)
+    return clean_p, clean_p > keep_u
+
+
+@functools.partial(jax.jit, static_argnames=("num_classes", "num_graphs", "max_iter"))
+def purify_chunk(key, features, labels, *, num_classes: int, num_graphs: int = 5, max_iter: int = 6000):
+    """Draws (from `key`) plus the filter: clean_p [D] float32, keep [D] bool."""
+    graph_u, keep_u = filter_draws(key, features.shape[0], num_graphs)
+    return self_centered_filter(features, labels, graph_u, keep_u, num_classes=num_classes, max_iter=max_iter)

@@ -1,0 +1,223 @@
+"""The batched JAX Self-Centered filter against networkx / scipy / the numpy pipeline of SPEC.md."""
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import networkx as nx
+import numpy as np
+import pytest
+
+from spr_jax import purify
+
+sys.path.insert(0, os.path.dirname(__file__))
+import reference_filter as ref  # noqa: E402
+
+
+def clustered_chunk(seed, size, num_classes, dim=32, noise=0.4, spread=0.8):
+    """Features of clusters on the unit sphere (one per true class), labels with symmetric noise."""
+    rng = np.random.default_rng(seed)
+    means = rng.normal(size=(num_classes, dim))
+    means /= np.linalg.norm(means, axis=1, keepdims=True)
+    true = rng.permutation(np.arange(size) % num_classes)
+    feats = means[true] + spread * rng.normal(size=(size, dim)) / np.sqrt(dim)
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    labels = true.copy()
+    flip = rng.random(size) < noise
+    labels[flip] = (true[flip] + rng.integers(1, num_classes, flip.sum())) % num_classes
+    return feats.astype(np.float32), labels.astype(np.int32), true
+
+
+def _draws(seed, size, num_graphs=5):
+    graph_u, keep_u = purify.filter_draws(jax.random.PRNGKey(seed), size, num_graphs)
+    return np.asarray(graph_u), np.asarray(keep_u)
+
+
+# One compiled function per role, shared by the tests.
+_filter = jax.jit(purify.self_centered_filter, static_argnames=("num_classes", "max_iter"))
+_centrality = jax.jit(purify.eigenvector_centrality, static_argnames=("num_classes", "max_iter"))
+_posterior = jax.jit(purify.centrality_clean_posterior, static_argnames=("num_classes",))
+
+
+def _stochastic_centrality(edges, labels, num_classes, max_iter=6000):
+    with jax.enable_x64(True):
+        fn = jax.jit(purify.stochastic_graph_centrality, static_argnames=("num_classes", "max_iter"))
+        return np.asarray(fn(edges, labels, num_classes=num_classes, max_iter=max_iter))
+
+
+def test_filter_draws_shapes_and_determinism():
+    key = jax.random.PRNGKey(3)
+    graph_u, keep_u = purify.filter_draws(key, 7, 4)
+    assert graph_u.shape == (4, 7, 7) and keep_u.shape == (7,)
+    assert graph_u.dtype == jnp.float32 and keep_u.dtype == jnp.float32
+    again = purify.filter_draws(key, 7, 4)
+    np.testing.assert_array_equal(graph_u, again[0])
+    np.testing.assert_array_equal(keep_u, again[1])
+    other = purify.filter_draws(jax.random.PRNGKey(4), 7, 4)
+    assert not np.array_equal(graph_u, other[0])
+
+
+def test_graph_weights_are_the_networkx_graph_of_each_class():
+    feats, labels, _ = clustered_chunk(0, 40, 3, spread=1.5)
+    graph_u, _ = _draws(0, 40, num_graphs=2)
+    weights = np.asarray(purify.graph_weights(purify.similarity(feats), labels, graph_u))
+    sim = ref.similarity(feats)
+    for k in range(3):
+        idx = np.flatnonzero(labels == k)
+        others = np.flatnonzero(labels != k)
+        for e in range(2):
+            raw = ref.class_graph_weights(sim[np.ix_(idx, idx)], graph_u[e][np.ix_(idx, idx)])
+            want = nx.to_numpy_array(nx.from_numpy_array(raw))
+            np.testing.assert_allclose(weights[e][np.ix_(idx, idx)], want, rtol=1e-6)
+            assert not weights[e][np.ix_(idx, others)].any()
+
+
+def test_centrality_matches_networkx_on_random_weighted_graphs():
+    # Several classes of 2..500 nodes in one masked [E, D, D] call, samples interleaved.
+    rng = np.random.default_rng(0)
+    sizes = [2, 3, 9, 40, 150, 500]
+    labels = rng.permutation(np.repeat(np.arange(len(sizes)), sizes)).astype(np.int32)
+    d, num_graphs = labels.size, 2
+    weights = np.zeros((num_graphs, d, d))
+    blocks = []
+    for e in range(num_graphs):
+        for k in range(len(sizes)):
+            idx = np.flatnonzero(labels == k)
+            w = rng.random((idx.size, idx.size)) ** 3  # skewed weights: a real eigen-gap structure
+            w = np.tril(w) + np.tril(w, -1).T
+            weights[e][np.ix_(idx, idx)] = w
+            blocks.append((e, idx, w))
+    cent = np.asarray(_centrality(weights.astype(np.float32), labels, num_classes=len(sizes)))
+    for e, idx, w in blocks:
+        graph = nx.from_numpy_array(w.astype(np.float32).astype(np.float64))
+        want = nx.eigenvector_centrality(graph, max_iter=6000, tol=1e-6, weight="weight")
+        want = np.array([want[i] for i in range(idx.size)])
+        assert np.abs(cent[e, idx] - want).max() <= 1e-5
+
+
+def test_stochastic_graph_centrality_is_float64_exact_even_when_slow():
+    # Near-random features make sparse graphs whose top eigenvalues nearly coincide: networkx needs
+    # thousands of iterations and stops far from the eigenvector, where float32 would drift by 1e-4.
+    feats, labels, _ = clustered_chunk(31, 160, 4, dim=128, spread=10.0)
+    graph_u, _ = _draws(31, 160)
+    edges = purify.edge_matrix(purify.similarity(feats), labels, graph_u)
+    cent = _stochastic_centrality(edges, labels, 4)
+    sim = ref.similarity(feats)
+    worst = 0.0
+    for k in range(4):
+        idx = np.flatnonzero(labels == k)
+        for e in range(5):
+            want = ref.eigenvector_centrality(ref.class_graph_weights(sim[np.ix_(idx, idx)],
+                                                                      graph_u[e][np.ix_(idx, idx)]))
+            worst = max(worst, np.abs(cent[e, idx] - want).max())
+    assert worst <= 1e-12
+
+
+def test_centrality_stops_after_max_iter_with_the_last_iterate():
+    feats, labels, _ = clustered_chunk(5, 60, 2, spread=3.0)
+    graph_u, _ = _draws(5, 60, num_graphs=1)
+    edges = purify.edge_matrix(purify.similarity(feats), labels, graph_u)
+    cent = _stochastic_centrality(edges, labels, 2, max_iter=3)
+    sim = ref.similarity(feats)
+    for k in range(2):
+        idx = np.flatnonzero(labels == k)
+        raw = ref.class_graph_weights(sim[np.ix_(idx, idx)], graph_u[0][np.ix_(idx, idx)])
+        np.testing.assert_allclose(cent[0, idx], ref.eigenvector_centrality(raw, max_iter=3), atol=1e-12)
+
+
+def _random_centralities(rng, sizes, num_graphs):
+    """[E, D] positive values per class: unimodal, bimodal, heavy-tailed, with tied clusters."""
+    labels = rng.permutation(np.repeat(np.arange(len(sizes)), sizes)).astype(np.int32)
+    cent = np.zeros((num_graphs, labels.size))
+    for e in range(num_graphs):
+        for k, n in enumerate(sizes):
+            kind = (e + k) % 4
+            if kind == 0:
+                v = rng.beta(2, 5, n)
+            elif kind == 1:
+                v = np.where(rng.random(n) < 0.6, rng.normal(0.3, 0.02, n), rng.normal(0.05, 0.02, n))
+            elif kind == 2:
+                v = rng.lognormal(-3, 1, n)
+            else:
+                v = np.where(rng.random(n) < 0.3, 1e-5, rng.beta(5, 2, n))  # tied isolated nodes
+            v = np.abs(v) + 1e-6
+            cent[e, labels == k] = v / np.linalg.norm(v)
+    return cent, labels
+
+
+def test_beta_mixture_lookup_matches_scipy():
+    rng = np.random.default_rng(1)
+    sizes = [4, 7, 25, 60, 150, 300]
+    cent, labels = _random_centralities(rng, sizes, num_graphs=4)
+    ours = np.asarray(_posterior(cent.astype(np.float32), labels, num_classes=len(sizes)))
+    cent32 = cent.astype(np.float32).astype(np.float64)  # the same inputs for both
+    for e in range(cent.shape[0]):
+        for k in range(len(sizes)):
+            idx = np.flatnonzero(labels == k)
+            np.testing.assert_allclose(ours[e, idx], ref.class_clean_posterior(cent32[e, idx]), atol=1e-4)
+
+
+# Reference agreement: one chunk shape (one compilation), features from tight to nearly random.
+@pytest.mark.parametrize("seed,spread", [(0, 0.3), (1, 0.8), (2, 1.5), (3, 3.0), (4, 10.0)])
+def test_filter_matches_numpy_networkx_pipeline(seed, spread):
+    feats, labels, _ = clustered_chunk(seed, 150, 5, spread=spread)
+    graph_u, keep_u = _draws(seed, 150)
+    clean_p, keep = _filter(feats, labels, graph_u, keep_u, num_classes=5)
+    want_p, want_keep = ref.self_centered_filter(feats, labels, graph_u, keep_u)
+    np.testing.assert_array_equal(np.asarray(keep), want_keep)
+    np.testing.assert_allclose(np.asarray(clean_p), want_p, atol=1e-4)
+
+
+def test_filter_keeps_clean_samples_of_well_separated_clusters():
+    feats, labels, true = clustered_chunk(7, 500, 10, dim=64, noise=0.4, spread=0.5)
+    clean_p, keep = purify.purify_chunk(jax.random.PRNGKey(7), feats, labels, num_classes=10)
+    keep, clean = np.asarray(keep), labels == true
+    assert 0.3 < 1 - clean.mean() < 0.5  # about 40% noise
+    assert clean[keep].mean() >= 0.9
+    assert keep[clean].mean() >= 0.5
+
+
+def _degenerate_chunk(kind):
+    """A normal class of 12 samples (label 0) plus one degenerate class (label 1)."""
+    feats, _, _ = clustered_chunk(11, 12, 2, spread=1.0)
+    labels = np.zeros(12, np.int32)
+    if kind == "size1":
+        labels[5] = 1
+    elif kind == "size2":
+        labels[[2, 9]] = 1
+    else:  # identical features in a class of 5
+        labels[[0, 3, 4, 7, 10]] = 1
+        feats[[0, 3, 4, 7, 10]] = feats[0]
+    return feats, labels
+
+
+@pytest.mark.parametrize("kind", ["size1", "size2", "identical"])
+def test_degenerate_classes_give_one_half_never_nan(kind):
+    feats, labels = _degenerate_chunk(kind)
+    graph_u, keep_u = _draws(12, 12)
+    clean_p, keep = _filter(feats, labels, graph_u, keep_u, num_classes=3)
+    clean_p = np.asarray(clean_p)
+    assert np.isfinite(clean_p).all() and ((clean_p >= 0) & (clean_p <= 1)).all()
+    np.testing.assert_allclose(clean_p[labels == 1], purify.DEGENERATE_P)
+    want_p, want_keep = ref.self_centered_filter(feats, labels, graph_u, keep_u)
+    np.testing.assert_allclose(clean_p, want_p, atol=1e-4)
+    np.testing.assert_array_equal(np.asarray(keep), want_keep)
+
+
+def test_purify_chunk_is_deterministic_and_vmaps_over_chunks():
+    chunks = [clustered_chunk(20 + i, 60, 3, spread=s) for i, s in enumerate([0.5, 1.5, 6.0])]
+    feats = np.stack([c[0] for c in chunks])
+    labels = np.stack([c[1] for c in chunks])
+    keys = jax.random.split(jax.random.PRNGKey(0), 3)
+    one = lambda k, f, l: purify.purify_chunk(k, f, l, num_classes=3)  # noqa: E731
+    batch_p, batch_keep = jax.jit(jax.vmap(one))(keys, feats, labels)
+    # vmap of an already jitted function batches the traced program (the float64 part included).
+    again_p, _ = jax.vmap(jax.jit(one))(keys, feats, labels)
+    np.testing.assert_allclose(again_p, batch_p, atol=1e-6)
+    for i in range(3):
+        p, keep = purify.purify_chunk(keys[i], feats[i], labels[i], num_classes=3)
+        p2, _ = purify.purify_chunk(keys[i], feats[i], labels[i], num_classes=3)
+        np.testing.assert_array_equal(p, p2)
+        np.testing.assert_allclose(batch_p[i], p, atol=1e-6)
+        np.testing.assert_array_equal(batch_keep[i], keep)
+    assert not np.array_equal(batch_p[0], batch_p[1])
