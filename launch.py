@@ -15,15 +15,16 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file; override fields as --config.a.b=v.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where outputs (stream.json, metrics.jsonl, summary.json) go.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "stream"],
-                          "train: the whole SPR run; stream: only build the noisy stream and summarise it.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "experts", "stream"],
+                          "train: the whole SPR run (resuming from WORKDIR's checkpoints); experts: only the expert "
+                          "phase, filling the expert cache; stream: only build the noisy stream and summarise it.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # keep jax's backend probing out of the report
-    from spr_jax import configlib, experiment
+    from spr_jax import checkpoint, configlib, experiment, expert_cache
     config = _CONFIG.value
     os.makedirs(_WORKDIR.value, exist_ok=True)
     try:
@@ -34,8 +35,14 @@ def main(argv):
                 json.dump(summary, f, indent=1)
         else:
             from spr_jax import train
-            train.run(config, _WORKDIR.value)
+            if _MODE.value == "experts":
+                train.fill_expert_cache(config, _WORKDIR.value)
+            else:
+                train.run(config, _WORKDIR.value)
     except (configlib.ConfigError, ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+    except (checkpoint.CheckpointMismatchError, checkpoint.CorruptCheckpointError,
+            expert_cache.CacheCorruptError) as e:
         sys.exit(f"error: {e}")
 
 

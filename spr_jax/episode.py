@@ -42,6 +42,7 @@ class ReplaySettings(NamedTuple):
     batch_size: int
     base_lr: float
     warmup_epochs: int
+    temperature: float
     color_jitter: bool
     plain_replay: bool
 
@@ -71,7 +72,8 @@ def self_replay(model, s: ReplaySettings, base, chunk_images, buffer, data: Trai
 
             def step(base, xs):
                 images, k = xs
-                return steps.contrastive_step(model, base, images, k, lr, color_jitter=s.color_jitter)
+                return steps.contrastive_step(model, base, images, k, lr, color_jitter=s.color_jitter,
+                                               temperature=s.temperature)
 
             base, losses = jax.lax.scan(step, base, (batches, jax.random.split(k_steps, batches_per_epoch)))
             return base, losses.mean()

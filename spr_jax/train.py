@@ -13,9 +13,12 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+import spr_jax
+from spr_jax import checkpoint
 from spr_jax import episode
 from spr_jax import evaluate
 from spr_jax import experiment
+from spr_jax import expert_cache
 from spr_jax import experts
 from spr_jax import metrics as metrics_lib
 from spr_jax import models
@@ -26,7 +29,8 @@ from spr_jax import rng
 def replay_settings(config) -> episode.ReplaySettings:
     return episode.ReplaySettings(
         epochs=int(config.base.epochs), batch_size=int(config.base.batch_size), base_lr=float(config.ssl.lr),
-        warmup_epochs=int(config.ssl.warmup_epochs), color_jitter=None, plain_replay=bool(config.buffer.plain_replay))
+        warmup_epochs=int(config.ssl.warmup_epochs), temperature=float(config.ssl.temperature), color_jitter=None,
+        plain_replay=bool(config.buffer.plain_replay))
 
 
 def color_jitter_for(images) -> bool:
@@ -46,16 +50,92 @@ def filter_fn(num_classes: int, num_graphs: int, max_iter: int):
     return post_fn
 
 
-def run_expert_phase(config, model, prepared, train_images_dev, progress=True) -> dict:
+def expert_cache_dir(config, workdir: str) -> str:
+    return config.cache.dir or os.path.join(workdir, "expert_cache")
+
+
+def chunk_descriptions(config, prepared) -> list:
+    """Everything a chunk's expert outputs depend on, one dict per chunk (the expert cache's keys)."""
     s = prepared.stream
-    filter_keys = jax.vmap(lambda c: rng.chunk_key(config.seed, rng.FILTER, c))(jnp.arange(s.num_chunks))
-    post_fn = filter_fn(prepared.num_classes, int(config.filter.num_graphs), int(config.filter.max_iter))
-    return experts.expert_phase(
-        train_images_dev, s.chunks, config.seed, model=model, epochs=int(config.expert.epochs),
-        base_lr=float(config.ssl.lr), warmup_epochs=int(config.ssl.warmup_epochs),
-        color_jitter=color_jitter_for(prepared.dataset.train.images), group_size=int(config.expert.group_size),
-        post_fn=post_fn, post_args={"labels": prepared.noisy.noisy[s.chunks], "key": filter_keys},
-        progress=progress)
+    common = dict(
+        dataset={"name": prepared.dataset.name, "subset_per_class": int(config.dataset.subset_per_class),
+                 "train_images": int(prepared.dataset.train.labels.size)},
+        noise={"kind": config.noise.kind, "rate": float(config.noise.rate)},
+        seed=int(config.seed),
+        stream={"chunk_size": s.chunk_size, "batch": int(config.stream.batch),
+                "episodes": [list(map(int, t)) for t in prepared.episodes]},
+        expert={"model": config.model.to_dict(), "ssl": config.ssl.to_dict(), "epochs": int(config.expert.epochs),
+                "filter": config.filter.to_dict()})
+    return [expert_cache.chunk_cache_description(chunk_index=c, chunk_indices=s.chunks[c], **common)
+            for c in range(s.num_chunks)]
+
+
+def train_missing_experts(config, prepared, train_images_dev, misses, progress) -> dict:
+    """{chunk: {clean_p, keep, features, final_loss}} for the chunks in `misses`.
+
+    With several processes (jax.distributed), process p trains the chunks misses[p::P] on its local
+    devices, and the outputs are all-gathered so every process returns all of them.
+    """
+    s = prepared.stream
+    nproc, me = jax.process_count(), jax.process_index()
+    mine = np.asarray(misses[me::nproc], np.int32)
+    out = {}
+    if mine.size:
+        filter_keys = jax.vmap(lambda c: rng.chunk_key(config.seed, rng.FILTER, c))(jnp.asarray(mine))
+        post_fn = filter_fn(prepared.num_classes, int(config.filter.num_graphs), int(config.filter.max_iter))
+        out = experts.expert_phase(
+            train_images_dev, s.chunks[mine], config.seed, chunk_ids=mine, post_fn=post_fn,
+            post_args={"labels": prepared.noisy.noisy[s.chunks[mine]], "key": filter_keys}, keep_losses=False,
+            progress=progress, **experts.phase_kwargs(config, prepared.dataset.train.images.shape[-1]))
+    if nproc == 1:
+        return {int(c): {k: np.asarray(v[j]) for k, v in out.items()} for j, c in enumerate(mine)}
+    from jax.experimental import multihost_utils
+    rows = -(-len(misses) // nproc)  # every process contributes the same shape: pad to `rows`
+    d = s.chunk_size
+    pad = {"clean_p": np.zeros((rows, d), np.float32), "keep": np.zeros((rows, d), bool)}
+    for k in pad:
+        if mine.size:
+            pad[k][:mine.size] = out[k]
+    gathered = multihost_utils.process_allgather(pad)  # [P, rows, D]
+    result = {}
+    for p in range(nproc):
+        for j, c in enumerate(misses[p::nproc]):
+            result[int(c)] = {k: np.asarray(gathered[k][p, j]) for k in pad}
+    return result
+
+
+def run_expert_phase(config, prepared, train_images_dev, cache_dir: str, progress=True) -> dict:
+    """clean_p and keep [C, D] of every chunk: read from the expert cache, the missing ones trained (in
+    parallel over chunk groups and devices) and written to it. Returns them with hit/trained counts."""
+    s = prepared.stream
+    descriptions = chunk_descriptions(config, prepared)
+    keys = [expert_cache.description_key(d) for d in descriptions]
+    cache = expert_cache.ExpertCache(cache_dir)
+    hits, misses = cache.get_many(keys)
+    if misses:
+        for c, outputs in train_missing_experts(config, prepared, train_images_dev, misses, progress).items():
+            if jax.process_index() == 0:
+                cache.put(keys[c], outputs, descriptions[c])
+            hits[c] = outputs
+    return {"clean_p": np.stack([hits[c]["clean_p"] for c in range(s.num_chunks)]),
+            "keep": np.stack([hits[c]["keep"] for c in range(s.num_chunks)]),
+            "cache_hits": s.num_chunks - len(misses), "trained": len(misses)}
+
+
+def fill_expert_cache(config, workdir: str, progress: bool = True) -> dict:
+    """--mode=experts: only the expert phase (experts + filter for every chunk), written to the cache so
+    that later runs with the same data, noise, seed and expert settings skip it (SPEC.md section 5b)."""
+    os.makedirs(workdir, exist_ok=True)
+    t0 = time.time()
+    prepared = experiment.prepare(config)
+    out = run_expert_phase(config, prepared, jnp.asarray(prepared.dataset.train.images),
+                           expert_cache_dir(config, workdir), progress)
+    info = {"chunks": prepared.stream.num_chunks, "cache_hits": out["cache_hits"], "trained": out["trained"],
+            "cache_dir": expert_cache_dir(config, workdir), "wall_time_s": round(time.time() - t0, 3)}
+    if progress:
+        print(f"expert phase: {info['trained']} chunks trained, {info['cache_hits']} already cached, in "
+              f"{info['wall_time_s']:.1f} s -> {info['cache_dir']}")
+    return info
 
 
 def segments(stream, piece: int):
@@ -80,6 +160,28 @@ class Outputs:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
+    def rewrite(self):
+        """metrics.jsonl from the records held (on resume: those of the checkpoint, in stream order)."""
+        records = sorted(self.chunks + self.evals, key=lambda r: (
+            r["chunk"] + 1 if r["type"] == "chunk" else r["chunks_processed"], r["type"] == "eval"))
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+        os.replace(tmp, self.path)
+
+
+# Config fields that change no result: a run may resume with other values of these.
+_RESULT_NEUTRAL = ("checkpoint", "cache")
+
+
+def run_fingerprint(config) -> dict:
+    d = config.to_dict()
+    for k in _RESULT_NEUTRAL:
+        d.pop(k, None)
+    d["expert"].pop("group_size", None)
+    d["eval"].pop("test_batch_size", None)
+    return {"config": d, "code_version": spr_jax.__version__}
+
 
 def run(config, workdir: str, progress: bool = True) -> dict:
     os.makedirs(workdir, exist_ok=True)
@@ -96,6 +198,8 @@ def run(config, workdir: str, progress: bool = True) -> dict:
                              corrupt=jnp.asarray(noisy.corrupt))
     test_images, test_labels = jnp.asarray(ds.test.images), ds.test.labels
     model = models.make_simclr(config.model.encoder, int(config.model.proj_dim), config.model.input_norm)
+    # Opened before any work, so a workdir holding another run's checkpoints is refused at once.
+    ckpt = checkpoint.RunCheckpointer(workdir, run_fingerprint(config), keep=int(config.checkpoint.keep))
     walls["prepare_s"] = time.time() - t0
 
     t0 = time.time()
@@ -104,8 +208,10 @@ def run(config, workdir: str, progress: bool = True) -> dict:
         clean_p = np.full(s.chunks.shape, 0.5, np.float32)
         keep = np.ones(s.chunks.shape, bool)
     else:
-        out = run_expert_phase(config, model, prepared, data.images, progress)
-        clean_p, keep = np.asarray(out["clean_p"]), np.asarray(out["keep"])
+        out = run_expert_phase(config, prepared, data.images, expert_cache_dir(config, workdir), progress)
+        clean_p, keep = out["clean_p"], out["keep"]
+        if progress and out["cache_hits"]:
+            print(f"expert cache: {out['cache_hits']} chunks reused, {out['trained']} trained")
     if not np.isfinite(clean_p).all():
         raise FloatingPointError("the expert phase produced non-finite clean_p; refusing to fill the buffer")
     walls["expert_phase_s"] = time.time() - t0
@@ -116,38 +222,52 @@ def run(config, workdir: str, progress: bool = True) -> dict:
                                prepared.num_classes)
     piece = max(1, int(config.checkpoint.every_chunks))
     log = Outputs(workdir)
-    open(log.path, "w").close()
-    matrix, purity_history, eval_time = [], [], 0.0
-    bar = tqdm(total=s.num_chunks, desc="replay", unit="chunk", disable=not progress)
-    for task, start, end in segments(s, piece):
+    restored = ckpt.restore(state)
+    done_chunks, eval_time = 0, 0.0
+    if restored is not None:  # resume: the state and every record so far come from the checkpoint
+        state, meta, done_chunks = restored
+        log.chunks, log.evals = meta["chunks"], meta["evals"]
+        eval_time = meta["evaluation_s"]
+        if progress:
+            print(f"resuming from the checkpoint after chunk {done_chunks} ({len(log.evals)} evaluations done)")
+    log.rewrite()
+    bar = tqdm(total=s.num_chunks, initial=done_chunks, desc="replay", unit="chunk", disable=not progress)
+    plan = segments(s, piece)
+    for i, (task, start, end) in enumerate(plan):
         if start is None:  # evaluation at the boundary after `task`
+            if task < len(log.evals):
+                continue
             te = time.time()
             record = evaluation(config, prepared, state, data, test_images, test_labels, task)
             eval_time += time.time() - te
-            matrix.append(record["task_accuracy"])
             log.evals.append(record)
             log.write(record)
             if progress:
                 bar.write(f"after task {task}: accuracy {100 * record['accuracy']:.2f}%, "
                           f"buffer purity {_pct(record['buffer_purity'])}")
-            continue
-        n = end - start
-        pad = piece - n
-        xs = [np.concatenate([a[start:end], np.zeros((pad,) + a.shape[1:], a.dtype)])
-              for a in (s.chunks, clean_p, keep)]
-        active = np.arange(piece) < n
-        state, m = episode.run_chunks(model, settings, state, data, *xs, active)
-        m = jax.tree.map(np.asarray, m)
-        for i in range(n):
-            c = start + i
-            record = chunk_record(c, int(s.chunk_task[c]), {k: v[i] for k, v in m.items()}, noisy.known)
-            purity_history.append(record["buffer_purity"])
-            log.chunks.append(record)
-            log.write(record)
-        bar.update(n)
+        else:
+            if end <= done_chunks:
+                continue
+            n = end - start
+            xs = [np.concatenate([a[start:end], np.zeros((piece - n,) + a.shape[1:], a.dtype)])
+                  for a in (s.chunks, clean_p, keep)]
+            state, m = episode.run_chunks(model, settings, state, data, *xs, np.arange(piece) < n)
+            m = jax.tree.map(np.asarray, m)
+            for j in range(n):
+                c = start + j
+                record = chunk_record(c, int(s.chunk_task[c]), {k: v[j] for k, v in m.items()}, noisy.known)
+                log.chunks.append(record)
+                log.write(record)
+            bar.update(n)
+            if i + 1 < len(plan) and plan[i + 1][1] is None:
+                continue  # an evaluation follows at this chunk: checkpoint after it, with its record
+        ckpt.save(int(state.chunk), state, {"chunks": log.chunks, "evals": log.evals, "evaluation_s": eval_time})
     bar.close()
+    ckpt.close()
     walls["replay_phase_s"] = time.time() - t0 - eval_time
     walls["evaluation_s"] = eval_time
+    matrix = [r["task_accuracy"] for r in log.evals]
+    purity_history = [r["buffer_purity"] for r in log.chunks]
 
     summary = {
         "final_accuracy": log.evals[-1]["accuracy"],

@@ -1,0 +1,176 @@
+"""SPR end to end on the tiny config: determinism, outputs, the replay switch, plain replay, and the
+expert phase computed ahead equal to experts computed inside the loop (the reference's order)."""
+import importlib.util
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from spr_jax import checkpoint, episode, experiment, experts, models, purify, rng, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config():
+    spec = importlib.util.spec_from_file_location("tiny", os.path.join(ROOT, "configs", "tiny.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def _lines(workdir):
+    return [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("tiny"))
+    return train.run(tiny_config(), workdir, progress=False), workdir
+
+
+def test_outputs_are_complete_and_finite(tiny_run):
+    summary, workdir = tiny_run
+    config = tiny_config()
+    lines = _lines(workdir)
+    chunks = [r for r in lines if r["type"] == "chunk"]
+    evals = [r for r in lines if r["type"] == "eval"]
+    assert len(chunks) == summary["num_chunks"] and len(evals) == len(config.episodes)
+    m = np.asarray(summary["accuracy_matrix"])
+    assert m.shape == (5, 5) and np.isfinite(m).all() and ((0 <= m) & (m <= 1)).all()
+    assert 0 <= summary["final_accuracy"] <= 1 and 0 <= summary["final_purity"] <= 1
+    assert len(summary["purity_history"]) == summary["num_chunks"]
+    for r in chunks:
+        assert np.isfinite(r["base_loss"])
+        assert r["buffer_size"] <= config.buffer.size and sum(r["buffer_counts"]) == r["buffer_size"]
+    for key in ("average_accuracy", "forgetting", "wall_time_s"):
+        assert key in summary
+    assert os.path.exists(os.path.join(workdir, "summary.png"))
+    # The synthetic classes are easy: the first task is learned, so the loop does train something.
+    assert m[0, 0] > 0.6
+
+
+def test_same_seed_same_summary(tiny_run, tmp_path):
+    summary, _ = tiny_run
+    again = train.run(tiny_config(), str(tmp_path), progress=False)
+    for s in (summary, again):
+        s.pop("wall_time_s")
+    assert json.dumps(summary, sort_keys=True) == json.dumps(again, sort_keys=True)
+
+
+def test_replay_mixes_in_the_buffer_exactly_once_it_is_full(tiny_run):
+    _, workdir = tiny_run
+    chunks = [r for r in _lines(workdir) if r["type"] == "chunk"]
+    size = tiny_config().buffer.size
+    full_before = [False] + [r["buffer_size"] == size for r in chunks[:-1]]
+    assert [r["replayed_buffer"] for r in chunks] == full_before
+    assert any(full_before) and not all(full_before)
+
+
+def test_plain_replay_offers_every_sample(tmp_path):
+    config = tiny_config()
+    config.buffer.plain_replay = True
+    summary = train.run(config, str(tmp_path), progress=False)
+    chunks = [r for r in _lines(str(tmp_path)) if r["type"] == "chunk"]
+    assert all(r["kept"] == config.stream.delayed_buffer_size for r in chunks)
+    assert summary["plain_replay"] is True
+
+
+def test_expert_phase_ahead_equals_experts_inside_the_loop(tmp_path):
+    config = tiny_config()
+    prepared = experiment.prepare(config)
+    model = models.make_simclr(config.model.encoder, config.model.proj_dim)
+    data = episode.TrainData(images=jnp.asarray(prepared.dataset.train.images),
+                             noisy=jnp.asarray(prepared.noisy.noisy), corrupt=jnp.asarray(prepared.noisy.corrupt))
+    ahead = train.run_expert_phase(config, prepared, data.images, str(tmp_path), progress=False)
+    settings = train.replay_settings(config)._replace(color_jitter=False)
+    chunks = prepared.stream.chunks
+    n = chunks.shape[0]
+
+    def inline_filter(chunk, indices):
+        _, features, _ = experts.train_expert(
+            model, data.images[indices], rng.chunk_key(config.seed, rng.EXPERT, chunk), epochs=config.expert.epochs,
+            base_lr=config.ssl.lr, warmup_epochs=config.ssl.warmup_epochs)
+        return purify.purify_chunk(rng.chunk_key(config.seed, rng.FILTER, chunk), features, data.noisy[indices],
+                                   num_classes=prepared.num_classes, num_graphs=config.filter.num_graphs,
+                                   max_iter=config.filter.max_iter)
+
+    def replay(**kw):
+        state = episode.init_state(model, config.seed, prepared.dataset.train.images.shape[1:], config.buffer.size,
+                                   prepared.num_classes)
+        return episode.run_chunks(model, settings, state, data, chunks, ahead["clean_p"], ahead["keep"],
+                                  np.ones(n, bool), **kw)
+
+    state_a, m_a = replay()
+    state_b, m_b = replay(inline_filter=inline_filter)
+    np.testing.assert_array_equal(m_a["kept"], m_b["kept"])
+    for field in ("index", "label", "valid"):
+        np.testing.assert_array_equal(getattr(state_a.buffer, field), getattr(state_b.buffer, field))
+    np.testing.assert_allclose(state_a.buffer.clean_p, state_b.buffer.clean_p, atol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), state_a.base.params,
+                 state_b.base.params)
+
+
+def _without_walls(summary):
+    return {k: v for k, v in summary.items() if k != "wall_time_s"}
+
+
+def test_a_killed_run_resumes_to_the_same_summary(tiny_run, tmp_path, monkeypatch):
+    summary, _ = tiny_run
+    real_run_chunks = episode.run_chunks
+    calls = []
+
+    def dying(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")
+        return real_run_chunks(*args, **kwargs)
+
+    monkeypatch.setattr(episode, "run_chunks", dying)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(tiny_config(), str(tmp_path), progress=False)
+    assert os.listdir(tmp_path / "checkpoints")
+    monkeypatch.setattr(episode, "run_chunks", real_run_chunks)
+    resumed = train.run(tiny_config(), str(tmp_path), progress=False)
+    assert _without_walls(resumed) == _without_walls(summary)
+    lines = _lines(str(tmp_path))
+    assert [r["chunk"] for r in lines if r["type"] == "chunk"] == list(range(summary["num_chunks"]))
+
+
+def test_a_checkpoint_of_another_config_is_refused(tiny_run):
+    _, workdir = tiny_run
+    config = tiny_config()
+    config.noise.rate = 0.2
+    before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+    with pytest.raises(checkpoint.CheckpointMismatchError, match="noise.rate"):
+        train.run(config, workdir, progress=False)
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
+
+
+def test_the_expert_cache_is_hit_by_a_second_run_and_missed_on_other_noise(tiny_run, tmp_path, monkeypatch):
+    summary, workdir = tiny_run
+    config = tiny_config()
+    config.cache.dir = os.path.join(workdir, "expert_cache")  # the first run's cache, another workdir
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("an expert was trained although every chunk is cached")
+
+    real_phase = experts.expert_phase
+    monkeypatch.setattr(experts, "expert_phase", no_training)
+    again = train.run(config, str(tmp_path / "second"), progress=False)
+    assert _without_walls(again) == _without_walls(summary)
+
+    trained = []
+
+    def counting(*args, **kwargs):
+        trained.append(len(kwargs["chunk_ids"]))
+        return real_phase(*args, **kwargs)
+
+    monkeypatch.setattr(experts, "expert_phase", counting)
+    config.noise.rate = 0.3
+    prepared = experiment.prepare(config)
+    out = train.run_expert_phase(config, prepared, jnp.asarray(prepared.dataset.train.images), config.cache.dir,
+                                 progress=False)
+    assert out["trained"] == prepared.stream.num_chunks == trained[0] and out["cache_hits"] == 0
