@@ -18,6 +18,11 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where outputs (stream.json, met
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "experts", "stream"],
                           "train: the whole SPR run (resuming from WORKDIR's checkpoints); experts: only the expert "
                           "phase, filling the expert cache; stream: only build the noisy stream and summarise it.")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Join a multi-host run, detected from the environment "
+                                 "(TPU pods, SLURM, ...).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", "", "host:port of process 0 of a multi-host run.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Processes of a multi-host run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", -1, "This process's index in a multi-host run.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -25,6 +30,8 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # keep jax's backend probing out of the report
     from spr_jax import checkpoint, configlib, experiment, expert_cache
+    from spr_jax import parallel
+    parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, auto=_DISTRIBUTED.value)
     config = _CONFIG.value
     os.makedirs(_WORKDIR.value, exist_ok=True)
     try:

@@ -157,11 +157,15 @@ class Outputs:
         self.chunks, self.evals = [], []
 
     def write(self, record):
+        if jax.process_index() != 0:  # one process writes the outputs of a multi-host run
+            return
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
     def rewrite(self):
         """metrics.jsonl from the records held (on resume: those of the checkpoint, in stream order)."""
+        if jax.process_index() != 0:
+            return
         records = sorted(self.chunks + self.evals, key=lambda r: (
             r["chunk"] + 1 if r["type"] == "chunk" else r["chunks_processed"], r["type"] == "eval"))
         tmp = self.path + ".tmp"
@@ -285,6 +289,8 @@ def run(config, workdir: str, progress: bool = True) -> dict:
         "wall_time_s": {k: round(v, 3) for k, v in walls.items()},
         "device": jax.devices()[0].device_kind,
     }
+    if jax.process_index() != 0:
+        return summary
     with open(os.path.join(workdir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     try:
