@@ -193,8 +193,9 @@ def run(config, workdir: str, progress: bool = True) -> dict:
     t0 = time.time()
     prepared = experiment.prepare(config)
     stream_info = experiment.stream_summary(prepared)
-    with open(os.path.join(workdir, "stream.json"), "w") as f:
-        json.dump(stream_info, f, indent=1)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "stream.json"), "w") as f:
+            json.dump(stream_info, f, indent=1)
     if progress:
         print(experiment.format_stream_summary(stream_info), flush=True)
     ds, s, noisy = prepared.dataset, prepared.stream, prepared.noisy
