@@ -93,7 +93,10 @@ def main():
             "keep_agree": float(np.mean(np.asarray(keep) == ref_keep)),
             "clean_p_max_abs_diff": float(np.max(np.abs(np.asarray(clean_p) - ref_p))),
         }
-    result["device"] = f"{jax.devices()[0].device_kind} ({jax.default_backend()}), {platform.processor() or platform.machine()}, {os.cpu_count()} cpus"
+    result["device"] = (f"{jax.devices()[0].device_kind} ({jax.default_backend()}), "
+                        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus")
+    # The machine may be shared: the load average says how much the timings were disturbed.
+    result["loadavg_1_5_15_min"] = [round(v, 2) for v in os.getloadavg()]
     result["threads"] = {v: os.environ.get(v) for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
                                                         "MKL_NUM_THREADS", "XLA_FLAGS")}
     result["versions"] = {"jax": jax.__version__, "numpy": np.__version__}

@@ -17,9 +17,9 @@ of a chunk is processed at once with static shapes:
   percentiles come from one sort by (label, centrality).
 
 Precision (a mixed scheme; the tests hold it to the float64 reference):
-- Similarities, draws and the [E, D, D] graphs are float32 (the graphs as 0/1 edge indicators).
-- The power iteration is float64-exact at float32 matmul cost (`stochastic_graph_centrality`): x is split
-  into float32 slices whose products with the 0/1 edges sum exactly in float32. Plain float32 is not enough:
+- Similarities and draws are float32, the [E, D, D] graphs int8 0/1 edge indicators.
+- The power iteration is float64-exact at int8 matmul cost (`stochastic_graph_centrality`): x is split
+  into int8 slices whose products with the 0/1 edges sum exactly in int32. Plain float32 is not enough:
   sparse graphs (noisy features) have lambda_2 / lambda_1 ~ 0.998, networkx stops there thousands of
   iterations in, far from the eigenvector, and float32 rounding drifts the result by ~1e-4.
 - Percentiles, the EM and the lookup run in float64 (jax.enable_x64 inside `_in_x64`, which also keeps the
@@ -79,17 +79,25 @@ def similarity(features):
 
 
 def edge_matrix(sim, labels, graph_u):
-    """B [E, D, D] float32 in {0, 1}: edges (S > u, plus the self-loops) of the E graphs, same class only.
+    """B [E, D, D] int8 in {0, 1}: edges (S > u, plus the self-loops) of the E graphs, same class only.
 
     A graph's weights are A = 1e-5 M + (1 - 1e-5) B with M the same-class mask: 1 on edges and self-loops,
     1e-5 between unlinked samples of a class, 0 across classes. networkx.from_numpy_array keeps
     A[max(i, j), min(i, j)] for every pair, so u is read from the lower triangle (S is symmetric).
     """
-    d = sim.shape[0]
+    num_graphs, d = graph_u.shape[0], sim.shape[0]
     rows, cols = jnp.arange(d)[:, None], jnp.arange(d)[None, :]
-    u = jnp.where(rows > cols, graph_u, jnp.swapaxes(graph_u, 1, 2))
     same = labels[:, None] == labels[None, :]
-    return (same[None] & ((sim[None] > u) | (rows == cols))).astype(jnp.float32)
+    if num_graphs <= 31:
+        # Transposing [E, D, D] floats is the costly part on CPU: pack the E comparisons of a pair into the
+        # bits of one int32 and transpose that single [D, D] array instead.
+        shifts = jnp.arange(num_graphs, dtype=jnp.int32)[:, None, None]
+        packed = jnp.sum((sim[None] > graph_u).astype(jnp.int32) << shifts, axis=0)
+        packed = jnp.where(rows > cols, packed, packed.T)
+        edge = ((packed[None] >> shifts) & 1) > 0
+    else:
+        edge = sim[None] > jnp.where(rows > cols, graph_u, jnp.swapaxes(graph_u, 1, 2))
+    return (same[None] & (edge | (rows == cols))).astype(jnp.int8)
 
 
 def graph_weights(sim, labels, graph_u):
@@ -133,7 +141,8 @@ def _power_iteration(matvec, labels, shape, num_classes, max_iter):
     """networkx's eigenvector_centrality loop for every (graph, class) at once, in float64 (call under x64).
 
     matvec(x) = A x for x [E, D] float64. A (graph, class) is frozen at the iteration where networkx
-    returns (sum_class |x - x_prev| < n_class * 1e-6), or the loop ends after max_iter iterations.
+    returns (sum_class |x - x_prev| < n_class * 1e-6), or the loop ends after max_iter iterations
+    (max_iter may be traced).
     """
     onehot = _onehot(labels, num_classes, jnp.float64)
     counts = onehot.sum(0)
@@ -176,34 +185,31 @@ def eigenvector_centrality(weights, labels, *, num_classes: int, max_iter: int =
     return _in_x64(run)(weights, labels.astype(jnp.int32))
 
 
-def _slice_bits(d: int) -> int:
-    """Bits per slice so that sums of d slice values (each < 2^bits units) are exact in float32."""
-    return 24 - max(1, int(np.ceil(np.log2(d))))
+# x in (0, 1] as int8 slices: the first in units of 2^-6 (|q| <= 64), each next 7 bits finer (|q| <= 64).
+_SLICE_UNITS = 2.0 ** -(6 + 7 * np.arange(8))  # 8 slices: x to 2^-56
 
 
 def stochastic_graph_centrality(edges, labels, *, num_classes: int, max_iter: int = 6000):
     """Centralities [E, D] float64 (call under x64) of the graphs A = 1e-5 M + (1 - 1e-5) B, B = `edges`.
 
-    Float64-exact at float32 matmul cost: x in (0, 1] is split into a few float32 slices of `_slice_bits`
-    bits each (x = sum_k s_k up to 2^-64), B s_k is exact in float32 (B is 0/1 and the sums stay below
-    2^24 units), and the slices are summed in float64. So the one heavy op per iteration is a float32
-    [E, D, D] x [E, D, slices] matmul, no float64 copy of the D x D graphs. M x is a per-class sum.
+    Float64-exact without a float64 copy of the D x D graphs: x in (0, 1] is split into 8 int8 slices
+    (x = sum_k q_k 2^-(6 + 7k) to 2^-56), B q_k is an exact integer matmul ([E, D, D] int8 x [E, 8, D] int8,
+    int32 accumulation; exact in float32 too, should a backend convert: the sums stay below 2^24), and
+    the slices are recombined in float64. The graphs take 1 byte per entry. M x is a per-class sum.
     """
     num_graphs, d = edges.shape[0], edges.shape[1]
-    bits = _slice_bits(d)
-    num_slices = -(-64 // bits)  # x to 2^-64 absolute: 1e-13 relative even for x ~ 1e-6
     onehot = _onehot(labels, num_classes, jnp.float64)
+    units = jnp.asarray(_SLICE_UNITS)
 
     def matvec(x):
         slices, rest = [], x
-        for k in range(num_slices):
-            unit = 2.0 ** (-bits * (k + 1))
-            s = jnp.round(rest / unit) * unit  # exact: a multiple of unit, |s / unit| <= 2^bits
-            slices.append(s)
-            rest = rest - s
-        bx = jnp.einsum("eij,ejs->eis", edges, jnp.stack(slices, -1).astype(jnp.float32), precision=_HI,
-                        preferred_element_type=jnp.float32)
-        bx = jnp.sum(bx.astype(jnp.float64), axis=-1)
+        for unit in _SLICE_UNITS:
+            q = jnp.round(rest / unit)  # exact: |q| <= 64 and rest - q unit is representable
+            slices.append(q)
+            rest = rest - q * unit
+        q = jnp.stack(slices, 1).astype(jnp.int8)  # [E, 8, D]
+        bq = jnp.einsum("eij,esj->esi", edges.astype(jnp.int8), q, preferred_element_type=jnp.int32)
+        bx = jnp.einsum("esi,s->ei", bq.astype(jnp.float64), units, precision=_HI)
         mx = _class_sum(x, onehot)[:, labels]
         return (1 - LOW_WEIGHT) * bx + LOW_WEIGHT * mx
 
@@ -237,40 +243,54 @@ def _log1pmx(t):
     return jnp.where(small, series, jnp.log1p(tb) - tb)
 
 
+def _stirling_main(z):
+    return (z - 0.5) * jnp.log(z) - z + 0.5 * np.log(2 * np.pi)
+
+
 def _stirling_delta(z):
-    """lgamma(z) - [(z - 1/2) log z - z + log(2 pi) / 2]: asymptotic series from 10 on, direct below."""
-    big = z >= 10
-    zi = 1 / jnp.where(big, z, 10.0)
-    zi2 = zi * zi
-    series = zi * (1 / 12 - zi2 * (1 / 360 - zi2 * (1 / 1260 - zi2 * (1 / 1680 - zi2 / 1188))))
-    zs = jnp.where(big, 1.0, z)
-    direct = jax.lax.lgamma(zs) - (zs - 0.5) * jnp.log(zs) + zs - 0.5 * np.log(2 * np.pi)
-    return jnp.where(big, series, direct)
+    """lgamma(z) - [(z - 1/2) log z - z + log(2 pi) / 2], z > 0, to ~1e-14.
+
+    Asymptotic series from 10 on; below, lgamma(z) = lgamma(z + 10) - log(z (z + 1) ... (z + 9)) moves the
+    series to z + 10 (cheaper to compile than XLA's lgamma, and as accurate).
+    """
+    def series(w):
+        wi = 1 / w
+        wi2 = wi * wi
+        return wi * (1 / 12 - wi2 * (1 / 360 - wi2 * (1 / 1260 - wi2 * (1 / 1680 - wi2 / 1188))))
+
+    small = z < 10
+    zs = jnp.where(small, z, 1.0)
+    prod = zs
+    for i in range(1, 10):
+        prod = prod * (zs + i)
+    shifted = _stirling_main(zs + 10) + series(zs + 10) - jnp.log(prod) - _stirling_main(zs)
+    return jnp.where(small, shifted, series(jnp.where(small, 10.0, z)))
 
 
 def _beta_log_density_terms(a, b):
-    """Per-(graph, class, component) terms of `_log_beta_pdf`: a, b, mean, 1 - mean, log normaliser."""
+    """Per-(graph, class, component) terms of `_log_beta_pdf`: a, b, m, 1 - m, and two log normalisers."""
     s = a + b
     m, m1 = a / s, b / s
     # log(m^a (1 - m)^b / B(a, b)) by Stirling: no cancellation of a log m against betaln for large a, b.
     log_norm = (0.5 * (jnp.log(a) + jnp.log(b) - jnp.log(s)) - 0.5 * np.log(2 * np.pi)
                 + _stirling_delta(s) - _stirling_delta(a) - _stirling_delta(b))
-    return a, b, m, m1, log_norm
+    return a, b, m, m1, log_norm, log_norm - a * jnp.log(m) - b * jnp.log(m1)
 
 
-def _log_beta_pdf(x, log_x, log_1mx, a, b, m, m1, log_norm):
+def _log_beta_pdf(x, log_x, log_1mx, a, b, m, m1, log_norm, log_norm_far):
     """log beta.pdf(x; a, b), accurate (like scipy's boost pdf) even for a, b ~ 1e16.
 
     x^(a-1) (1-x)^(b-1) / B(a, b) = exp(a log(x/m) + b log((1-x)/(1-m))) m^a (1-m)^b / B(a, b) / (x (1-x)),
     m = a / (a + b). Near the mean the exponent is a log1pmx(u) + b log1pmx(v) (the linear terms cancel
-    exactly), so a sharply peaked component (a tied cluster in the data) keeps its exact shape.
+    exactly), so a sharply peaked component (a tied cluster in the data) keeps its exact shape. Away from
+    it, (a-1) log x + (b-1) log(1-x) - log B(a, b) is fine (and very negative when a, b are large).
     """
     u = (x - m) / m
     v = (m - x) / m1
     near = (jnp.abs(u) < 0.5) & (jnp.abs(v) < 0.5)
     expo_near = a * _log1pmx(jnp.where(near, u, 0.0)) + b * _log1pmx(jnp.where(near, v, 0.0))
-    expo_far = a * (log_x - jnp.log(m)) + b * (log_1mx - jnp.log(m1))
-    return jnp.where(near, expo_near, expo_far) + log_norm - log_x - log_1mx
+    far = (a - 1) * log_x + (b - 1) * log_1mx + log_norm_far
+    return jnp.where(near, expo_near + log_norm - log_x - log_1mx, far)
 
 
 def beta_mixture(x, fit, labels, *, num_classes: int):
@@ -299,7 +319,8 @@ def beta_mixture(x, fit, labels, *, num_classes: int):
     def em_step(params):
         alphas, betas, weights = params
         terms = _beta_log_density_terms(alphas, betas)
-        per_class = jnp.stack(terms[:4] + (terms[4] + jnp.log(weights),), -1)
+        log_w = jnp.log(weights)
+        per_class = jnp.stack(terms[:4] + (terms[4] + log_w, terms[5] + log_w), -1)
         lp = _log_beta_pdf(x_, log_x, log_1mx, *to_samples(per_class))  # log(w_k pdf_k)
         # Floored at 1e-12 and normalised over the components, in log space.
         lp = jnp.maximum(lp, jnp.log(EPS_NAN))
@@ -330,8 +351,12 @@ def clean_lookup(alphas, betas, weights):
     """Component 1's posterior on the 100-point grid, held at its maximum from its argmax on: [..., 100]."""
     dtype = alphas.dtype
     grid = [jnp.asarray(g, dtype) for g in (_GRID, _LOG_GRID, _LOG1M_GRID)]
-    terms = [t[..., None] for t in _beta_log_density_terms(alphas, betas)]
-    wp = weights[..., None] * jnp.exp(_log_beta_pdf(*grid, *terms))  # w_k pdf_k, [..., 2, 100]
+    # The per-class terms through a matmul with the identity: a dot is a fusion boundary, so XLA does not
+    # recompute them (Stirling series, logs) for each of the 100 grid points.
+    terms = jnp.stack(_beta_log_density_terms(alphas, betas) + (weights,), -1)
+    terms = jnp.einsum("...p,pq->q...", terms, jnp.eye(terms.shape[-1], dtype=dtype), precision=_HI)
+    *terms, w = [t[..., None] for t in terms]
+    wp = w * jnp.exp(_log_beta_pdf(*grid, *terms))  # w_k pdf_k, [..., 2, 100]
     p0, p1 = wp[..., 0, :], wp[..., 1, :]
     # Literally the reference's float64 expression: whether the posterior reaches exactly 1.0 at the
     # first grid point or only at the last (which the argmax below turns into "all 1" or not) is decided

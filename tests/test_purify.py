@@ -39,10 +39,14 @@ _centrality = jax.jit(purify.eigenvector_centrality, static_argnames=("num_class
 _posterior = jax.jit(purify.centrality_clean_posterior, static_argnames=("num_classes",))
 
 
-def _stochastic_centrality(edges, labels, num_classes, max_iter=6000):
+@jax.jit
+def _stochastic_centrality4(edges, labels, max_iter):
+    return purify.stochastic_graph_centrality(edges, labels, num_classes=4, max_iter=max_iter)
+
+
+def _stochastic_centrality(edges, labels, max_iter=6000):
     with jax.enable_x64(True):
-        fn = jax.jit(purify.stochastic_graph_centrality, static_argnames=("num_classes", "max_iter"))
-        return np.asarray(fn(edges, labels, num_classes=num_classes, max_iter=max_iter))
+        return np.asarray(_stochastic_centrality4(edges, labels, max_iter))
 
 
 def test_filter_draws_shapes_and_determinism():
@@ -60,7 +64,8 @@ def test_filter_draws_shapes_and_determinism():
 def test_graph_weights_are_the_networkx_graph_of_each_class():
     feats, labels, _ = clustered_chunk(0, 40, 3, spread=1.5)
     graph_u, _ = _draws(0, 40, num_graphs=2)
-    weights = np.asarray(purify.graph_weights(purify.similarity(feats), labels, graph_u))
+    weights = np.asarray(jax.jit(lambda f, l, u: purify.graph_weights(purify.similarity(f), l, u))(
+        feats, labels, graph_u))
     sim = ref.similarity(feats)
     for k in range(3):
         idx = np.flatnonzero(labels == k)
@@ -77,7 +82,7 @@ def test_centrality_matches_networkx_on_random_weighted_graphs():
     rng = np.random.default_rng(0)
     sizes = [2, 3, 9, 40, 150, 500]
     labels = rng.permutation(np.repeat(np.arange(len(sizes)), sizes)).astype(np.int32)
-    d, num_graphs = labels.size, 2
+    d, num_graphs = labels.size, 1
     weights = np.zeros((num_graphs, d, d))
     blocks = []
     for e in range(num_graphs):
@@ -95,18 +100,22 @@ def test_centrality_matches_networkx_on_random_weighted_graphs():
         assert np.abs(cent[e, idx] - want).max() <= 1e-5
 
 
-def test_stochastic_graph_centrality_is_float64_exact_even_when_slow():
+def _sparse_chunk():
     # Near-random features make sparse graphs whose top eigenvalues nearly coincide: networkx needs
     # thousands of iterations and stops far from the eigenvector, where float32 would drift by 1e-4.
     feats, labels, _ = clustered_chunk(31, 160, 4, dim=128, spread=10.0)
-    graph_u, _ = _draws(31, 160)
+    graph_u, _ = _draws(31, 160, num_graphs=2)
     edges = purify.edge_matrix(purify.similarity(feats), labels, graph_u)
-    cent = _stochastic_centrality(edges, labels, 4)
-    sim = ref.similarity(feats)
+    return ref.similarity(feats), labels, graph_u, edges
+
+
+def test_stochastic_graph_centrality_is_float64_exact_even_when_slow():
+    sim, labels, graph_u, edges = _sparse_chunk()
+    cent = _stochastic_centrality(edges, labels)
     worst = 0.0
     for k in range(4):
         idx = np.flatnonzero(labels == k)
-        for e in range(5):
+        for e in range(2):
             want = ref.eigenvector_centrality(ref.class_graph_weights(sim[np.ix_(idx, idx)],
                                                                       graph_u[e][np.ix_(idx, idx)]))
             worst = max(worst, np.abs(cent[e, idx] - want).max())
@@ -114,12 +123,9 @@ def test_stochastic_graph_centrality_is_float64_exact_even_when_slow():
 
 
 def test_centrality_stops_after_max_iter_with_the_last_iterate():
-    feats, labels, _ = clustered_chunk(5, 60, 2, spread=3.0)
-    graph_u, _ = _draws(5, 60, num_graphs=1)
-    edges = purify.edge_matrix(purify.similarity(feats), labels, graph_u)
-    cent = _stochastic_centrality(edges, labels, 2, max_iter=3)
-    sim = ref.similarity(feats)
-    for k in range(2):
+    sim, labels, graph_u, edges = _sparse_chunk()
+    cent = _stochastic_centrality(edges, labels, max_iter=3)
+    for k in range(4):
         idx = np.flatnonzero(labels == k)
         raw = ref.class_graph_weights(sim[np.ix_(idx, idx)], graph_u[0][np.ix_(idx, idx)])
         np.testing.assert_allclose(cent[0, idx], ref.eigenvector_centrality(raw, max_iter=3), atol=1e-12)
@@ -157,20 +163,25 @@ def test_beta_mixture_lookup_matches_scipy():
             np.testing.assert_allclose(ours[e, idx], ref.class_clean_posterior(cent32[e, idx]), atol=1e-4)
 
 
-# Reference agreement: one chunk shape (one compilation), features from tight to nearly random.
+# The filter at one chunk shape (one compilation): 200 samples, 10 classes.
+D, K = 200, 10
+
+
 @pytest.mark.parametrize("seed,spread", [(0, 0.3), (1, 0.8), (2, 1.5), (3, 3.0), (4, 10.0)])
 def test_filter_matches_numpy_networkx_pipeline(seed, spread):
-    feats, labels, _ = clustered_chunk(seed, 150, 5, spread=spread)
-    graph_u, keep_u = _draws(seed, 150)
-    clean_p, keep = _filter(feats, labels, graph_u, keep_u, num_classes=5)
+    # Features from tight clusters to nearly random (sparse, slowly converging graphs, tied centralities).
+    feats, labels, _ = clustered_chunk(seed, D, K, spread=spread)
+    graph_u, keep_u = _draws(seed, D)
+    clean_p, keep = _filter(feats, labels, graph_u, keep_u, num_classes=K)
     want_p, want_keep = ref.self_centered_filter(feats, labels, graph_u, keep_u)
     np.testing.assert_array_equal(np.asarray(keep), want_keep)
     np.testing.assert_allclose(np.asarray(clean_p), want_p, atol=1e-4)
 
 
 def test_filter_keeps_clean_samples_of_well_separated_clusters():
-    feats, labels, true = clustered_chunk(7, 500, 10, dim=64, noise=0.4, spread=0.5)
-    clean_p, keep = purify.purify_chunk(jax.random.PRNGKey(7), feats, labels, num_classes=10)
+    feats, labels, true = clustered_chunk(7, D, K, noise=0.4, spread=0.5)
+    graph_u, keep_u = _draws(7, D)
+    _, keep = _filter(feats, labels, graph_u, keep_u, num_classes=K)
     keep, clean = np.asarray(keep), labels == true
     assert 0.3 < 1 - clean.mean() < 0.5  # about 40% noise
     assert clean[keep].mean() >= 0.9
@@ -178,46 +189,42 @@ def test_filter_keeps_clean_samples_of_well_separated_clusters():
 
 
 def _degenerate_chunk(kind):
-    """A normal class of 12 samples (label 0) plus one degenerate class (label 1)."""
-    feats, _, _ = clustered_chunk(11, 12, 2, spread=1.0)
-    labels = np.zeros(12, np.int32)
-    if kind == "size1":
-        labels[5] = 1
-    elif kind == "size2":
-        labels[[2, 9]] = 1
-    else:  # identical features in a class of 5
-        labels[[0, 3, 4, 7, 10]] = 1
-        feats[[0, 3, 4, 7, 10]] = feats[0]
+    """A chunk whose class 9 is degenerate: one sample, two samples, or five identical features."""
+    feats, labels, _ = clustered_chunk(11, D, K, spread=1.0)
+    labels = np.where(labels == 9, 8, labels)
+    members = {"size1": [5], "size2": [2, 90], "identical": [0, 30, 61, 77, 150]}[kind]
+    labels[members] = 9
+    if kind == "identical":
+        feats[members] = feats[members[0]]
     return feats, labels
 
 
 @pytest.mark.parametrize("kind", ["size1", "size2", "identical"])
 def test_degenerate_classes_give_one_half_never_nan(kind):
     feats, labels = _degenerate_chunk(kind)
-    graph_u, keep_u = _draws(12, 12)
-    clean_p, keep = _filter(feats, labels, graph_u, keep_u, num_classes=3)
+    graph_u, keep_u = _draws(12, D)
+    clean_p, keep = _filter(feats, labels, graph_u, keep_u, num_classes=K)
     clean_p = np.asarray(clean_p)
     assert np.isfinite(clean_p).all() and ((clean_p >= 0) & (clean_p <= 1)).all()
-    np.testing.assert_allclose(clean_p[labels == 1], purify.DEGENERATE_P)
+    np.testing.assert_allclose(clean_p[labels == 9], purify.DEGENERATE_P)
     want_p, want_keep = ref.self_centered_filter(feats, labels, graph_u, keep_u)
     np.testing.assert_allclose(clean_p, want_p, atol=1e-4)
     np.testing.assert_array_equal(np.asarray(keep), want_keep)
 
 
 def test_purify_chunk_is_deterministic_and_vmaps_over_chunks():
-    chunks = [clustered_chunk(20 + i, 60, 3, spread=s) for i, s in enumerate([0.5, 1.5, 6.0])]
+    chunks = [clustered_chunk(20 + i, D, K, spread=s) for i, s in enumerate([0.5, 1.5, 6.0])]
     feats = np.stack([c[0] for c in chunks])
     labels = np.stack([c[1] for c in chunks])
     keys = jax.random.split(jax.random.PRNGKey(0), 3)
-    one = lambda k, f, l: purify.purify_chunk(k, f, l, num_classes=3)  # noqa: E731
-    batch_p, batch_keep = jax.jit(jax.vmap(one))(keys, feats, labels)
-    # vmap of an already jitted function batches the traced program (the float64 part included).
-    again_p, _ = jax.vmap(jax.jit(one))(keys, feats, labels)
-    np.testing.assert_allclose(again_p, batch_p, atol=1e-6)
-    for i in range(3):
-        p, keep = purify.purify_chunk(keys[i], feats[i], labels[i], num_classes=3)
-        p2, _ = purify.purify_chunk(keys[i], feats[i], labels[i], num_classes=3)
-        np.testing.assert_array_equal(p, p2)
+    one = lambda k, f, l: purify.purify_chunk(k, f, l, num_classes=K)  # noqa: E731
+    # purify_chunk is jitted: vmap batches the traced program (its float64 part included).
+    batch_p, batch_keep = jax.vmap(one)(keys, feats, labels)
+    again_p, _ = jax.vmap(one)(keys, feats, labels)
+    np.testing.assert_array_equal(again_p, batch_p)
+    for i in range(3):  # per chunk: purify_chunk is filter_draws + self_centered_filter
+        graph_u, keep_u = purify.filter_draws(keys[i], D, 5)
+        p, keep = _filter(feats[i], labels[i], graph_u, keep_u, num_classes=K)
         np.testing.assert_allclose(batch_p[i], p, atol=1e-6)
         np.testing.assert_array_equal(batch_keep[i], keep)
     assert not np.array_equal(batch_p[0], batch_p[1])
