@@ -372,7 +372,7 @@ def clean_lookup(alphas, betas, weights):
 
 
 def _clean_posterior64(cent, labels, num_classes):
-    """Per-graph clean probability [E, D] float32 from centralities [E, D] (call under x64)."""
+    """Per-graph clean probability [E, D] float64 from centralities [E, D] (call under x64)."""
     num_graphs, d = cent.shape
     cent = cent.astype(jnp.float64)
     counts = jnp.zeros(num_classes, jnp.int32).at[labels].add(1)
@@ -390,7 +390,7 @@ def _clean_posterior64(cent, labels, num_classes):
     flat = lookup.reshape(num_graphs, num_classes * LOOKUP_BINS)
     value = jnp.take_along_axis(flat, labels * LOOKUP_BINS + bins, axis=-1)
     bad = degenerate[:, labels] | ~jnp.isfinite(value) | ~jnp.isfinite(x)
-    return jnp.where(bad, DEGENERATE_P, value).astype(jnp.float32)
+    return jnp.where(bad, DEGENERATE_P, value)
 
 
 def centrality_clean_posterior(cent, labels, *, num_classes: int):
@@ -401,13 +401,16 @@ def centrality_clean_posterior(cent, labels, *, num_classes: int):
     component collapse to variance ~1e-20, alpha ~1e16), where float32 gives different answers from the
     float64 reference. The data are [E, D], so this costs little.
     """
-    fn = functools.partial(_clean_posterior64, num_classes=num_classes)
+    def fn(cent, labels):
+        return _clean_posterior64(cent, labels, num_classes).astype(jnp.float32)
+
     return _in_x64(fn)(cent, labels.astype(jnp.int32))
 
 
-def _graph_posteriors64(edges, labels, num_classes, max_iter):
+def _filter64(edges, labels, keep_u, num_classes, max_iter):
     cent = stochastic_graph_centrality(edges, labels, num_classes=num_classes, max_iter=max_iter)
-    return _clean_posterior64(cent, labels, num_classes)
+    clean_p = _clean_posterior64(cent, labels, num_classes).mean(0)  # float64, as the reference
+    return clean_p.astype(jnp.float32), clean_p > keep_u
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "max_iter"))
@@ -420,9 +423,8 @@ def self_centered_filter(features, labels, graph_u, keep_u, *, num_classes: int,
     """
     labels = labels.astype(jnp.int32)
     edges = edge_matrix(similarity(features), labels, graph_u)
-    fn = functools.partial(_graph_posteriors64, num_classes=num_classes, max_iter=max_iter)
-    clean_p = _in_x64(fn)(edges, labels).mean(0)
-    return clean_p, clean_p > keep_u
+    fn = functools.partial(_filter64, num_classes=num_classes, max_iter=max_iter)
+    return _in_x64(fn)(edges, labels, keep_u)
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "num_graphs", "max_iter"))
