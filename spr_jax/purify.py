@@ -193,7 +193,7 @@ def stochastic_graph_centrality(edges, labels, *, num_classes: int, max_iter: in
     """Centralities [E, D] float64 (call under x64) of the graphs A = 1e-5 M + (1 - 1e-5) B, B = `edges`.
 
     Float64-exact without a float64 copy of the D x D graphs: x in (0, 1] is split into 8 int8 slices
-    (x = sum_k q_k 2^-(6 + 7k) to 2^-56), B q_k is an exact integer matmul ([E, D, D] int8 x [E, 8, D] int8,
+    (x = sum_k q_k 2^-(6 + 7k) to 2^-56), B q_k is an exact integer matmul ([E, D, D] int8 x [E, D, 8] int8,
     int32 accumulation; exact in float32 too, should a backend convert: the sums stay below 2^24), and
     the slices are recombined in float64. The graphs take 1 byte per entry. M x is a per-class sum.
     """
@@ -207,9 +207,9 @@ def stochastic_graph_centrality(edges, labels, *, num_classes: int, max_iter: in
             q = jnp.round(rest / unit)  # exact: |q| <= 64 and rest - q unit is representable
             slices.append(q)
             rest = rest - q * unit
-        q = jnp.stack(slices, 1).astype(jnp.int8)  # [E, 8, D]
-        bq = jnp.einsum("eij,esj->esi", edges.astype(jnp.int8), q, preferred_element_type=jnp.int32)
-        bx = jnp.einsum("esi,s->ei", bq.astype(jnp.float64), units, precision=_HI)
+        q = jnp.stack(slices, -1).astype(jnp.int8)  # [E, D, 8]
+        bq = jnp.einsum("eij,ejs->eis", edges.astype(jnp.int8), q, preferred_element_type=jnp.int32)
+        bx = jnp.einsum("eis,s->ei", bq.astype(jnp.float64), units, precision=_HI)
         mx = _class_sum(x, onehot)[:, labels]
         return (1 - LOW_WEIGHT) * bx + LOW_WEIGHT * mx
 

@@ -9,13 +9,16 @@ k compares the class's similarities with `graph_u[e]` restricted to the class's 
 chunk order), and sample i is kept when clean_p[i] > keep_u[i].
 
 Choices that SPEC.md leaves open (the JAX filter makes the same ones):
-- Samples enter the fit when p5 <= c <= p95 (inclusive), with numpy's default linear percentile.
+- Samples enter the fit when p5 - t <= c <= p95 + t, t = 1e-6 p95, with numpy's default linear percentiles:
+  inclusive, and centralities that are mathematically tied (symmetric nodes, e.g. isolated ones) but split
+  by rounding around a percentile all enter (the original's outcome there depends on summation order).
 - If networkx does not converge within `max_iter`, the last iterate of the same power iteration is used (the
   SPEC's "or after 6000 iterations"; networkx itself raises).
 - The lookup posterior is 1 where component 1's density is infinite (numpy would give inf/inf = NaN there).
 - Degenerate fits give clean_p 0.5 for every sample of the class in that graph: when all fitted values are
-  equal after clipping (a class of 1, 2 or 3 samples, or equal centralities, e.g. identical features), which
-  would make the method-of-moments variance 0, or when the fitted lookup table is not finite.
+  equal (within 1e-6) after clipping (a class of 1, 2 or 3 samples, or equal centralities, e.g. identical
+  features), which would make the method-of-moments variance 0 and the original NaN, or when the fitted
+  lookup table is not finite. Nothing else differs from a literal transcription.
 """
 import networkx as nx
 import numpy as np
@@ -25,8 +28,8 @@ LOW_WEIGHT = 1e-5  # weight of a non-edge in the stochastic graph
 TOL = 1e-6  # networkx's per-node tolerance
 EPS_NAN = 1e-12
 DEGENERATE_P = 0.5
-TIE_RTOL = 1e-6
-DEGENERATE_ATOL = 1e-6
+TIE_RTOL = 1e-6  # relative widening of the percentile bounds (ties)
+DEGENERATE_ATOL = 1e-6  # fitted values this close count as all equal
 
 
 def similarity(features):
