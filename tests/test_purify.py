@@ -102,7 +102,7 @@ def test_centrality_matches_networkx_on_random_weighted_graphs():
 
 def _sparse_chunk():
     # Near-random features make sparse graphs whose top eigenvalues nearly coincide: networkx needs
-    # hundreds to thousands of iterations and stops far from the eigenvector, where float32 drifts (1e-5..1e-4).
+    # hundreds to thousands of iterations and stops far from the eigenvector, where float32 drifts.
     feats, labels, _ = clustered_chunk(31, 160, 4, dim=128, spread=10.0)
     graph_u, _ = _draws(31, 160, num_graphs=2)
     edges = purify.edge_matrix(purify.similarity(feats), labels, graph_u)
