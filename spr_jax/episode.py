@@ -15,6 +15,8 @@ from typing import Callable, NamedTuple, Optional
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from spr_jax import buffers
 from spr_jax import optim
@@ -45,6 +47,20 @@ class ReplaySettings(NamedTuple):
     temperature: float
     color_jitter: bool
     plain_replay: bool
+    data_parallel: int = 1  # >1: split every self-replay batch over this many local devices
+
+
+def data_mesh(devices: int) -> Mesh:
+    return Mesh(np.asarray(jax.local_devices()[:devices]), ("data",))
+
+
+def batch_sharding(devices: int) -> NamedSharding:
+    return NamedSharding(data_mesh(devices), P("data"))
+
+
+def replicate(tree, devices: int):
+    """Puts a pytree on every device of the data-parallel mesh (parameters, buffer, training images)."""
+    return jax.device_put(tree, NamedSharding(data_mesh(devices), P()))
 
 
 def init_state(model, seed: int, input_shape, buffer_size: int, num_classes: int) -> SPRState:
@@ -72,6 +88,8 @@ def self_replay(model, s: ReplaySettings, base, chunk_images, buffer, data: Trai
 
             def step(base, xs):
                 images, k = xs
+                if s.data_parallel > 1:  # GSPMD splits the batch; gradients and BatchNorm stats stay global
+                    images = jax.lax.with_sharding_constraint(images, batch_sharding(s.data_parallel))
                 return steps.contrastive_step(model, base, images, k, lr, color_jitter=s.color_jitter,
                                                temperature=s.temperature)
 

@@ -30,7 +30,19 @@ def replay_settings(config) -> episode.ReplaySettings:
     return episode.ReplaySettings(
         epochs=int(config.base.epochs), batch_size=int(config.base.batch_size), base_lr=float(config.ssl.lr),
         warmup_epochs=int(config.ssl.warmup_epochs), temperature=float(config.ssl.temperature), color_jitter=None,
-        plain_replay=bool(config.buffer.plain_replay))
+        plain_replay=bool(config.buffer.plain_replay), data_parallel=data_parallel_devices(config))
+
+
+def data_parallel_devices(config) -> int:
+    """Local devices the base's self-replay batches are split over (1 = off)."""
+    if not config.base.data_parallel:
+        return 1
+    n = jax.local_device_count()
+    half = int(config.base.batch_size) // 2
+    if half % n or min(int(config.base.batch_size), int(config.stream.delayed_buffer_size)) % n:
+        raise ValueError(f"config.base.data_parallel splits batches over {n} devices, but batch sizes "
+                         f"{config.base.batch_size} and {half} are not all divisible by {n}")
+    return n
 
 
 def color_jitter_for(images) -> bool:
@@ -71,7 +83,8 @@ def chunk_descriptions(config, prepared) -> list:
 
 
 def train_missing_experts(config, prepared, train_images_dev, misses, progress) -> dict:
-    """{chunk: {clean_p, keep, features, final_loss}} for the chunks in `misses`.
+    """{chunk: outputs} for the chunks in `misses`: clean_p, keep, features and final_loss with one process;
+    clean_p and keep with several (features stay on the host that trained them).
 
     With several processes (jax.distributed), process p trains the chunks misses[p::P] on its local
     devices, and the outputs are all-gathered so every process returns all of them.
@@ -112,9 +125,17 @@ def run_expert_phase(config, prepared, train_images_dev, cache_dir: str, progres
     keys = [expert_cache.description_key(d) for d in descriptions]
     cache = expert_cache.ExpertCache(cache_dir)
     hits, misses = cache.get_many(keys)
+    own_misses = set(misses)
+    if jax.process_count() > 1:
+        # Caches may differ per process (one per host): all train the union of their misses, so every
+        # process makes the same collective calls with the same split.
+        from jax.experimental import multihost_utils
+        missing = np.zeros(s.num_chunks, bool)
+        missing[misses] = True
+        misses = np.flatnonzero(multihost_utils.process_allgather(missing).any(axis=0)).tolist()
     if misses:
         for c, outputs in train_missing_experts(config, prepared, train_images_dev, misses, progress).items():
-            if jax.process_index() == 0:
+            if c in own_misses:  # every process fills its own cache (puts are atomic, so shared folders are safe)
                 cache.put(keys[c], outputs, descriptions[c])
             hits[c] = outputs
     return {"clean_p": np.stack([hits[c]["clean_p"] for c in range(s.num_chunks)]),
@@ -225,6 +246,8 @@ def run(config, workdir: str, progress: bool = True) -> dict:
     settings = replay_settings(config)._replace(color_jitter=color_jitter_for(ds.train.images))
     state = episode.init_state(model, config.seed, ds.train.images.shape[1:], int(config.buffer.size),
                                prepared.num_classes)
+    if settings.data_parallel > 1:
+        state, data = episode.replicate(state, settings.data_parallel), episode.replicate(data, settings.data_parallel)
     piece = max(1, int(config.checkpoint.every_chunks))
     log = Outputs(workdir)
     restored = ckpt.restore(state)

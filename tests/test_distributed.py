@@ -130,16 +130,15 @@ def test_two_processes_equal_one(single, pair):
         assert int(out["trained"]) == 14  # all were misses; after the all-gather both hold all 14
         np.testing.assert_array_equal(out["trained_here"], np.arange(p, 14, 2))  # but each trained its half
         _assert_same(out, single["one"])
-    # Only the primary process writes the expert cache, all 14 chunks of it.
-    assert int(pair[0]["cached"]) == int(single["one"]["cached"]) == 14 and int(pair[1]["cached"]) == 0
+    # Every process fills its own expert cache (one per host works as well as a shared folder).
+    assert int(pair[0]["cached"]) == int(single["one"]["cached"]) == int(pair[1]["cached"]) == 14
 
 
-@pytest.mark.xfail(run=False, reason="train.run_expert_phase: each process splits its own cache misses, so "
-                   "processes whose caches differ make different collective calls (process 1 waits on an all-gather "
-                   "that process 0, with all hits, never joins)")
 def test_two_processes_rerun_with_their_own_caches(tmp, single, pair):
-    """Again, each with the cache it kept: process 0's holds every chunk, process 1's none (only process 0
-    writes), as with a cache on each host's local disk. Both must still agree with one process."""
+    """Again, each with the cache it kept, after process 1's is emptied (as a new host with its own local
+    disk): the processes miss different chunks and must still make the same collective calls."""
+    import shutil
+    shutil.rmtree(tmp / "cache_proc1")
     coordinator = f"127.0.0.1:{_free_port()}"
     _run_all([([tmp / f"rerun{p}.npz", tmp / f"cache_proc{p}", coordinator, 2, p], 1) for p in range(2)], tmp)
     for p in range(2):
