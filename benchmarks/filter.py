@@ -36,20 +36,6 @@ import reference_filter  # noqa: E402
 from spr_jax import purify  # noqa: E402
 
 
-def clustered_chunk(seed, size, num_classes, dim=128, noise=0.4, spread=0.8):
-    """Features of `num_classes` clusters on the unit sphere, labels with symmetric noise at `noise`."""
-    rng = np.random.default_rng(seed)
-    means = rng.normal(size=(num_classes, dim))
-    means /= np.linalg.norm(means, axis=1, keepdims=True)
-    true = rng.permutation(np.arange(size) % num_classes)
-    feats = means[true] + spread * rng.normal(size=(size, dim)) / np.sqrt(dim)
-    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
-    labels = true.copy()
-    flip = rng.random(size) < noise
-    labels[flip] = (true[flip] + rng.integers(1, num_classes, flip.sum())) % num_classes
-    return feats.astype(np.float32), labels.astype(np.int32)
-
-
 def _times_ms(fn, runs):
     times = []
     for _ in range(runs):
@@ -70,7 +56,7 @@ def main():
 
     result = {}
     for size in (int(s) for s in args.sizes.split(",")):
-        feats, labels = clustered_chunk(size, size, args.classes)
+        feats, labels, _ = reference_filter.clustered_chunk(size, size, args.classes, dim=128)
         graph_u, keep_u = purify.filter_draws(jax.random.PRNGKey(size), size, args.graphs)
         f_dev, l_dev = jax.device_put(feats), jax.device_put(labels)
 

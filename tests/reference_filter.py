@@ -146,3 +146,18 @@ def self_centered_filter(features, labels, graph_u, keep_u, max_iter=6000):
             clean_p[idx] += class_clean_posterior(cent)
     clean_p /= num_graphs
     return clean_p, clean_p > np.asarray(keep_u)
+
+
+def clustered_chunk(seed, size, num_classes, dim=32, noise=0.4, spread=0.8):
+    """Features of clusters on the unit sphere (one per true class), labels with symmetric noise at `noise`;
+    returns (features, noisy labels, true labels). Shared by the tests and benchmarks/filter.py."""
+    rng = np.random.default_rng(seed)
+    means = rng.normal(size=(num_classes, dim))
+    means /= np.linalg.norm(means, axis=1, keepdims=True)
+    true = rng.permutation(np.arange(size) % num_classes)
+    feats = means[true] + spread * rng.normal(size=(size, dim)) / np.sqrt(dim)
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    labels = true.copy()
+    flip = rng.random(size) < noise
+    labels[flip] = (true[flip] + rng.integers(1, num_classes, flip.sum())) % num_classes
+    return feats.astype(np.float32), labels.astype(np.int32), true

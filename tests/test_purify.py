@@ -14,18 +14,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import reference_filter as ref  # noqa: E402
 
 
-def clustered_chunk(seed, size, num_classes, dim=32, noise=0.4, spread=0.8):
-    """Features of clusters on the unit sphere (one per true class), labels with symmetric noise."""
-    rng = np.random.default_rng(seed)
-    means = rng.normal(size=(num_classes, dim))
-    means /= np.linalg.norm(means, axis=1, keepdims=True)
-    true = rng.permutation(np.arange(size) % num_classes)
-    feats = means[true] + spread * rng.normal(size=(size, dim)) / np.sqrt(dim)
-    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
-    labels = true.copy()
-    flip = rng.random(size) < noise
-    labels[flip] = (true[flip] + rng.integers(1, num_classes, flip.sum())) % num_classes
-    return feats.astype(np.float32), labels.astype(np.int32), true
+clustered_chunk = ref.clustered_chunk
 
 
 def _draws(seed, size, num_graphs=5):
