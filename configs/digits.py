@@ -1,5 +1,5 @@
 """The embedded demo: scikit-learn's 1,797 real 8x8 handwritten digits, 40% symmetric noise, MLP.
-No download, runs in about a minute on a laptop CPU. Buffers and epochs are scaled to the data
+No download; about two and a half minutes on a 2-core CPU (most of it compiling and training 14 experts). Buffers and epochs are scaled to the data
 (D = P = B = 100, 300 expert and 200 base epochs per chunk).
 
     python launch.py --config=configs/digits.py --workdir=/tmp/spr_digits
