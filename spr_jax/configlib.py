@@ -14,6 +14,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.dataset = ml_collections.ConfigDict()
     c.dataset.name = "mnist"  # see spr_jax.data.sources.DATASETS
+    c.dataset.source = "auto"  # auto | idx | cifar | tfds | sklearn | webvision | synthetic
     c.dataset.data_dir = ""  # a local folder (IDX files, CIFAR batches, webvision); "" = default places
     c.dataset.subset_per_class = 0  # >0: seeded, class-balanced training subset (before the noise)
 
@@ -72,7 +73,6 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.cache = ml_collections.ConfigDict()
     c.cache.dir = ""  # expert cache folder; "" = WORKDIR/expert_cache
-    c.cache.save_params = False
     return c
 
 

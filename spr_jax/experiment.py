@@ -33,7 +33,8 @@ def resolve_episodes(config, dataset: sources.Dataset) -> list:
 
 def prepare(config) -> Prepared:
     configlib.validate(config)
-    dataset = sources.load_dataset(config.dataset.name, data_dir=config.dataset.data_dir)
+    dataset = sources.load_dataset(config.dataset.name, data_dir=config.dataset.data_dir,
+                                   source=config.dataset.source)
     if config.dataset.subset_per_class:
         keep = stream_lib.class_balanced_subset(config.seed, dataset.train.labels, config.dataset.subset_per_class)
         train = sources.Split(images=dataset.train.images[keep], labels=dataset.train.labels[keep])
