@@ -50,7 +50,9 @@ def main(argv):
         sys.exit(f"error: {e}")
     except (checkpoint.CheckpointMismatchError, checkpoint.CorruptCheckpointError,
             expert_cache.CacheCorruptError) as e:
-        sys.exit(f"error: {e}")
+        # Leave at once: orbax's half-finished async reads would otherwise print tracebacks at shutdown.
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        os._exit(1)
 
 
 if __name__ == "__main__":

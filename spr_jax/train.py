@@ -251,13 +251,14 @@ def run(config, workdir: str, progress: bool = True) -> dict:
     piece = max(1, int(config.checkpoint.every_chunks))
     log = Outputs(workdir)
     restored = ckpt.restore(state)
-    done_chunks, eval_time = 0, 0.0
+    done_chunks, eval_time, replay_before = 0, 0.0, 0.0
     if restored is not None:  # resume: the state and every record so far come from the checkpoint
         state, meta, done_chunks = restored
         log.chunks, log.evals = meta["chunks"], meta["evals"]
-        eval_time = meta["evaluation_s"]
+        eval_time, replay_before = meta["evaluation_s"], meta.get("replay_s", 0.0)
         if progress:
             print(f"resuming from the checkpoint after chunk {done_chunks} ({len(log.evals)} evaluations done)")
+    eval_before = eval_time  # wall times add up over the sessions of a resumed run
     log.rewrite()
     bar = tqdm(total=s.num_chunks, initial=done_chunks, desc="replay", unit="chunk", disable=not progress)
     plan = segments(s, piece)
@@ -289,10 +290,12 @@ def run(config, workdir: str, progress: bool = True) -> dict:
             bar.update(n)
             if i + 1 < len(plan) and plan[i + 1][1] is None:
                 continue  # an evaluation follows at this chunk: checkpoint after it, with its record
-        ckpt.save(int(state.chunk), state, {"chunks": log.chunks, "evals": log.evals, "evaluation_s": eval_time})
+        replay_time = replay_before + time.time() - t0 - (eval_time - eval_before)
+        ckpt.save(int(state.chunk), state, {"chunks": log.chunks, "evals": log.evals, "evaluation_s": eval_time,
+                                            "replay_s": replay_time})
     bar.close()
     ckpt.close()
-    walls["replay_phase_s"] = time.time() - t0 - eval_time
+    walls["replay_phase_s"] = replay_before + time.time() - t0 - (eval_time - eval_before)
     walls["evaluation_s"] = eval_time
     matrix = [r["task_accuracy"] for r in log.evals]
     purity_history = [r["buffer_purity"] for r in log.chunks]
