@@ -26,10 +26,11 @@ from spr_jax import purify
 from spr_jax import rng
 
 
-def replay_settings(config) -> episode.ReplaySettings:
+def replay_settings(config, channels: int) -> episode.ReplaySettings:
     return episode.ReplaySettings(
         epochs=int(config.base.epochs), batch_size=int(config.base.batch_size), base_lr=float(config.ssl.lr),
-        warmup_epochs=int(config.ssl.warmup_epochs), temperature=float(config.ssl.temperature), color_jitter=None,
+        warmup_epochs=int(config.ssl.warmup_epochs), temperature=float(config.ssl.temperature),
+        color_jitter=channels == 3,  # colour jitter only for RGB (SPEC.md section 4)
         plain_replay=bool(config.buffer.plain_replay), data_parallel=data_parallel_devices(config))
 
 
@@ -43,10 +44,6 @@ def data_parallel_devices(config) -> int:
         raise ValueError(f"config.base.data_parallel splits batches over {n} devices, but batch sizes "
                          f"{config.base.batch_size} and {half} are not all divisible by {n}")
     return n
-
-
-def color_jitter_for(images) -> bool:
-    return images.shape[-1] == 3  # colour jitter only for RGB (SPEC.md section 4)
 
 
 @functools.lru_cache(maxsize=None)
@@ -243,7 +240,7 @@ def run(config, workdir: str, progress: bool = True) -> dict:
     walls["expert_phase_s"] = time.time() - t0
 
     t0 = time.time()
-    settings = replay_settings(config)._replace(color_jitter=color_jitter_for(ds.train.images))
+    settings = replay_settings(config, ds.train.images.shape[-1])
     state = episode.init_state(model, config.seed, ds.train.images.shape[1:], int(config.buffer.size),
                                prepared.num_classes)
     if settings.data_parallel > 1:

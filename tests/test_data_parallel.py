@@ -20,7 +20,7 @@ for dp in (False, True):
     c = m.get_config(); c.base.data_parallel = dp; c.buffer.plain_replay = True
     p = experiment.prepare(c)
     model = models.make_simclr(c.model.encoder, c.model.proj_dim)
-    settings = train.replay_settings(c)._replace(color_jitter=False)
+    settings = train.replay_settings(c, 1)
     data = episode.TrainData(jnp.asarray(p.dataset.train.images), jnp.asarray(p.noisy.noisy), jnp.asarray(p.noisy.corrupt))
     state = episode.init_state(model, c.seed, p.dataset.train.images.shape[1:], c.buffer.size, p.num_classes)
     if settings.data_parallel > 1:

@@ -85,7 +85,7 @@ def test_expert_phase_ahead_equals_experts_inside_the_loop(tmp_path):
     data = episode.TrainData(images=jnp.asarray(prepared.dataset.train.images),
                              noisy=jnp.asarray(prepared.noisy.noisy), corrupt=jnp.asarray(prepared.noisy.corrupt))
     ahead = train.run_expert_phase(config, prepared, data.images, str(tmp_path), progress=False)
-    settings = train.replay_settings(config)._replace(color_jitter=False)
+    settings = train.replay_settings(config, 1)
     chunks = prepared.stream.chunks
     n = chunks.shape[0]
 
