@@ -24,7 +24,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from spr_jax import augment, experts, losses, models, optim, steps  # noqa: E402
+from spr_jax import augment, experts, models, optim, steps  # noqa: E402
 
 
 def _times(fn, n):
