@@ -29,23 +29,24 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # keep jax's backend probing out of the report
-    from spr_jax import checkpoint, configlib, experiment, expert_cache
+    from spr_jax import checkpoint, configlib, expert_cache
     from spr_jax import parallel
     parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, auto=_DISTRIBUTED.value)
     config = _CONFIG.value
     os.makedirs(_WORKDIR.value, exist_ok=True)
     try:
         if _MODE.value == "stream":
-            summary = experiment.stream_summary(experiment.prepare(config))
-            print(experiment.format_stream_summary(summary))
+            from spr_jax.data import prepare
+            summary = prepare.stream_summary(prepare.prepare(config))
+            print(prepare.format_stream_summary(summary))
             with open(os.path.join(_WORKDIR.value, "stream.json"), "w") as f:
                 json.dump(summary, f, indent=1)
         else:
-            from spr_jax import train
+            from spr_jax import run_loop
             if _MODE.value == "experts":
-                train.fill_expert_cache(config, _WORKDIR.value)
+                run_loop.fill_expert_cache(config, _WORKDIR.value)
             else:
-                train.run(config, _WORKDIR.value)
+                run_loop.run(config, _WORKDIR.value)
     except (configlib.ConfigError, ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
     except (checkpoint.CheckpointMismatchError, checkpoint.CorruptCheckpointError,

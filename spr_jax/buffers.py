@@ -1,4 +1,17 @@
-"""The purified buffer: a fixed-size, class-balanced reservoir as a pytree (SPEC.md section 2).
+"""Buffer policies: the replay memory as a pytree with pure `init / offer / sample` (docs/algorithm.md
+section 2, docs/extending.md).
+
+A policy is a `BufferPolicy(init, offer, sample)` of pure functions, chosen by `config.buffer.policy`:
+  * init(size, num_classes) -> state: a pytree with (at least) the [size] fields index, label, corrupt,
+    clean_p and valid: the memory the replay phase samples from and the evaluation fine-tunes on.
+  * offer(state, key, candidates) -> state: one chunk's `Candidates` ([D] index, label, corrupt, clean_p,
+    keep); only kept ones may enter. Same tree structure and shapes in and out (it runs inside lax.scan).
+  * sample(state, key, n) -> int32 [n] slots to replay (with replacement).
+Built-ins: `purified` (SPR's class-balanced buffer with lowest-clean_p eviction, below), `class_balanced`
+(the same admission with uniform eviction within the chosen class: plain replay's buffer) and
+`reservoir` (Vitter's algorithm R over every offered sample).
+
+The purified buffer: a fixed-size, class-balanced reservoir as a pytree.
 
 The buffer holds P slots of training-set indices (not images, so it stays small and the images never leave
 the device), each with its noisy label, its corrupt flag, and the clean probability the filter gave it.
@@ -45,6 +58,7 @@ Known differences from the reference release (left as SPEC.md states the rule, f
     100-bin lookup averaged over 5 graphs.
 """
 import functools
+from typing import Any, Callable, NamedTuple
 
 import flax
 import jax
@@ -216,3 +230,91 @@ def sample_indices(buf: PurifiedBuffer, key, n: int) -> jax.Array:
     # The r-th valid slot: first position where the running count of valid slots exceeds r.
     slots = jnp.searchsorted(jnp.cumsum(buf.valid.astype(jnp.int32)), r, side="right").astype(jnp.int32)
     return jnp.where(total > 0, slots, -1)
+
+
+# ---------------------------------------------------------------------------------------- policies
+
+@flax.struct.dataclass
+class Candidates:
+    """One chunk's samples as offered to a buffer policy ([D] each)."""
+    index: jax.Array  # int32 training-set index
+    label: jax.Array  # int32 noisy label
+    corrupt: jax.Array  # bool label != true label (False when unknown): for metrics only, never for decisions
+    clean_p: jax.Array  # float32 the filter's clean probability
+    keep: jax.Array  # bool kept by the filter: only these may enter
+
+
+class BufferPolicy(NamedTuple):
+    """A replay-memory policy: three pure functions (see the module docstring)."""
+    init: Callable[[int, int], Any]
+    offer: Callable[[Any, jax.Array, Candidates], Any]
+    sample: Callable[[Any, jax.Array, int], jax.Array]
+
+
+def memory_counts(state, num_classes: int) -> jax.Array:
+    """int32 [K]: valid slots per class, for any policy's state."""
+    return _counts(state.label, state.valid, num_classes)
+
+
+def memory_is_full(state) -> jax.Array:
+    return jnp.all(state.valid)
+
+
+def _class_balanced_offer(plain_replay: bool):
+    def policy_offer(state, key, c: Candidates):
+        draws = offer_draws(key, c.index.shape[0])
+        return offer(state, draws, c.index, c.label, c.corrupt, c.clean_p, c.keep, plain_replay=plain_replay)
+    return policy_offer
+
+
+PURIFIED = BufferPolicy(init=init_buffer, offer=_class_balanced_offer(False), sample=sample_indices)
+CLASS_BALANCED = BufferPolicy(init=init_buffer, offer=_class_balanced_offer(True), sample=sample_indices)
+
+
+@flax.struct.dataclass
+class ReservoirBuffer:
+    index: jax.Array  # int32 [P] (-1 when empty)
+    label: jax.Array  # int32 [P]
+    corrupt: jax.Array  # bool [P]
+    clean_p: jax.Array  # float32 [P]
+    valid: jax.Array  # bool [P]
+    seen: jax.Array  # int32 (): samples offered so far
+
+
+def reservoir_init(size: int, num_classes: int) -> ReservoirBuffer:
+    del num_classes
+    b = init_buffer(size, 1)
+    return ReservoirBuffer(index=b.index, label=b.label, corrupt=b.corrupt, clean_p=b.clean_p, valid=b.valid,
+                           seen=jnp.zeros((), jnp.int32))
+
+
+def reservoir_offer(state: ReservoirBuffer, key, c: Candidates) -> ReservoirBuffer:
+    """Algorithm R (Vitter, 1985) over the kept candidates in chunk order: the t-th offered sample (t counted
+    from 0 over the whole stream) fills slot t while t < P, else replaces slot floor(u (t + 1)) if that is
+    < P. Every offered sample is then in the buffer with probability P / (samples offered so far)."""
+    size = state.valid.shape[0]
+    u = jax.random.uniform(key, c.index.shape, jnp.float32)
+
+    def one(s, x):
+        index, label, corrupt, clean_p, keep, u = x
+        t = s.seen
+        j = jnp.where(t < size, t, jnp.floor(u * (t + 1).astype(jnp.float32)).astype(jnp.int32))
+        write = keep & (j < size)
+        slot = jnp.clip(j, 0, size - 1)
+        upd = lambda a, v: a.at[slot].set(jnp.where(write, v, a[slot]))
+        s = s.replace(index=upd(s.index, index), label=upd(s.label, label), corrupt=upd(s.corrupt, corrupt),
+                      clean_p=upd(s.clean_p, clean_p), valid=upd(s.valid, True),
+                      seen=s.seen + keep.astype(jnp.int32))
+        return s, None
+
+    clean = jnp.nan_to_num(jnp.asarray(c.clean_p, jnp.float32), nan=0.0, posinf=1.0, neginf=0.0)
+    xs = (jnp.asarray(c.index, jnp.int32), jnp.asarray(c.label, jnp.int32), jnp.asarray(c.corrupt, bool), clean,
+          jnp.asarray(c.keep, bool), u)
+    return jax.lax.scan(one, state, xs)[0]
+
+
+RESERVOIR = BufferPolicy(init=reservoir_init, offer=reservoir_offer, sample=sample_indices)
+
+# Built-in names of config.buffer.policy -> import paths (spr_jax.plugins resolves both the same way).
+POLICIES = {"purified": "spr_jax.buffers:PURIFIED", "class_balanced": "spr_jax.buffers:CLASS_BALANCED",
+            "reservoir": "spr_jax.buffers:RESERVOIR"}

@@ -1,6 +1,6 @@
 """Run checkpoints: an orbax CheckpointManager under WORKDIR/checkpoints, guarded against mixing runs.
 
-A run's state (any pytree of jax/numpy arrays, e.g. episode.SPRState) is saved with a JSON `meta` (metrics
+A run's state (any pytree of jax/numpy arrays, e.g. replay_phase.SPRState) is saved with a JSON `meta` (metrics
 so far, stream position) every few chunks, so a preempted run resumes where it stopped. What this module
 adds to orbax:
 - a fingerprint (the config as a dict plus a code version), written once as checkpoints/fingerprint.json;

@@ -1,4 +1,4 @@
-"""Shared config defaults (SPEC.md's mnist setting) and config validation.
+"""Shared config defaults (the published mnist setting, docs/algorithm.md) and config validation.
 
 Every file in configs/ starts from `base_config()` and overrides what its setting changes, so one
 default lives in one place. `validate` turns a bad value into an error that says what to change.
@@ -22,7 +22,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.noise.kind = "symmetric"  # none | symmetric | asymmetric | superclass | real
     c.noise.rate = 0.4
 
-    # Tasks of class ids (noisy labels); SPEC.md section 1. Tuples, so that the command line can override
+    # Tasks of class ids (noisy labels); docs/algorithm.md section 1. Tuples, so that the command line can override
     # them: --config.episodes='((0, 1), (2, 3))'.
     c.episodes = MNIST_EPISODES
     c.superclass_episodes = False  # True: one task per superclass (cifar100), replacing `episodes`
@@ -32,7 +32,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.stream.delayed_buffer_size = 300  # D: samples per chunk
 
     c.model = ml_collections.ConfigDict()
-    c.model.encoder = "mlp"  # mlp (784-512-512) | resnet18
+    # A built-in (mlp: 784-512-512 | resnet18 | convnet: 4 conv blocks) or a flax module factory of your
+    # own, 'package.module:name' (docs/extending.md); its keyword parameters are read from this block.
+    c.model.encoder = "mlp"
     c.model.proj_dim = 256
     c.model.input_norm = ""  # "" (pixels in [0, 1]) | "imagenet" (mean/std normalisation, webvision)
 
@@ -51,12 +53,18 @@ def base_config() -> ml_collections.ConfigDict:
     c.base.data_parallel = False  # split self-replay batches over local devices
 
     c.filter = ml_collections.ConfigDict()
+    # centrality (SPR's self-centered filter) | none (keep everything) | 'package.module:fn' of your own;
+    # the filter's keyword parameters are read from this block (num_graphs, max_iter for centrality).
+    c.filter.kind = "centrality"
     c.filter.num_graphs = 5  # E_max
     c.filter.max_iter = 6000  # eigenvector-centrality power iterations (networkx's cap)
 
     c.buffer = ml_collections.ConfigDict()
     c.buffer.size = 300  # P
-    c.buffer.plain_replay = False  # True: no filter, uniform eviction (the ablation baseline)
+    # purified (SPR) | class_balanced (uniform eviction: plain replay) | reservoir | 'package.module:policy'
+    c.buffer.policy = "purified"
+    # Deprecated: True is filter.kind=none + buffer.policy=class_balanced (removed in the next release).
+    c.buffer.plain_replay = False
 
     c.eval = ml_collections.ConfigDict()
     c.eval.epochs = 50
@@ -66,6 +74,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.decay = 0.1
     c.eval.clip = 0.5  # gradient clipping by value
     c.eval.test_batch_size = 1000
+    c.eval.loss = "cross_entropy"  # the fine-tuning loss: a built-in or 'package.module:fn(logits, labels)'
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_chunks = 10
@@ -98,8 +107,6 @@ def validate(c: ml_collections.ConfigDict) -> None:
     need(c.expert.epochs >= 1 and c.base.epochs >= 1, "expert.epochs and base.epochs must be >= 1")
     need(c.expert.group_size >= 1, "config.expert.group_size must be >= 1")
     need(c.filter.num_graphs >= 1, "config.filter.num_graphs (E_max) must be >= 1")
-    need(c.model.encoder in ("mlp", "resnet18"),
-         f"config.model.encoder={c.model.encoder!r} is unknown; use 'mlp' or 'resnet18'")
     need(c.dataset.subset_per_class >= 0, "config.dataset.subset_per_class must be >= 0 (0 = all)")
     if c.superclass_episodes:
         return
@@ -114,7 +121,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
 
 
 def cifar10_base() -> ml_collections.ConfigDict:
-    """CIFAR-10 (SPEC.md): ResNet-18, D = P = B = 500; symmetric noise and the mnist episodes."""
+    """CIFAR-10 (docs/algorithm.md): ResNet-18, D = P = B = 500; symmetric noise and the mnist episodes."""
     c = base_config()
     c.dataset.name = "cifar10"
     c.model.encoder = "resnet18"
@@ -126,7 +133,7 @@ def cifar10_base() -> ml_collections.ConfigDict:
 
 
 def cifar100_base() -> ml_collections.ConfigDict:
-    """CIFAR-100 (SPEC.md): ResNet-18, D = 1250, P = 5000, B = 250."""
+    """CIFAR-100 (docs/algorithm.md): ResNet-18, D = 1250, P = 5000, B = 250."""
     c = cifar10_base()
     c.dataset.name = "cifar100"
     c.stream.delayed_buffer_size = 1250

@@ -1,6 +1,7 @@
-"""Evaluation (SPEC.md section 5): a copy of the base encoder with a fresh linear head, fine-tuned on the
-purified buffer (cross-entropy, no augmentation, BatchNorm in train mode, Adam 2e-3 with x0.1 every 300
-steps, gradients clipped by value at 0.5, batch 16 with drop_last), then tested in eval mode.
+"""Evaluation (docs/algorithm.md section 5): a copy of the base encoder with a fresh linear head, fine-tuned
+on the buffer (the learner's loss, cross-entropy for SPR; no augmentation, BatchNorm in train mode, Adam
+2e-3 with x0.1 every 300 steps, gradients clipped by value at 0.5, batch 16 with drop_last), then tested in
+eval mode, and the record of one evaluation (accuracies and the buffer's purity) for metrics.jsonl.
 
 Pure functions of (base state, buffer contents, key); the buffer's size is a static shape, so a run
 compiles the fine-tuning once per distinct buffer fill (in practice: once the buffer is full).
@@ -13,9 +14,10 @@ import numpy as np
 import optax
 
 from spr_jax import losses
-from spr_jax import models
+from spr_jax import metrics as metrics_lib
 from spr_jax import optim
 from spr_jax import steps
+from spr_jax.settings import EvalSettings
 
 
 def _to_float(images):
@@ -36,9 +38,11 @@ def classifier_variables(classifier, base: steps.TrainState, key, input_shape):
 
 
 @functools.partial(jax.jit, static_argnames=("classifier", "epochs", "batch_size", "lr", "decay_every", "decay",
-                                             "clip"))
-def finetune(classifier, variables, images, labels, key, *, epochs, batch_size, lr, decay_every, decay, clip):
-    """Fine-tunes all of the classifier on (images uint8 [n, ...], labels [n]); returns the variables."""
+                                             "clip", "loss"))
+def finetune(classifier, variables, images, labels, key, *, epochs, batch_size, lr, decay_every, decay, clip,
+             loss=losses.cross_entropy):
+    """Fine-tunes all of the classifier on (images uint8 [n, ...], labels [n]) with `loss(logits, labels)`;
+    returns the variables."""
     tx = optim.finetune_optimizer(lr=lr, decay_every=decay_every, decay=decay, clip=clip)
     params = variables["params"]
     stats = variables.get("batch_stats", {})
@@ -49,7 +53,7 @@ def finetune(classifier, variables, images, labels, key, *, epochs, batch_size, 
     def loss_fn(params, stats, x, y):
         logits, updates = classifier.apply({"params": params, "batch_stats": stats}, _to_float(x), train=True,
                                            mutable=["batch_stats"])
-        return losses.cross_entropy(logits, y), updates.get("batch_stats", stats)
+        return loss(logits, y), updates.get("batch_stats", stats)
 
     def step(carry, idx):
         params, stats, opt_state = carry
@@ -79,15 +83,35 @@ def predict(classifier, variables, images, *, batch_size):
     return jax.lax.map(one, batches).reshape(-1)[:n]
 
 
-def evaluate(config, num_classes, base, buffer_images, buffer_labels, test_images, test_labels, key):
+def evaluate(s: EvalSettings, base, buffer_images, buffer_labels, test_images, key):
     """Fine-tunes a copy of the base on the buffer's (images, noisy labels) and returns test predictions."""
-    classifier = models.make_classifier(config.model.encoder, num_classes, config.model.input_norm)
     k_init, k_tune = jax.random.split(key)
-    variables = classifier_variables(classifier, base, k_init, test_images.shape[1:])
-    e = config.eval
-    if buffer_images.shape[0] >= e.batch_size:
-        variables = finetune(classifier, variables, buffer_images, buffer_labels, k_tune, epochs=e.epochs,
-                             batch_size=e.batch_size, lr=e.lr, decay_every=e.decay_every, decay=e.decay,
-                             clip=e.clip)
-    preds = predict(classifier, variables, test_images, batch_size=min(e.test_batch_size, test_images.shape[0]))
+    variables = classifier_variables(s.classifier, base, k_init, test_images.shape[1:])
+    if buffer_images.shape[0] >= s.batch_size:
+        variables = finetune(s.classifier, variables, buffer_images, buffer_labels, k_tune, epochs=s.epochs,
+                             batch_size=s.batch_size, lr=s.lr, decay_every=s.decay_every, decay=s.decay,
+                             clip=s.clip, loss=s.loss)
+    preds = predict(s.classifier, variables, test_images, batch_size=min(s.test_batch_size, test_images.shape[0]))
     return np.asarray(preds)
+
+
+def evaluation_record(s: EvalSettings, *, base, buffer, train_images, test_images, test_labels, episodes,
+                      num_classes: int, noise_known: bool, key, after_task: int, chunks_processed: int) -> dict:
+    """Evaluates the base on the buffer's contents (any policy's state) and returns metrics.jsonl's record.
+
+    "accuracy" covers the test samples of every class of the episodes (seen or not yet seen);
+    "task_accuracy"[j] those of task j's classes; "class_accuracy"[k] those of class k.
+    """
+    buf = jax.device_get(buffer)
+    valid = np.asarray(buf.valid)
+    idx = np.asarray(buf.index)[valid]
+    preds = evaluate(s, base, train_images[jnp.asarray(idx)], jnp.asarray(np.asarray(buf.label)[valid]),
+                     test_images, key)
+    return {
+        "type": "eval", "after_task": after_task, "chunks_processed": chunks_processed,
+        "accuracy": metrics_lib.overall_accuracy(preds, test_labels, episodes),
+        "task_accuracy": metrics_lib.task_accuracies(preds, test_labels, episodes),
+        "class_accuracy": metrics_lib.accuracy_by_class(preds, test_labels, num_classes).tolist(),
+        "buffer_size": int(valid.sum()),
+        "buffer_purity": metrics_lib.purity(np.asarray(buf.corrupt)[valid]) if noise_known else None,
+    }

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from spr_jax import models, rng, steps
+from spr_jax import rng, steps
 
 AXIS = "chunks"
 
@@ -40,17 +40,6 @@ def train_expert(model: nn.Module, images_uint8, key, *, epochs: int, base_lr, w
 
 
 PostFn = Callable[[jax.Array, jax.Array, Any], dict]
-
-
-def phase_kwargs(config, channels: int) -> dict:
-    """expert_phase's settings from a run config (config.model, config.ssl, config.expert).
-
-    Colour jitter is on for RGB data (channels == 3), as SPEC.md section 4 says.
-    """
-    return dict(model=models.make_simclr(config.model.encoder, config.model.proj_dim, config.model.input_norm),
-                epochs=int(config.expert.epochs), base_lr=float(config.ssl.lr),
-                warmup_epochs=int(config.ssl.warmup_epochs), color_jitter=channels == 3,
-                group_size=int(config.expert.group_size), temperature=float(config.ssl.temperature))
 
 
 def expert_phase(train_images, chunks, seed: int, *, model: nn.Module, epochs: int, base_lr: float,

@@ -53,3 +53,15 @@ def filter_precision_recall(keep: np.ndarray, corrupt: np.ndarray) -> tuple:
     precision = float(clean[keep].mean()) if keep.any() else None
     recall = float(keep[clean].mean()) if clean.any() else None
     return precision, recall
+
+
+def purity(corrupt) -> float | None:
+    """Share of a memory's samples whose label is right (corrupt flags of its valid slots); None if empty."""
+    corrupt = np.asarray(corrupt, bool)
+    return float((~corrupt).mean()) if corrupt.size else None
+
+
+def precision_recall_from_counts(kept: int, kept_clean: int, clean: int) -> tuple:
+    """(precision, recall) of a filter from counts: kept_clean / kept and kept_clean / clean; None where
+    the denominator is 0."""
+    return (kept_clean / kept if kept else None), (kept_clean / clean if clean else None)

@@ -160,22 +160,52 @@ class Classifier(nn.Module):
         return TorchDense(self.num_classes, name="head")(h)
 
 
-def make_encoder(encoder: str, input_norm: str = "") -> nn.Module:
-    if encoder == "mlp":
-        return MLPEncoder(input_norm=input_norm)
-    if encoder == "resnet18":
-        return ResNet18(input_norm=input_norm)
-    raise ValueError(f"encoder={encoder!r} is unknown; use 'mlp' or 'resnet18'")
+class ConvNet(nn.Module):
+    """A small convnet for 28x28 / 32x32 (and smaller) images: four blocks of conv3x3-BatchNorm-ReLU-maxpool2
+    ('SAME' pooling, so 8x8 inputs work too), then a global average: `widths[-1]`-d features."""
+    widths: Sequence[int] = (32, 64, 128, 256)
+    input_norm: str = ""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = normalize_input(x, self.input_norm)
+        for i, c in enumerate(self.widths):
+            x = nn.Conv(c, (3, 3), padding=[(1, 1), (1, 1)], use_bias=False, kernel_init=resnet_conv_init,
+                        name=f"conv{i + 1}")(x)
+            x = nn.relu(_bn(train, f"bn{i + 1}")(x))
+            x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
+        return jnp.mean(x, axis=(1, 2))
+
+    @property
+    def features(self) -> int:
+        return self.widths[-1]
 
 
-def make_simclr(encoder: str, proj_dim: int = 256, input_norm: str = "") -> SimCLRModel:
-    """The SimCLR model of config.model (encoder 'mlp' | 'resnet18', proj_dim, input_norm)."""
-    return SimCLRModel(make_encoder(encoder, input_norm), proj_dim)
+# Built-in names of config.model.encoder -> import paths (spr_jax.plugins resolves both the same way). An
+# encoder is a flax module factory (a Module class or a function returning a module) whose keyword
+# parameters are filled from config.model by name (e.g. input_norm); the module maps float32 images
+# [B, H, W, C] and `train` to features [B, d].
+ENCODERS = {"mlp": "spr_jax.models:MLPEncoder", "resnet18": "spr_jax.models:ResNet18",
+            "convnet": "spr_jax.models:ConvNet"}
 
 
-def make_classifier(encoder: str, num_classes: int, input_norm: str = "") -> Classifier:
+def make_encoder(encoder, input_norm: str = "", **settings) -> nn.Module:
+    """An encoder module: a built-in name or import path (resolved and built with `settings`), or a module."""
+    if isinstance(encoder, nn.Module):
+        return encoder
+    from spr_jax import plugins  # resolution lives at the edge; this keeps the models' names convenient
+    factory = plugins.resolve(encoder, ENCODERS, "config.model.encoder")
+    return factory(**plugins.accepted_settings(factory, {"input_norm": input_norm, **settings}))
+
+
+def make_simclr(encoder, proj_dim: int = 256, input_norm: str = "") -> SimCLRModel:
+    """The SimCLR model: an encoder (module, built-in name or import path) plus the projection head."""
+    return SimCLRModel(make_encoder(encoder, input_norm), int(proj_dim))
+
+
+def make_classifier(encoder, num_classes: int, input_norm: str = "") -> Classifier:
     """The evaluation classifier; its params["encoder"] has the tree of make_simclr(encoder)'s."""
-    return Classifier(make_encoder(encoder, input_norm), num_classes)
+    return Classifier(make_encoder(encoder, input_norm), int(num_classes))
 
 
 def param_count(tree: Any) -> int:

@@ -10,26 +10,26 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 WORKER = r'''
-import importlib.util, json, sys
+import json
 import jax, jax.numpy as jnp, numpy as np
-from spr_jax import episode, experiment, models, train
-spec = importlib.util.spec_from_file_location("tiny", "configs/tiny.py")
-m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+from configs import tiny
+from spr_jax import replay_phase, run_loop
 out = {}
 for dp in (False, True):
-    c = m.get_config(); c.base.data_parallel = dp; c.buffer.plain_replay = True
-    p = experiment.prepare(c)
-    model = models.make_simclr(c.model.encoder, c.model.proj_dim)
-    settings = train.replay_settings(c, 1)
-    data = episode.TrainData(jnp.asarray(p.dataset.train.images), jnp.asarray(p.noisy.noisy), jnp.asarray(p.noisy.corrupt))
-    state = episode.init_state(model, c.seed, p.dataset.train.images.shape[1:], c.buffer.size, p.num_classes)
-    if settings.data_parallel > 1:
-        state, data = episode.replicate(state, settings.data_parallel), episode.replicate(data, settings.data_parallel)
+    c = tiny.get_config(); c.base.data_parallel = dp
+    c.filter.kind, c.buffer.policy = "none", "class_balanced"
+    p, s = run_loop.prepare(c)
+    data = replay_phase.TrainData(jnp.asarray(p.dataset.train.images), jnp.asarray(p.noisy.noisy), jnp.asarray(p.noisy.corrupt))
+    state = replay_phase.init_state(s.model, c.seed, p.dataset.train.images.shape[1:], c.buffer.size, p.num_classes,
+                                    s.replay.policy)
+    if s.replay.data_parallel > 1:
+        state = replay_phase.replicate(state, s.replay.data_parallel)
+        data = replay_phase.replicate(data, s.replay.data_parallel)
     n = 3  # the buffer (P = D) is full after chunk 0, so chunks 1-2 run the mixed batches
     chunks = p.stream.chunks[:n]
-    state, metrics = episode.run_chunks(model, settings, state, data, chunks, np.full(chunks.shape, .5, np.float32),
-                                        np.ones(chunks.shape, bool), np.ones(n, bool))
-    out[str(dp)] = {"devices": settings.data_parallel, "loss": np.asarray(metrics["base_loss"]).tolist(),
+    state, metrics = replay_phase.run_chunks(s.model, s.replay, state, data, chunks, np.ones(chunks.shape, np.float32),
+                                             np.ones(chunks.shape, bool), np.ones(n, bool))
+    out[str(dp)] = {"devices": s.replay.data_parallel, "loss": np.asarray(metrics["base_loss"]).tolist(),
                     "mixed": np.asarray(metrics["replayed_buffer"]).tolist(),
                     "buffer": np.asarray(state.buffer.index).tolist()}
 print(json.dumps(out))

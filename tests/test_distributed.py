@@ -24,7 +24,7 @@ def _worker(out_path, cache_dir, coordinator="", num_processes="0", process_id="
     parallel.initialize(coordinator, int(num_processes), int(process_id))
     import jax.numpy as jnp
     from configs import tiny
-    from spr_jax import experiment, experts, train
+    from spr_jax import expert_phase, experts, run_loop
     trained_here = []
     phase = experts.expert_phase
 
@@ -34,9 +34,9 @@ def _worker(out_path, cache_dir, coordinator="", num_processes="0", process_id="
 
     experts.expert_phase = recording_phase
     config = tiny.get_config()
-    prepared = experiment.prepare(config)
-    out = train.run_expert_phase(config, prepared, jnp.asarray(prepared.dataset.train.images), cache_dir,
-                                 progress=False)
+    prepared, settings = run_loop.prepare(config)
+    out = expert_phase.run(settings, run_loop.expert_inputs(config, prepared), prepared,
+                           jnp.asarray(prepared.dataset.train.images), cache_dir, progress=False)
     np.savez(out_path, clean_p=out["clean_p"], keep=out["keep"], trained=out["trained"],
              trained_here=np.asarray(trained_here, np.int64),
              described=parallel.describe(), cached=len(glob.glob(os.path.join(cache_dir, "*", "*.npz"))))

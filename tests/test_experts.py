@@ -97,13 +97,16 @@ def test_expert_phase_on_four_simulated_devices_equals_one(one_device, tmp_path)
         np.testing.assert_array_equal(four[name], one_device[name], err_msg=name)
 
 
-def test_phase_kwargs_from_config():
-    from spr_jax import configlib
+def test_expert_settings_from_config():
+    from spr_jax import configlib, settings
     c = configlib.cifar10_base()
-    kw = experts.phase_kwargs(c, channels=3)
+    s = settings.build(c, image_shape=(32, 32, 3), num_classes=10, chunk_size=500)
+    kw = s.expert.phase_kwargs()
     assert kw["color_jitter"] and kw["epochs"] == 4000 and kw["warmup_epochs"] == 11 and kw["group_size"] == 2
     assert isinstance(kw["model"].encoder, models.ResNet18) and kw["base_lr"] == pytest.approx(3e-4)
-    assert not experts.phase_kwargs(configlib.base_config(), channels=1)["color_jitter"]
+    assert s.replay.color_jitter and s.eval.classifier.encoder == kw["model"].encoder
+    grey = settings.build(configlib.base_config(), image_shape=(28, 28, 1), num_classes=10, chunk_size=300)
+    assert not grey.expert.color_jitter and not grey.replay.color_jitter
 
 
 def test_a_chunk_recomputed_alone_equals_its_row(one_device):

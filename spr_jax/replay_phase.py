@@ -1,16 +1,17 @@
 """The replay phase: SPRState through the chunks of the stream, one lax.scan per segment of chunks.
 
-Per chunk (SPEC.md section 3, steps 2 and 4; the expert and the filter, steps 1 and 3, come in as the
-chunk's clean_p and keep, computed ahead by the expert phase or inline by `inline_filter`):
-1. self-replay: the persistent base trains base_epochs on the chunk; while the purified buffer is not
-   full every batch is min(B, D) chunk samples, once it is full half of B comes from the chunk (shuffled,
-   drop_last) and half is drawn with replacement from the purified buffer;
-2. offer: the kept samples enter the purified buffer (class-balanced, lowest-clean_p eviction).
+Per chunk (docs/algorithm.md section 3, steps 2 and 4; the expert and the filter, steps 1 and 3, come in
+as the chunk's clean_p and keep, computed ahead by the expert phase or inline by `inline_filter`):
+1. self-replay: the persistent base trains base_epochs on the chunk; while the buffer is not full every
+   batch is min(B, D) chunk samples, once it is full half of B comes from the chunk (shuffled, drop_last)
+   and half is drawn with replacement from the buffer (the policy's `sample`);
+2. offer: the chunk's candidates go to the buffer policy's `offer`, which admits kept ones (SPR's
+   purified buffer: class-balanced, lowest-clean_p eviction).
 All randomness of chunk c derives from `rng.chunk_key(seed, purpose, c)`, so a run is a pure function of
 its seed, and a segment can be resumed from a checkpointed state.
 """
 import functools
-from typing import Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import flax
 import jax
@@ -22,12 +23,13 @@ from spr_jax import buffers
 from spr_jax import optim
 from spr_jax import rng
 from spr_jax import steps
+from spr_jax.settings import ReplaySettings
 
 
 @flax.struct.dataclass
 class SPRState:
     base: steps.TrainState  # the persistent SimCLR base: params, BatchNorm statistics, Adam state
-    buffer: buffers.PurifiedBuffer
+    buffer: Any  # the buffer policy's state (buffers.PurifiedBuffer for SPR)
     chunk: jax.Array  # int32: chunks processed so far (the schedule position and the key index)
     seed: jax.Array  # int32: the run's seed, so the state alone determines every later draw
 
@@ -37,17 +39,6 @@ class TrainData(NamedTuple):
     images: jax.Array  # uint8 [N, H, W, C]
     noisy: jax.Array  # int32 [N]
     corrupt: jax.Array  # bool [N]
-
-
-class ReplaySettings(NamedTuple):
-    epochs: int
-    batch_size: int
-    base_lr: float
-    warmup_epochs: int
-    temperature: float
-    color_jitter: bool
-    plain_replay: bool
-    data_parallel: int = 1  # >1: split every self-replay batch over this many local devices
 
 
 def data_mesh(devices: int) -> Mesh:
@@ -63,9 +54,10 @@ def replicate(tree, devices: int):
     return jax.device_put(tree, NamedSharding(data_mesh(devices), P()))
 
 
-def init_state(model, seed: int, input_shape, buffer_size: int, num_classes: int) -> SPRState:
+def init_state(model, seed: int, input_shape, buffer_size: int, num_classes: int,
+               policy: buffers.BufferPolicy = buffers.PURIFIED) -> SPRState:
     base = steps.init_state(model, rng.purpose_key(seed, rng.BASE_INIT), input_shape)
-    return SPRState(base=base, buffer=buffers.init_buffer(buffer_size, num_classes),
+    return SPRState(base=base, buffer=policy.init(buffer_size, num_classes),
                     chunk=jnp.zeros((), jnp.int32), seed=jnp.asarray(seed, jnp.int32))
 
 
@@ -115,33 +107,33 @@ def self_replay(model, s: ReplaySettings, base, chunk_images, buffer, data: Trai
         def batch_fn(k):
             k_perm, k_buf = jax.random.split(k)
             perm = jax.random.permutation(k_perm, d)[:n * half].reshape(n, half)
-            slots = buffers.sample_indices(buffer, k_buf, n * half).reshape(n, half)
+            slots = s.policy.sample(buffer, k_buf, n * half).reshape(n, half)
             return jnp.concatenate([chunk_images[perm], data.images[buffer.index[slots]]], axis=1)
         return run(base, n, batch_fn)
 
-    full = buffers.is_full(buffer)
+    full = buffers.memory_is_full(buffer)
     base, loss = jax.lax.cond(full, mixed, chunk_only, base)
     return base, loss, full
 
 
 def chunk_step(model, s: ReplaySettings, data: TrainData, state: SPRState, indices, clean_p, keep):
-    """One chunk: self-replay of the base, then the kept samples are offered to the purified buffer."""
+    """One chunk: self-replay of the base, then the chunk's candidates are offered to the buffer policy."""
     base, loss, mixed = self_replay(model, s, state.base, data.images[indices], state.buffer, data,
-                             _key(state, rng.REPLAY), state.chunk)
-    offered = jnp.ones_like(keep) if s.plain_replay else keep
-    draws = buffers.offer_draws(_key(state, rng.BUFFER), indices.shape[0])
-    buffer = buffers.offer(state.buffer, draws, indices, data.noisy[indices], data.corrupt[indices], clean_p,
-                           offered, plain_replay=s.plain_replay)
+                                    _key(state, rng.REPLAY), state.chunk)
     corrupt = data.corrupt[indices]
+    keep = jnp.asarray(keep, bool)
+    candidates = buffers.Candidates(index=indices, label=data.noisy[indices], corrupt=corrupt, clean_p=clean_p,
+                                    keep=keep)
+    buffer = s.policy.offer(state.buffer, _key(state, rng.BUFFER), candidates)
     metrics = {
         "base_loss": loss,
         "replayed_buffer": mixed,
-        "kept": offered.sum(),
-        "kept_clean": (offered & ~corrupt).sum(),
+        "kept": keep.sum(),
+        "kept_clean": (keep & ~corrupt).sum(),
         "clean": (~corrupt).sum(),
         "buffer_valid": buffer.valid.sum(),
         "buffer_clean": (buffer.valid & ~buffer.corrupt).sum(),
-        "buffer_counts": buffers.class_counts(buffer),
+        "buffer_counts": buffers.memory_counts(buffer, s.num_classes),
     }
     return state.replace(base=base, buffer=buffer, chunk=state.chunk + 1), metrics
 

@@ -1,6 +1,5 @@
 """SPR end to end on the tiny config: determinism, outputs, the replay switch, plain replay, and the
 expert phase computed ahead equal to experts computed inside the loop (the reference's order)."""
-import importlib.util
 import json
 import os
 
@@ -9,16 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from spr_jax import checkpoint, episode, experiment, experts, models, purify, rng, train
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_config():
-    spec = importlib.util.spec_from_file_location("tiny", os.path.join(ROOT, "configs", "tiny.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from conftest import tiny as tiny_config
+from spr_jax import checkpoint, expert_phase, experts, purify, replay_phase, rng, run_loop
 
 
 def _lines(workdir):
@@ -28,7 +19,7 @@ def _lines(workdir):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("tiny"))
-    return train.run(tiny_config(), workdir, progress=False), workdir
+    return run_loop.run(tiny_config(), workdir, progress=False), workdir
 
 
 def test_outputs_are_complete_and_finite(tiny_run):
@@ -54,7 +45,7 @@ def test_outputs_are_complete_and_finite(tiny_run):
 
 def test_same_seed_same_summary(tiny_run, tmp_path):
     summary, _ = tiny_run
-    again = train.run(tiny_config(), str(tmp_path), progress=False)
+    again = run_loop.run(tiny_config(), str(tmp_path), progress=False)
     for s in (summary, again):
         s.pop("wall_time_s")
     assert json.dumps(summary, sort_keys=True) == json.dumps(again, sort_keys=True)
@@ -69,23 +60,30 @@ def test_replay_mixes_in_the_buffer_exactly_once_it_is_full(tiny_run):
     assert any(full_before) and not all(full_before)
 
 
-def test_plain_replay_offers_every_sample(tmp_path):
+def test_plain_replay_offers_every_sample_and_trains_no_expert(tmp_path, monkeypatch):
     config = tiny_config()
-    config.buffer.plain_replay = True
-    summary = train.run(config, str(tmp_path), progress=False)
-    chunks = [r for r in _lines(str(tmp_path)) if r["type"] == "chunk"]
+    config.filter.kind, config.buffer.policy = "none", "class_balanced"
+    monkeypatch.setattr(experts, "expert_phase", lambda *a, **k: pytest.fail("an expert was trained"))
+    summary = run_loop.run(config, str(tmp_path / "new"), progress=False)
+    chunks = [r for r in _lines(str(tmp_path / "new")) if r["type"] == "chunk"]
     assert all(r["kept"] == config.stream.delayed_buffer_size for r in chunks)
-    assert summary["plain_replay"] is True
+    assert summary["method"]["filter"] == "none" and summary["method"]["buffer_policy"] == "class_balanced"
+    # The deprecated flag is the same run.
+    old = tiny_config()
+    old.buffer.plain_replay = True
+    with pytest.warns(DeprecationWarning, match="plain_replay"):
+        again = run_loop.run(old, str(tmp_path / "old"), progress=False)
+    assert _without_walls(again) == _without_walls(summary)
 
 
 def test_expert_phase_ahead_equals_experts_inside_the_loop(tmp_path):
     config = tiny_config()
-    prepared = experiment.prepare(config)
-    model = models.make_simclr(config.model.encoder, config.model.proj_dim)
-    data = episode.TrainData(images=jnp.asarray(prepared.dataset.train.images),
-                             noisy=jnp.asarray(prepared.noisy.noisy), corrupt=jnp.asarray(prepared.noisy.corrupt))
-    ahead = train.run_expert_phase(config, prepared, data.images, str(tmp_path), progress=False)
-    settings = train.replay_settings(config, 1)
+    prepared, s = run_loop.prepare(config)
+    model = s.model
+    data = replay_phase.TrainData(images=jnp.asarray(prepared.dataset.train.images),
+                                  noisy=jnp.asarray(prepared.noisy.noisy), corrupt=jnp.asarray(prepared.noisy.corrupt))
+    ahead = expert_phase.run(s, run_loop.expert_inputs(config, prepared), prepared, data.images, str(tmp_path),
+                             progress=False)
     chunks = prepared.stream.chunks
     n = chunks.shape[0]
 
@@ -98,10 +96,10 @@ def test_expert_phase_ahead_equals_experts_inside_the_loop(tmp_path):
                                    max_iter=config.filter.max_iter)
 
     def replay(**kw):
-        state = episode.init_state(model, config.seed, prepared.dataset.train.images.shape[1:], config.buffer.size,
-                                   prepared.num_classes)
-        return episode.run_chunks(model, settings, state, data, chunks, ahead["clean_p"], ahead["keep"],
-                                  np.ones(n, bool), **kw)
+        state = replay_phase.init_state(model, config.seed, prepared.dataset.train.images.shape[1:],
+                                        config.buffer.size, prepared.num_classes)
+        return replay_phase.run_chunks(model, s.replay, state, data, chunks, ahead["clean_p"], ahead["keep"],
+                                       np.ones(n, bool), **kw)
 
     state_a, m_a = replay()
     state_b, m_b = replay(inline_filter=inline_filter)
@@ -119,7 +117,7 @@ def _without_walls(summary):
 
 def test_a_killed_run_resumes_to_the_same_summary(tiny_run, tmp_path, monkeypatch):
     summary, _ = tiny_run
-    real_run_chunks = episode.run_chunks
+    real_run_chunks = replay_phase.run_chunks
     calls = []
 
     def dying(*args, **kwargs):
@@ -128,12 +126,12 @@ def test_a_killed_run_resumes_to_the_same_summary(tiny_run, tmp_path, monkeypatc
             raise KeyboardInterrupt("killed")
         return real_run_chunks(*args, **kwargs)
 
-    monkeypatch.setattr(episode, "run_chunks", dying)
+    monkeypatch.setattr(replay_phase, "run_chunks", dying)
     with pytest.raises(KeyboardInterrupt):
-        train.run(tiny_config(), str(tmp_path), progress=False)
+        run_loop.run(tiny_config(), str(tmp_path), progress=False)
     assert os.listdir(tmp_path / "checkpoints")
-    monkeypatch.setattr(episode, "run_chunks", real_run_chunks)
-    resumed = train.run(tiny_config(), str(tmp_path), progress=False)
+    monkeypatch.setattr(replay_phase, "run_chunks", real_run_chunks)
+    resumed = run_loop.run(tiny_config(), str(tmp_path), progress=False)
     assert _without_walls(resumed) == _without_walls(summary)
     lines = _lines(str(tmp_path))
     assert [r["chunk"] for r in lines if r["type"] == "chunk"] == list(range(summary["num_chunks"]))
@@ -145,7 +143,7 @@ def test_a_checkpoint_of_another_config_is_refused(tiny_run):
     config.noise.rate = 0.2
     before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
     with pytest.raises(checkpoint.CheckpointMismatchError, match="noise.rate"):
-        train.run(config, workdir, progress=False)
+        run_loop.run(config, workdir, progress=False)
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
 
 
@@ -159,7 +157,7 @@ def test_the_expert_cache_is_hit_by_a_second_run_and_missed_on_other_noise(tiny_
 
     real_phase = experts.expert_phase
     monkeypatch.setattr(experts, "expert_phase", no_training)
-    again = train.run(config, str(tmp_path / "second"), progress=False)
+    again = run_loop.run(config, str(tmp_path / "second"), progress=False)
     assert _without_walls(again) == _without_walls(summary)
 
     trained = []
@@ -170,7 +168,7 @@ def test_the_expert_cache_is_hit_by_a_second_run_and_missed_on_other_noise(tiny_
 
     monkeypatch.setattr(experts, "expert_phase", counting)
     config.noise.rate = 0.3
-    prepared = experiment.prepare(config)
-    out = train.run_expert_phase(config, prepared, jnp.asarray(prepared.dataset.train.images), config.cache.dir,
-                                 progress=False)
+    prepared, s = run_loop.prepare(config)
+    out = expert_phase.run(s, run_loop.expert_inputs(config, prepared), prepared,
+                           jnp.asarray(prepared.dataset.train.images), config.cache.dir, progress=False)
     assert out["trained"] == prepared.stream.num_chunks == trained[0] and out["cache_hits"] == 0

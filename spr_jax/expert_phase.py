@@ -1,0 +1,128 @@
+"""The expert phase of a run: every chunk's clean_p and keep, from the expert cache or trained.
+
+For each chunk: a fresh SimCLR expert trained on it alone, its features, then the run's filter
+(docs/algorithm.md section 3, steps 1 and 3). The compute is `experts.expert_phase` (vmap over chunk
+groups, shard_map over devices); this module adds the on-disk cache around it (what is cached is keyed
+by everything the outputs depend on, plug-in identities included) and the split over processes.
+A filter that needs no features (`filters.needs_features`) trains no experts at all.
+"""
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from spr_jax import expert_cache
+from spr_jax import experts
+from spr_jax import rng
+from spr_jax.settings import RunSettings
+
+
+@functools.lru_cache(maxsize=None)
+def _post_fn(filter_fn, num_classes: int):
+    """experts.expert_phase's post_fn running the filter on each chunk's features.
+
+    Cached and free of run-specific closures, so the compiled expert round is reused across runs."""
+    def post_fn(chunk_index, features, args):
+        clean_p, keep = filter_fn(args["key"], features, args["labels"], num_classes=num_classes)
+        return {"clean_p": jnp.asarray(clean_p, jnp.float32), "keep": jnp.asarray(keep, bool)}
+    return post_fn
+
+
+@functools.lru_cache(maxsize=None)
+def _featureless(filter_fn, num_classes: int, feature_dim: int):
+    def one(key, labels):
+        features = jnp.zeros((labels.shape[0], feature_dim), jnp.float32)
+        clean_p, keep = filter_fn(key, features, labels, num_classes=num_classes)
+        return jnp.asarray(clean_p, jnp.float32), jnp.asarray(keep, bool)
+    return jax.jit(jax.vmap(one))
+
+
+def cache_dir(cache_dir_setting: str, workdir: str) -> str:
+    return cache_dir_setting or os.path.join(workdir, "expert_cache")
+
+
+def chunk_descriptions(run_inputs, prepared, settings: RunSettings) -> list:
+    """Everything a chunk's expert outputs depend on, one dict per chunk (the expert cache's keys).
+
+    `run_inputs` is the JSON-able account of the config the outputs depend on (see run_loop.expert_inputs).
+    """
+    s = prepared.stream
+    plugins = {k: settings.identities[k] for k in ("filter", "encoder")}
+    common = dict(run_inputs, expert=dict(run_inputs["expert"], plugins=plugins))
+    return [expert_cache.chunk_cache_description(chunk_index=c, chunk_indices=s.chunks[c], **common)
+            for c in range(s.num_chunks)]
+
+
+def _filter_args(settings: RunSettings, prepared, ids):
+    keys = jax.vmap(lambda c: rng.chunk_key(settings.seed, rng.FILTER, c))(jnp.asarray(ids))
+    return {"labels": prepared.noisy.noisy[prepared.stream.chunks[ids]], "key": keys}
+
+
+def train_missing_experts(settings: RunSettings, prepared, train_images_dev, misses, progress) -> dict:
+    """{chunk: outputs} for the chunks in `misses`: clean_p and keep (plus features and final_loss with one
+    process; features stay on the host that trained them).
+
+    With several processes (jax.distributed), process p trains the chunks misses[p::P] on its local
+    devices, and the outputs are all-gathered so every process returns all of them.
+    """
+    s = prepared.stream
+    nproc, me = jax.process_count(), jax.process_index()
+    mine = np.asarray(misses[me::nproc], np.int32)
+    out = {}
+    if mine.size:
+        out = experts.expert_phase(
+            train_images_dev, s.chunks[mine], settings.seed, chunk_ids=mine,
+            post_fn=_post_fn(settings.filter.fn, settings.filter.num_classes),
+            post_args=_filter_args(settings, prepared, mine), keep_losses=False, progress=progress,
+            **settings.expert.phase_kwargs())
+    if nproc == 1:
+        return {int(c): {k: np.asarray(v[j]) for k, v in out.items()} for j, c in enumerate(mine)}
+    from jax.experimental import multihost_utils
+    rows = -(-len(misses) // nproc)  # every process contributes the same shape: pad to `rows`
+    d = s.chunk_size
+    pad = {"clean_p": np.zeros((rows, d), np.float32), "keep": np.zeros((rows, d), bool)}
+    for k in pad:
+        if mine.size:
+            pad[k][:mine.size] = out[k]
+    gathered = multihost_utils.process_allgather(pad)  # [P, rows, D]
+    result = {}
+    for p in range(nproc):
+        for j, c in enumerate(misses[p::nproc]):
+            result[int(c)] = {k: np.asarray(gathered[k][p, j]) for k in pad}
+    return result
+
+
+def run(settings: RunSettings, run_inputs: dict, prepared, train_images_dev, cache_folder: str,
+        progress=True) -> dict:
+    """clean_p and keep [C, D] of every chunk: read from the expert cache, the missing ones trained (in
+    parallel over chunk groups and devices) and written to it. Returns them with hit/trained counts."""
+    s = prepared.stream
+    if not settings.filter.needs_features:  # nothing to train: the filter alone, on every chunk at once
+        ids = np.arange(s.num_chunks, dtype=np.int32)
+        args = _filter_args(settings, prepared, ids)
+        fn = _featureless(settings.filter.fn, settings.filter.num_classes, int(settings.model.proj_dim))
+        clean_p, keep = jax.device_get(fn(args["key"], jnp.asarray(args["labels"])))
+        return {"clean_p": np.asarray(clean_p), "keep": np.asarray(keep), "cache_hits": 0, "trained": 0}
+    descriptions = chunk_descriptions(run_inputs, prepared, settings)
+    keys = [expert_cache.description_key(d) for d in descriptions]
+    cache = expert_cache.ExpertCache(cache_folder)
+    hits, misses = cache.get_many(keys)
+    own_misses = set(misses)
+    if jax.process_count() > 1:
+        # Caches may differ per process (one per host): all train the union of their misses, so every
+        # process makes the same collective calls with the same split.
+        from jax.experimental import multihost_utils
+        missing = np.zeros(s.num_chunks, bool)
+        missing[misses] = True
+        misses = np.flatnonzero(multihost_utils.process_allgather(missing).any(axis=0)).tolist()
+    if misses:
+        for c, outputs in train_missing_experts(settings, prepared, train_images_dev, misses, progress).items():
+            if c in own_misses:  # every process fills its own cache (puts are atomic, so shared folders are safe)
+                cache.put(keys[c], outputs, descriptions[c])
+            hits[c] = outputs
+    return {"clean_p": np.stack([hits[c]["clean_p"] for c in range(s.num_chunks)]),
+            "keep": np.stack([hits[c]["keep"] for c in range(s.num_chunks)]),
+            "cache_hits": s.num_chunks - len(misses), "trained": len(misses)}
+

@@ -1,0 +1,220 @@
+"""Typed, frozen settings of each phase, built once from the run's config at the edge (docs/architecture.md).
+
+Below this module nothing reads a ConfigDict: the expert phase gets `ExpertSettings`, the filter
+`FilterSettings`, the replay phase `ReplaySettings`, the evaluation `EvalSettings`. The plug-ins
+(filter, buffer policy, encoder, evaluation loss) are resolved here, checked on abstract inputs of the
+run's shapes before any training, and their identities recorded for the expert cache and checkpoints.
+Decisions that depend on the data live here once: the models are built here, and colour jitter is on
+for RGB images only (docs/algorithm.md section 4).
+"""
+import dataclasses
+import warnings
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from spr_jax import buffers, filters, losses, models, plugins
+from spr_jax.configlib import ConfigError
+
+# Built-in names of config.eval.loss -> import paths. A loss is fn(logits [B, K], labels [B]) -> scalar.
+EVAL_LOSSES = {"cross_entropy": "spr_jax.losses:cross_entropy"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpertSettings:
+    model: Any  # the SimCLR flax module
+    epochs: int
+    base_lr: float
+    warmup_epochs: int
+    color_jitter: bool
+    group_size: int
+    temperature: float
+
+    def phase_kwargs(self) -> dict:
+        """Keyword arguments of experts.expert_phase."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+@dataclasses.dataclass(frozen=True)
+class FilterSettings:
+    kind: str
+    fn: Callable  # fn(key, features, labels, *, num_classes) -> (clean_p, keep), its settings bound
+    needs_features: bool  # False: no experts are trained, the filter sees zero features
+    num_classes: int
+
+
+class ReplaySettings(NamedTuple):
+    """Static settings of the replay phase (hashable: a jit static argument)."""
+    epochs: int
+    batch_size: int
+    base_lr: float
+    warmup_epochs: int
+    temperature: float
+    color_jitter: bool
+    policy: buffers.BufferPolicy
+    num_classes: int
+    data_parallel: int = 1  # >1: split every self-replay batch over this many local devices
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+    classifier: Any  # the evaluation flax module (encoder + linear head)
+    epochs: int
+    batch_size: int
+    lr: float
+    decay_every: int
+    decay: float
+    clip: float
+    test_batch_size: int
+    loss: Callable  # fn(logits, labels) -> scalar
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    seed: int
+    buffer_size: int
+    model: Any
+    expert: ExpertSettings
+    filter: FilterSettings
+    replay: ReplaySettings
+    eval: EvalSettings
+    identities: dict  # plug-in identities (spr_jax.plugins.identity), for cache keys and fingerprints
+
+
+class Plugins(NamedTuple):
+    filter: Callable
+    policy: buffers.BufferPolicy
+    encoder: Callable  # the module factory
+    loss: Callable
+    identities: dict
+
+
+def apply_deprecations(config: ml_collections.ConfigDict) -> None:
+    """`buffer.plain_replay=True` (deprecated) is `filter.kind=none` + `buffer.policy=class_balanced`."""
+    if config.buffer.get("plain_replay", False):
+        warnings.warn("config.buffer.plain_replay is deprecated and will be removed in the next release; "
+                      "use --config.filter.kind=none --config.buffer.policy=class_balanced", DeprecationWarning,
+                      stacklevel=2)
+        with config.unlocked():
+            config.filter.kind = "none"
+            config.buffer.policy = "class_balanced"
+
+
+def resolve_plugins(config) -> Plugins:
+    """Imports the four plug-ins named by the config (ConfigError naming the field if one cannot be)."""
+    fn = plugins.resolve(config.filter.kind, filters.FILTERS, "config.filter.kind")
+    if not callable(fn):
+        raise ConfigError(f"config.filter.kind={config.filter.kind!r} is a {type(fn).__name__}, not a function "
+                          f"fn(key, features, labels, *, num_classes) -> (clean_p, keep)")
+    policy = plugins.resolve(config.buffer.policy, buffers.POLICIES, "config.buffer.policy")
+    if not all(callable(getattr(policy, name, None)) for name in ("init", "offer", "sample")):
+        raise ConfigError(f"config.buffer.policy={config.buffer.policy!r} is a {type(policy).__name__}; it must "
+                          f"be a spr_jax.buffers.BufferPolicy(init, offer, sample)")
+    policy = buffers.BufferPolicy(policy.init, policy.offer, policy.sample)
+    encoder = plugins.resolve(config.model.encoder, models.ENCODERS, "config.model.encoder")
+    if not callable(encoder):
+        raise ConfigError(f"config.model.encoder={config.model.encoder!r} is not a flax module factory")
+    loss = plugins.resolve(config.eval.loss, EVAL_LOSSES, "config.eval.loss")
+    if not callable(loss):
+        raise ConfigError(f"config.eval.loss={config.eval.loss!r} is not a function fn(logits, labels) -> loss")
+    identities = {"filter": plugins.identity(config.filter.kind, fn),
+                  "buffer_policy": plugins.identity(config.buffer.policy, policy),
+                  "encoder": plugins.identity(config.model.encoder, encoder),
+                  "eval_loss": plugins.identity(config.eval.loss, loss)}
+    return Plugins(filter=fn, policy=policy, encoder=encoder, loss=loss, identities=identities)
+
+
+def build(config, *, image_shape, num_classes: int, chunk_size: int, data_parallel: int = 1,
+          resolved: Plugins = None) -> RunSettings:
+    """The run's settings; checks every plug-in on abstract inputs of these shapes (no training)."""
+    p = resolved or resolve_plugins(config)
+    image_shape = tuple(int(d) for d in image_shape)
+    model_block = {k: v for k, v in config.model.items() if k not in ("encoder", "proj_dim")}
+    encoder = p.encoder(**plugins.accepted_settings(p.encoder, model_block))
+    model = models.SimCLRModel(encoder, int(config.model.proj_dim))
+    _check_encoder(model, image_shape, config.model.encoder)
+    classifier = models.Classifier(encoder, num_classes)
+    color_jitter = image_shape[-1] == 3  # colour jitter only for RGB (docs/algorithm.md section 4)
+
+    filter_fn = plugins.bind(p.filter, plugins.accepted_settings(p.filter, config.filter, exclude=("num_classes",)))
+    filters.check(filter_fn, chunk_size=chunk_size, feature_dim=int(config.model.proj_dim), num_classes=num_classes)
+    _check_policy(p.policy, int(config.buffer.size), num_classes, chunk_size, config.buffer.policy)
+    _check_loss(p.loss, num_classes, config.eval.loss)
+
+    ssl = dict(base_lr=float(config.ssl.lr), warmup_epochs=int(config.ssl.warmup_epochs),
+               temperature=float(config.ssl.temperature), color_jitter=color_jitter)
+    return RunSettings(
+        seed=int(config.seed), buffer_size=int(config.buffer.size), model=model,
+        expert=ExpertSettings(model=model, epochs=int(config.expert.epochs), group_size=int(config.expert.group_size),
+                              **ssl),
+        filter=FilterSettings(kind=config.filter.kind, fn=filter_fn, needs_features=filters.needs_features(p.filter),
+                              num_classes=num_classes),
+        replay=ReplaySettings(epochs=int(config.base.epochs), batch_size=int(config.base.batch_size),
+                              policy=p.policy, num_classes=num_classes, data_parallel=data_parallel, **ssl),
+        eval=EvalSettings(classifier=classifier, epochs=int(config.eval.epochs), batch_size=int(config.eval.batch_size),
+                          lr=float(config.eval.lr), decay_every=int(config.eval.decay_every),
+                          decay=float(config.eval.decay), clip=float(config.eval.clip),
+                          test_batch_size=int(config.eval.test_batch_size), loss=p.loss),
+        identities=p.identities)
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _check_encoder(model, image_shape, kind) -> None:
+    x = jax.ShapeDtypeStruct((2,) + image_shape, jnp.float32)
+    try:
+        variables = jax.eval_shape(lambda k, x: model.init(k, x, train=False), jax.random.PRNGKey(0), x)
+        (h, _), _ = jax.eval_shape(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]),
+                                   variables, x)
+    except Exception as e:
+        raise ConfigError(f"config.model.encoder={kind!r} fails on images {image_shape} "
+                          f"({_first_line(e)}); an encoder maps (x [B, H, W, C], train) to features [B, d]") from e
+    if h.ndim != 2 or h.shape[0] != 2:
+        raise ConfigError(f"config.model.encoder={kind!r} returns features of shape {h.shape} for 2 images; "
+                          f"it must return [B, d]")
+
+
+def _check_policy(policy: buffers.BufferPolicy, size: int, num_classes: int, chunk_size: int, kind) -> None:
+    field = f"config.buffer.policy={kind!r}"
+    d = chunk_size
+    cands = buffers.Candidates(index=jnp.zeros(d, jnp.int32), label=jnp.zeros(d, jnp.int32),
+                               corrupt=jnp.zeros(d, bool), clean_p=jnp.zeros(d, jnp.float32), keep=jnp.ones(d, bool))
+    key = jax.random.PRNGKey(0)
+    try:
+        state = jax.eval_shape(lambda: policy.init(size, num_classes))
+        after = jax.eval_shape(policy.offer, state, key, cands)
+        slots = jax.eval_shape(lambda st, k: policy.sample(st, k, 7), state, key)
+    except Exception as e:
+        raise ConfigError(f"{field}: its init/offer/sample fail on a buffer of {size} and a chunk of {d} "
+                          f"({_first_line(e)})") from e
+    for name, dtype in (("index", jnp.int32), ("label", jnp.int32), ("corrupt", jnp.bool_),
+                        ("clean_p", jnp.float32), ("valid", jnp.bool_)):
+        leaf = getattr(state, name, None)
+        if leaf is None or leaf.shape != (size,) or leaf.dtype != dtype:
+            raise ConfigError(f"{field}: init's state needs a field {name!r} of shape ({size},) and dtype "
+                              f"{jnp.dtype(dtype).name}; got {None if leaf is None else (leaf.shape, leaf.dtype)}")
+    if jax.tree.structure(after) != jax.tree.structure(state) or jax.tree.map(
+            lambda a, b: (a.shape, a.dtype) != (b.shape, b.dtype), after, state) != jax.tree.map(lambda a: False, state):
+        raise ConfigError(f"{field}: offer must return a state of the same structure, shapes and dtypes as it "
+                          f"receives (it runs inside lax.scan)")
+    if slots.shape != (7,) or not jnp.issubdtype(slots.dtype, jnp.integer):
+        raise ConfigError(f"{field}: sample(state, key, n) must return n integer slots; got {slots.shape} "
+                          f"{slots.dtype}")
+
+
+def _check_loss(loss, num_classes: int, kind) -> None:
+    logits = jax.ShapeDtypeStruct((4, num_classes), jnp.float32)
+    labels = jax.ShapeDtypeStruct((4,), jnp.int32)
+    try:
+        out = jax.eval_shape(loss, logits, labels)
+    except Exception as e:
+        raise ConfigError(f"config.eval.loss={kind!r} fails on logits [4, {num_classes}] ({_first_line(e)}); "
+                          f"a loss is fn(logits, labels) -> scalar") from e
+    if getattr(out, "shape", None) != ():
+        raise ConfigError(f"config.eval.loss={kind!r} returns {getattr(out, 'shape', type(out).__name__)}; "
+                          f"it must return a scalar")
