@@ -86,7 +86,7 @@ def mlp_breakdown(model, state, images, n):
     grad = jax.jit(jax.grad(loss_fn))
     g = grad(state.params, x)
     tx = optim.ssl_optimizer()
-    adam = jax.jit(lambda p, o, g: tx.update(g, o, p, lr=3e-4))
+    adam = jax.jit(lambda p, o, g: tx.update(g, optim.with_lr(o, 3e-4), p))
     parts = {"views": lambda: views(key, images), "forward_loss": lambda: fwd(state.params, x),
              "forward_backward": lambda: grad(state.params, x),
              "adam": lambda: adam(state.params, state.opt_state, g)}

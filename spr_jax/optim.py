@@ -1,11 +1,12 @@
 """Optimisers and learning-rate schedules (SPEC.md sections 4 and 5), as optax transformations.
 
 SSL (expert and base): Adam(3e-4, b1 0.9, b2 0.999, eps 1e-8, no weight decay) whose learning rate is
-given per step (`ssl_lr` of the epoch position), because one schedule position covers a varying number of
-steps (the base takes one or two batches per epoch). Evaluation fine-tuning: clip by value, then Adam with
+set per step (`ssl_lr` of the epoch position, through optax.inject_hyperparams), because one schedule
+position covers a varying number of steps (the base takes one or two batches per epoch). Evaluation fine-tuning: clip by value, then Adam with
 a staircase step decay per step.
 """
-import jax
+import functools
+
 import jax.numpy as jnp
 import optax
 
@@ -32,23 +33,20 @@ def ssl_lr(base_lr, epochs, warmup_epochs, call_index, local_epoch):
     return jnp.asarray(base_lr, jnp.float32) * jnp.square(jnp.cos(jnp.pi * k / (2.0 * epochs)))
 
 
-def scale_by_neg_lr() -> optax.GradientTransformationExtraArgs:
-    """Multiplies updates by -lr, with lr passed to `update(..., lr=lr)` at every step."""
-    def init_fn(params):
-        del params
-        return optax.EmptyState()
-
-    def update_fn(updates, state, params=None, *, lr, **extra_args):
-        del params, extra_args
-        lr = jnp.asarray(lr, jnp.float32)
-        return jax.tree_util.tree_map(lambda u: (-lr * u).astype(u.dtype), updates), state
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
+@functools.lru_cache(maxsize=None)
 def ssl_optimizer(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> optax.GradientTransformationExtraArgs:
-    """torch.optim.Adam without weight decay; call `tx.update(grads, opt_state, params, lr=lr)`."""
-    return optax.chain(optax.scale_by_adam(b1=b1, b2=b2, eps=eps), scale_by_neg_lr())
+    """torch.optim.Adam without weight decay, its learning rate a hyperparameter of the state (set it per
+    step with `with_lr`). b1, b2 and eps stay Python floats (static), as in plain optax.adam, so the
+    arithmetic is the same. One object per setting: it is part of TrainState's static structure, so
+    compiled steps are reused across models and runs."""
+    return optax.inject_hyperparams(optax.adam, static_args=("b1", "b2", "eps"))(
+        learning_rate=0.0, b1=b1, b2=b2, eps=eps)
+
+
+def with_lr(opt_state, lr):
+    """`opt_state` of `ssl_optimizer` with its learning rate set to lr (float32)."""
+    hyperparams = dict(opt_state.hyperparams, learning_rate=jnp.asarray(lr, jnp.float32))
+    return opt_state._replace(hyperparams=hyperparams)
 
 
 def finetune_schedule(lr: float = 2e-3, decay_every: int = 300, decay: float = 0.1) -> optax.Schedule:

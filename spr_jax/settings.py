@@ -11,11 +11,12 @@ import dataclasses
 import warnings
 from typing import Any, Callable, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 
-from spr_jax import buffers, filters, losses, models, plugins
+from spr_jax import buffers, filters, models, plugins
 from spr_jax.configlib import ConfigError
 
 # Built-in names of config.eval.loss -> import paths. A loss is fn(logits [B, K], labels [B]) -> scalar.
@@ -132,7 +133,14 @@ def build(config, *, image_shape, num_classes: int, chunk_size: int, data_parall
     p = resolved or resolve_plugins(config)
     image_shape = tuple(int(d) for d in image_shape)
     model_block = {k: v for k, v in config.model.items() if k not in ("encoder", "proj_dim")}
-    encoder = p.encoder(**plugins.accepted_settings(p.encoder, model_block))
+    try:
+        encoder = p.encoder(**plugins.accepted_settings(p.encoder, model_block))
+    except Exception as e:
+        raise ConfigError(f"config.model.encoder={config.model.encoder!r} cannot be built from config.model "
+                          f"({_first_line(e)}); an encoder is a flax module factory") from e
+    if not isinstance(encoder, nn.Module):
+        raise ConfigError(f"config.model.encoder={config.model.encoder!r} returns a {type(encoder).__name__}, "
+                          f"not a flax module")
     model = models.SimCLRModel(encoder, int(config.model.proj_dim))
     _check_encoder(model, image_shape, config.model.encoder)
     classifier = models.Classifier(encoder, num_classes)

@@ -6,20 +6,19 @@ The jitted entry points donate the state they are given (pass a state once, use 
 import functools
 from typing import Any
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax.training import train_state
 
 from spr_jax import augment, losses, optim
 
 
-@flax.struct.dataclass
-class TrainState:
-    """params and BatchNorm running statistics of a SimCLR model, plus its Adam state."""
-    params: Any
-    batch_stats: Any
-    opt_state: Any
+class TrainState(train_state.TrainState):
+    """flax's TrainState (step, params, tx, opt_state) plus BatchNorm running statistics ({} without BN).
+
+    apply_fn is unused (None): steps call `model.apply` of the static model they are given."""
+    batch_stats: Any = None
 
 
 def _variables(params, batch_stats):
@@ -35,9 +34,8 @@ def init_state(model: nn.Module, key, input_shape) -> TrainState:
 def _init_state(model: nn.Module, key, input_shape) -> TrainState:
     # Compiled once per (model, shape): eager init runs and compiles op by op, which is slower on CPU.
     variables = model.init(key, jnp.zeros((2,) + input_shape, jnp.float32), train=False)
-    params = variables["params"]
-    return TrainState(params=params, batch_stats=variables.get("batch_stats", {}),
-                      opt_state=optim.ssl_optimizer().init(params))
+    return TrainState.create(apply_fn=None, params=variables["params"], tx=optim.ssl_optimizer(),
+                             batch_stats=variables.get("batch_stats", {}))
 
 
 def contrastive_loss(model: nn.Module, params, batch_stats, x, temperature: float = 0.5):
@@ -60,9 +58,8 @@ def contrastive_update(model: nn.Module, state: TrainState, x, lr, temperature: 
         return contrastive_loss(model, params, state.batch_stats, x, temperature)
 
     (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = optim.ssl_optimizer().update(grads, state.opt_state, state.params, lr=lr)
-    params = jax.tree_util.tree_map(lambda p, u: p + u, state.params, updates)
-    return TrainState(params=params, batch_stats=batch_stats, opt_state=opt_state), loss
+    state = state.replace(opt_state=optim.with_lr(state.opt_state, lr))
+    return state.apply_gradients(grads=grads, batch_stats=batch_stats), loss
 
 
 @functools.partial(jax.jit, static_argnames=("model", "color_jitter", "temperature"), donate_argnames=("state",))

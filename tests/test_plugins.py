@@ -1,0 +1,250 @@
+"""The plug-in seams: resolution by name or path, refusal of bad plug-ins before any training, identities in
+the expert cache, the built-in policies and encoders, and the plug-ins of examples/ on the tiny config."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from spr_jax import buffers, configlib, experts, filters, models, plugins, purify, run_loop, settings
+
+
+def _lines(workdir):
+    return [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+
+
+def _launch(*args, pythonpath=""):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (pythonpath, os.environ.get("PYTHONPATH")) if p))
+    return subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+# --- resolution -------------------------------------------------------------------------------------------
+
+def test_builtin_names_and_paths_resolve_to_the_same_object():
+    assert plugins.resolve("centrality", filters.FILTERS, "f") is purify.purify_chunk
+    assert plugins.resolve("spr_jax.purify:purify_chunk", filters.FILTERS, "f") is purify.purify_chunk
+    assert plugins.resolve("reservoir", buffers.POLICIES, "p") is buffers.RESERVOIR
+    assert plugins.resolve("convnet", models.ENCODERS, "e") is models.ConvNet
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("nope", "not a built-in"),
+    ("no_such_module_xyz:fn", "cannot be imported"),
+    ("spr_jax.purify:no_such_fn", "has no attribute 'no_such_fn'"),
+    ("", "must be a built-in name"),
+])
+def test_unresolvable_names_are_refused_naming_the_field(kind, message):
+    with pytest.raises(configlib.ConfigError, match=message) as e:
+        plugins.resolve(kind, filters.FILTERS, "config.filter.kind")
+    assert "config.filter.kind" in str(e.value)
+
+
+def test_settings_fill_keyword_parameters_from_the_block():
+    def fn(key, features, labels, *, num_classes, k=3, other=1):
+        return k
+    assert plugins.accepted_settings(fn, {"k": 7, "kind": "x", "num_classes": 2}, exclude=("num_classes",)) == {"k": 7}
+    assert plugins.bind(fn, {"k": 7}) is plugins.bind(fn, {"k": 7})  # one object: compiled code is reused
+
+
+def test_identity_changes_with_the_source(tmp_path, monkeypatch):
+    (tmp_path / "idmod.py").write_text("def f(x):\n    return x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    first = plugins.identity("idmod:f", plugins.resolve("idmod:f", {}, "f"))
+    assert first == plugins.identity("idmod:f", plugins.resolve("idmod:f", {}, "f"))
+    (tmp_path / "idmod.py").write_text("def f(x):\n    return x + 1\n")
+    sys.modules.pop("idmod")
+    assert plugins.identity("idmod:f", plugins.resolve("idmod:f", {}, "f"))["source_sha256"] != first["source_sha256"]
+
+
+# --- checks before training -------------------------------------------------------------------------------
+
+def _build(config):
+    return settings.build(config, image_shape=(8, 8, 1), num_classes=10, chunk_size=40)
+
+
+def test_wrong_filter_outputs_are_refused(tiny_config, tmp_path, monkeypatch):
+    (tmp_path / "badfilters.py").write_text(textwrap.dedent("""
+        import jax.numpy as jnp
+        def one_output(key, features, labels, *, num_classes):
+            return jnp.ones(labels.shape)
+        def short(key, features, labels, *, num_classes):
+            return jnp.ones(3), jnp.ones(3, bool)
+        def float_keep(key, features, labels, *, num_classes):
+            return jnp.ones(labels.shape), jnp.ones(labels.shape)
+        def crashes(key, features, labels, *, num_classes):
+            return features @ labels
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name, message in [("one_output", "returns one array"), ("short", r"shapes \(3,\)"),
+                          ("float_keep", "dtypes float32 and float32"), ("crashes", "fails on a chunk")]:
+        tiny_config.filter.kind = f"badfilters:{name}"
+        with pytest.raises(configlib.ConfigError, match=message) as e:
+            _build(tiny_config)
+        assert "config.filter.kind" in str(e.value)
+
+
+def test_bad_policies_encoders_and_losses_are_refused(tiny_config):
+    c = tiny_config
+    c.buffer.policy = "spr_jax.buffers:init_buffer"  # a function, not a policy
+    with pytest.raises(configlib.ConfigError, match="config.buffer.policy.*BufferPolicy"):
+        _build(c)
+    c.buffer.policy = "purified"
+    c.model.encoder = "spr_jax.losses:nt_xent"
+    with pytest.raises(configlib.ConfigError, match="config.model.encoder"):
+        _build(c)
+    c.model.encoder = "mlp"
+    c.eval.loss = "spr_jax.losses:nt_xent"
+    with pytest.raises(configlib.ConfigError, match="config.eval.loss"):
+        _build(c)
+
+
+def test_a_filter_from_outside_the_package_runs_through_launch(tmp_path):
+    plugin_dir = tmp_path / "plugins"
+    plugin_dir.mkdir()
+    (plugin_dir / "myfilter.py").write_text(textwrap.dedent("""
+        import jax.numpy as jnp
+        def keep_first_half(key, features, labels, *, num_classes):
+            d = labels.shape[0]
+            keep = jnp.arange(d) < d // 2
+            return jnp.where(keep, 1.0, 0.0), keep
+        def wrong_shape(key, features, labels, *, num_classes):
+            return jnp.ones(5), jnp.ones(5, bool)
+    """))
+    work = tmp_path / "run"
+    r = _launch("--config=configs/tiny.py", "--config.filter.kind=myfilter:keep_first_half", f"--workdir={work}",
+                pythonpath=str(plugin_dir))
+    assert r.returncode == 0, r.stderr[-3000:]
+    chunks = [x for x in _lines(work) if x["type"] == "chunk"]
+    assert chunks and all(x["kept"] == 20 for x in chunks)  # D = 40
+    assert json.load(open(work / "summary.json"))["method"]["filter"] == "myfilter:keep_first_half"
+
+    for kind, message in [("myfilter:wrong_shape", "shapes (5,)"), ("myfilter:missing", "no attribute"),
+                          ("nomodule:f", "cannot be imported")]:
+        bad = tmp_path / kind.replace(":", "_")
+        r = _launch("--config=configs/tiny.py", f"--config.filter.kind={kind}", f"--workdir={bad}",
+                    pythonpath=str(plugin_dir))
+        assert r.returncode != 0 and "config.filter.kind" in r.stderr and message in r.stderr, r.stderr[-2000:]
+        assert "Traceback" not in r.stderr and "experts" not in r.stderr  # refused before any training
+
+
+# --- identities in the expert cache ---------------------------------------------------------------------
+
+def test_a_changed_filter_never_reuses_the_cached_experts(tiny_config, tmp_path, monkeypatch):
+    tiny_config.cache.dir = str(tmp_path / "cache")
+    tiny_config.expert.epochs = 2
+    first = run_loop.run(tiny_config, str(tmp_path / "a"), progress=False)
+
+    def keep_everything(key, features, labels, *, num_classes, num_graphs=5, max_iter=6000):
+        return jnp.ones(labels.shape, jnp.float32), jnp.ones(labels.shape, bool)
+
+    trained = []
+    real_phase = experts.expert_phase
+
+    def counting(*args, **kwargs):
+        trained.append(len(kwargs["chunk_ids"]))
+        return real_phase(*args, **kwargs)
+
+    monkeypatch.setattr(purify, "purify_chunk", keep_everything)  # "centrality" now names another function
+    monkeypatch.setattr(experts, "expert_phase", counting)
+    second = run_loop.run(tiny_config, str(tmp_path / "b"), progress=False)
+    assert trained == [first["num_chunks"]]  # every chunk recomputed, none read from SPR's cache
+    kept = [x["kept"] for x in _lines(tmp_path / "b") if x["type"] == "chunk"]
+    assert all(k == tiny_config.stream.delayed_buffer_size for k in kept)
+    assert second["final_purity"] != first["final_purity"] or second["accuracy_matrix"] != first["accuracy_matrix"]
+
+
+# --- built-in policies ------------------------------------------------------------------------------------
+
+def _cands(index, label, keep=None):
+    index = jnp.asarray(index, jnp.int32)
+    return buffers.Candidates(index=index, label=jnp.asarray(label, jnp.int32), corrupt=jnp.zeros(index.shape, bool),
+                              clean_p=jnp.ones(index.shape, jnp.float32),
+                              keep=jnp.ones(index.shape, bool) if keep is None else jnp.asarray(keep))
+
+
+def test_reservoir_keeps_every_offered_sample_with_probability_size_over_n():
+    size, d, chunks, runs = 10, 20, 5, 2000  # n = 100 offered samples, each kept with p = 0.1
+    n = d * chunks
+
+    @jax.jit
+    def one_run(key):
+        state = buffers.RESERVOIR.init(size, 3)
+        for c in range(chunks):
+            state = buffers.RESERVOIR.offer(state, jax.random.fold_in(key, c),
+                                            _cands(jnp.arange(c * d, (c + 1) * d), jnp.zeros(d)))
+        return state
+
+    states = jax.vmap(one_run)(jax.random.split(jax.random.PRNGKey(0), runs))
+    assert np.asarray(states.valid).all() and (np.asarray(states.seen) == n).all()
+    hits = np.zeros(n)
+    for row in np.asarray(states.index):
+        assert len(set(row.tolist())) == size  # no sample twice
+        hits[row] += 1
+    # Each sample's count is Binomial(runs, size / n): mean 200, sd 13.4. Bounds at 5 sd for all 100 samples.
+    expected, sd = runs * size / n, np.sqrt(runs * size / n * (1 - size / n))
+    assert np.abs(hits - expected).max() < 5 * sd
+    # Early and late samples alike (algorithm R's point): mean hits of the first and last chunk agree.
+    assert abs(hits[:d].mean() - hits[-d:].mean()) < 3 * sd / np.sqrt(d) * np.sqrt(2)
+
+
+def test_reservoir_skips_samples_the_filter_dropped():
+    state = buffers.RESERVOIR.offer(buffers.RESERVOIR.init(4, 2), jax.random.PRNGKey(0),
+                                    _cands([5, 6, 7, 8], [0, 1, 0, 1], keep=[True, False, True, False]))
+    assert int(state.seen) == 2 and np.asarray(state.index).tolist() == [5, 7, -1, -1]
+
+
+def test_class_balanced_policy_is_plain_replays_offer():
+    k, size, d = 3, 6, 12
+    key = jax.random.PRNGKey(4)
+    c = _cands(np.arange(d), np.arange(d) % k)
+    got = buffers.CLASS_BALANCED.offer(buffers.CLASS_BALANCED.init(size, k), key, c)
+    want = buffers.offer(buffers.init_buffer(size, k), buffers.offer_draws(key, d), c.index, c.label, c.corrupt,
+                         c.clean_p, c.keep, plain_replay=True)
+    jax.tree.map(np.testing.assert_array_equal, got, want)
+
+
+# --- encoders ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 1), (2, 28, 28, 1), (2, 32, 32, 3)])
+def test_convnet_gives_256_features_on_small_images(shape):
+    model = models.make_simclr("convnet")
+    v = jax.eval_shape(lambda k: model.init(k, jnp.zeros(shape), train=False), jax.random.PRNGKey(0))
+    (h, z), _ = jax.eval_shape(lambda v: model.apply(v, jnp.zeros(shape), train=True, mutable=["batch_stats"]), v)
+    assert h.shape == (2, 256) and z.shape == (2, 256)
+    assert len(jax.tree_util.tree_leaves(v["batch_stats"])) == 2 * 4
+
+
+# --- the examples -----------------------------------------------------------------------------------------
+
+def test_the_examples_run_on_the_tiny_config(tiny_config, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "examples"))
+    tiny_config.filter.kind = "knn_filter:knn_agreement"
+    tiny_config.buffer.policy = "fifo_buffer:FIFO"
+    tiny_config.model.encoder = "convnet"
+    summary = run_loop.run(tiny_config, str(tmp_path), progress=False)
+    chunks = [x for x in _lines(tmp_path) if x["type"] == "chunk"]
+    assert all(0 < x["kept"] < 40 for x in chunks)  # k-NN agreement keeps some, drops some
+    # FIFO: the buffer holds the 40 most recent kept samples: none of the first three tasks (classes 0-5).
+    assert sum(summary["final_buffer_counts"][:6]) == 0 and sum(summary["final_buffer_counts"]) == 40
+    assert summary["method"] == {"filter": "knn_filter:knn_agreement", "buffer_policy": "fifo_buffer:FIFO",
+                                 "encoder": "convnet", "eval_loss": "cross_entropy"}
+
+
+def test_knn_filter_keeps_samples_whose_neighbours_agree(monkeypatch):
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "examples"))
+    import knn_filter
+    # Two tight clusters; one sample of cluster 0 carries label 1.
+    rng = np.random.default_rng(0)
+    features = np.concatenate([rng.normal([5, 0], 0.1, (10, 2)), rng.normal([0, 5], 0.1, (10, 2))]).astype(np.float32)
+    labels = np.array([0] * 10 + [1] * 10)
+    labels[3] = 1
+    clean_p, keep = knn_filter.knn_agreement(None, jnp.asarray(features), jnp.asarray(labels), num_classes=2, k=5)
+    assert not bool(keep[3]) and bool(np.delete(np.asarray(keep), 3).all())
+    assert float(clean_p[3]) == 0.0 and float(clean_p[0]) == 1.0
