@@ -11,7 +11,7 @@ draws included (`purify_chunk`), whether both agreed on the keep decisions, the 
 Chunks: 128-d features of 10 clusters on the unit sphere (one per true class) with 40% symmetric label noise,
 E_max = 5 graphs.
 
-numpy's OpenBLAS with 2 threads can be pathologically slow on these machines (DATA.md); it only affects the
+numpy's OpenBLAS with 2 threads can be pathologically slow on 2-core machines (measured: 50x slower than 1 thread on a small eigh); it only affects the
 reference side, so OPENBLAS_NUM_THREADS / OMP_NUM_THREADS default to 1 (override by setting them) and are
 recorded in the output.
 """
@@ -31,8 +31,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
-import reference_filter  # noqa: E402
+from spr_jax.testing import reference_filter  # noqa: E402  (needs the test extras: networkx, scipy)
 from spr_jax import purify  # noqa: E402
 
 

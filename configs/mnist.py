@@ -1,4 +1,4 @@
-"""MNIST, 40% symmetric noise: SPEC.md's published setting (D = P = B = 300, MLP, 4000/3000 epochs).
+"""MNIST, 40% symmetric noise: the published setting (docs/algorithm.md) (D = P = B = 300, MLP, 4000/3000 epochs).
 
     python launch.py --config=configs/mnist.py --workdir=workdirs/mnist
 

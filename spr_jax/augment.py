@@ -1,4 +1,4 @@
-"""SimCLR views as pure, vmapped JAX functions (SPEC.md section 4).
+"""SimCLR views as pure, vmapped JAX functions (docs/algorithm.md section 4).
 
 Per image, with its own key: torchvision's RandomResizedCrop(size=input size, scale=(0.08, 1),
 ratio=(3/4, 4/3)) with bilinear resizing, RandomHorizontalFlip(p=0.5), and for RGB inputs

@@ -30,7 +30,7 @@ Rules (partitioning reservoir sampling with power 0), for each offered sample of
   * Candidates are offered in the order the filter emits them: grouped by class, ascending class id,
     chunk order within a class (a stable sort inside `offer`); unmasked ones are skipped entirely.
 
-Readings of SPEC.md we had to choose:
+Readings of the rule we had to choose:
   * "Present" means count > 0 in the buffer at the moment of the offer, before the new sample is stored.
     A class that is new to the buffer is therefore not part of C, neither for its own target share m nor
     for the eviction softmax (it has nothing to evict). This matches the reference, whose proportions are
@@ -45,13 +45,13 @@ Readings of SPEC.md we had to choose:
     full, not admitted) are simply unused.
   * Inverse CDF: j = the first present class whose cumulative probability exceeds class_u; if rounding
     leaves class_u above the last cumulative value, the last present class.
-  * Non-finite clean_p (the filter must never produce one, SPEC.md section 3) is stored as 0 for NaN and
+  * Non-finite clean_p (the filter must never produce one, docs/algorithm.md section 3) is stored as 0 for NaN and
     -inf and as 1 for +inf, so the buffer never holds NaN and such a sample is the first evicted. Labels
     outside [0, K) are treated as not offered.
 
-Known differences from the reference release (left as SPEC.md states the rule, for the caller to decide):
+Known differences from the reference release (left as the rule above states, for the caller to decide):
   * The reference evaluates admission BEFORE counting the offer: p = m / n if n > m else 1 with n the
-    offers of class k before this one, i.e. min(1, m / (n_k - 1)) in our notation. SPEC.md says n_k += 1
+    offers of class k before this one, i.e. min(1, m / (n_k - 1)) in our notation. The rule above says n_k += 1
     then min(1, m / n_k); the two differ by a factor n_k / (n_k - 1), negligible once n_k >> 1.
   * The reference breaks clean_p ties by the order in which samples entered their class (oldest first),
     we break them by slot index (as the brief asks). Ties are possible because clean_p comes from a

@@ -38,7 +38,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.proj_dim = 256
     c.model.input_norm = ""  # "" (pixels in [0, 1]) | "imagenet" (mean/std normalisation, webvision)
 
-    c.ssl = ml_collections.ConfigDict()  # shared by expert and base (SPEC.md section 4)
+    c.ssl = ml_collections.ConfigDict()  # shared by expert and base (docs/algorithm.md section 4)
     c.ssl.lr = 3e-4
     c.ssl.temperature = 0.5
     c.ssl.warmup_epochs = 11  # constant lr for this many epochs, then cosine

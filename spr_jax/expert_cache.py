@@ -1,6 +1,6 @@
 """On-disk cache of the expert phase's per-chunk outputs (clean_p, keep, optionally features).
 
-An expert depends only on its chunk, and a chunk only on the seeded stream (SPEC.md section 5b), so its
+An expert depends only on its chunk, and a chunk only on the seeded stream (docs/algorithm.md section 5b), so its
 outputs can be reused by any later run with the same dataset, noise, seed, stream and expert settings. The
 key is a sha256 over a canonical JSON of all of those plus a sha256 of the chunk's sample indices; the
 file keeps that JSON (the "description"), so a reused file is checked against its key, the way the

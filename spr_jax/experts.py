@@ -1,4 +1,4 @@
-"""The expert phase (SPEC.md sections 3.1 and 5b, DESIGN.md): one fresh SimCLR expert per chunk, in parallel.
+"""The expert phase (docs/algorithm.md sections 3.1 and 5b, docs/architecture.md): one fresh SimCLR expert per chunk, in parallel.
 
 An expert depends only on its chunk's images and its key `rng.chunk_key(seed, rng.EXPERT, c)`, so all
 experts of a run are trained before (and apart from) the sequential self-replay: `jax.vmap` over a group of

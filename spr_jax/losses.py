@@ -1,4 +1,4 @@
-"""Losses: SimCLR's NT-Xent (SPEC.md section 4) and cross-entropy for the evaluation head."""
+"""Losses: SimCLR's NT-Xent (docs/algorithm.md section 4) and cross-entropy for the evaluation head."""
 import jax
 import jax.numpy as jnp
 

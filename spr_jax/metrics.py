@@ -50,9 +50,7 @@ def forgetting(matrix) -> float:
 def filter_precision_recall(keep: np.ndarray, corrupt: np.ndarray) -> tuple:
     """(precision, recall) of the keep decisions for clean samples; None where undefined."""
     keep, clean = np.asarray(keep, bool), ~np.asarray(corrupt, bool)
-    precision = float(clean[keep].mean()) if keep.any() else None
-    recall = float(keep[clean].mean()) if clean.any() else None
-    return precision, recall
+    return precision_recall_from_counts(int(keep.sum()), int((keep & clean).sum()), int(clean.sum()))
 
 
 def purity(corrupt) -> float | None:

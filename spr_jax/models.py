@@ -1,6 +1,6 @@
 """Flax (linen) models: the SPR encoders, the SimCLR projection head and the linear evaluation head.
 
-SPEC.md section 4. Inputs are float32 images [B, H, W, C] with pixels in [0, 1]; `train` switches BatchNorm
+docs/algorithm.md section 4. Inputs are float32 images [B, H, W, C] with pixels in [0, 1]; `train` switches BatchNorm
 between batch statistics (and running-average updates, collection "batch_stats") and the running averages.
 
 Initialisation follows PyTorch, because we match the reference in distribution, not draw for draw:

@@ -1,4 +1,4 @@
-"""Optimisers and learning-rate schedules (SPEC.md sections 4 and 5), as optax transformations.
+"""Optimisers and learning-rate schedules (docs/algorithm.md sections 4 and 5), as optax transformations.
 
 SSL (expert and base): Adam(3e-4, b1 0.9, b2 0.999, eps 1e-8, no weight decay) whose learning rate is
 set per step (`ssl_lr` of the epoch position, through optax.inject_hyperparams), because one schedule

@@ -1,4 +1,4 @@
-"""The Self-Centered filter (SPEC.md section 3 step 3) as one compiled, batched JAX function.
+"""The Self-Centered filter (docs/algorithm.md section 3 step 3) as one compiled, batched JAX function.
 
 The reference runs class by class and graph by graph with networkx and scipy. Here every class and every graph
 of a chunk is processed at once with static shapes:
@@ -28,7 +28,7 @@ Precision (a mixed scheme; the tests hold it to the float64 reference):
   only reproduced with float64 and a beta density accurate for huge a, b (`_log_beta_pdf`, as scipy's).
 - Every matmul is at Precision.HIGHEST (GPU/TPU defaults would use tf32/bf16).
 
-Choices SPEC.md leaves open (tests/reference_filter.py makes the same ones):
+Choices docs/algorithm.md leaves open (tests/reference_filter.py makes the same ones):
 - Samples enter the fit when p5 - t <= c <= p95 + t with t = 1e-6 p95 (numpy's default linear percentiles):
   inclusive, and mathematically tied centralities (symmetric nodes, e.g. isolated ones) that rounding splits
   around a percentile all enter, in float32 or float64 alike.
@@ -294,7 +294,7 @@ def _log_beta_pdf(x, log_x, log_1mx, a, b, m, m1, log_norm, log_norm_far):
 
 
 def beta_mixture(x, fit, labels, *, num_classes: int):
-    """EM of SPEC.md for every (graph, class): x [E, D] normalised values, fit [E, D] bool (trimmed set).
+    """EM of docs/algorithm.md section 3 for every (graph, class): x [E, D] normalised values, fit [E, D] bool (trimmed set).
 
     Runs in the dtype of x (float64 in the filter). Returns alphas, betas, weights, each [E, K, 2], and a
     [E, K] degenerate flag. On CPU the cost is the number of XLA ops, not flops, so class parameters go to

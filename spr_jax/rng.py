@@ -1,6 +1,6 @@
 """One PRNG key per run, split by purpose and folded with the chunk index.
 
-SPEC.md section 6: unlike the reference (which re-seeds its global generators at every chunk), every
+docs/algorithm.md section 6: unlike the reference (which re-seeds its global generators at every chunk), every
 random draw of a run derives from `PRNGKey(seed)`: first folded with a purpose id, then with the chunk
 index where the draw belongs to one chunk. Any chunk's expert can therefore be recomputed alone, in any
 order and on any device, and give the same result.

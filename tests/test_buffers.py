@@ -1,4 +1,4 @@
-"""The purified buffer against SPEC.md section 2, transcribed directly in plain Python."""
+"""The purified buffer against docs/algorithm.md section 2, transcribed directly in plain Python."""
 import functools
 import math
 
@@ -10,7 +10,7 @@ import pytest
 from spr_jax import buffers as B
 
 
-# --- A direct transcription of SPEC.md section 2 (lists and dicts, no JAX) ---------------------------
+# --- A direct transcription of docs/algorithm.md section 2 (lists and dicts, no JAX) ---------------------------
 
 class RefBuffer:
     def __init__(self, size, num_classes):

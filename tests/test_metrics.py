@@ -26,3 +26,21 @@ def test_filter_precision_recall():
     corrupt = np.array([0, 0, 1, 0, 1], bool)
     assert metrics.filter_precision_recall(keep, corrupt) == (2 / 3, 2 / 3)
     assert metrics.filter_precision_recall(np.zeros(5, bool), corrupt)[0] is None
+
+
+def test_chunk_record_computes_precision_recall_and_purity_from_the_replay_counts():
+    from spr_jax import outputs
+    m = {"base_loss": 1.5, "replayed_buffer": True, "kept": 8, "kept_clean": 6, "clean": 12, "buffer_valid": 10,
+         "buffer_clean": 9, "buffer_counts": np.array([4, 6])}
+    r = outputs.chunk_record(3, 1, m, known=True)
+    assert (r["filter_precision"], r["filter_recall"], r["buffer_purity"]) == (6 / 8, 6 / 12, 9 / 10)
+    assert r["buffer_counts"] == [4, 6] and r["kept"] == 8
+    unknown = outputs.chunk_record(3, 1, m, known=False)
+    assert unknown["filter_precision"] is unknown["buffer_purity"] is None
+    empty = outputs.chunk_record(0, 0, dict(m, kept=0, kept_clean=0, buffer_valid=0, buffer_clean=0), known=True)
+    assert empty["filter_precision"] is None and empty["buffer_purity"] is None
+
+
+def test_purity_of_a_memory():
+    assert metrics.purity(np.array([False, True, False, False])) == 0.75
+    assert metrics.purity(np.zeros(0, bool)) is None

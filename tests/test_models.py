@@ -1,4 +1,4 @@
-"""Encoders, heads and their PyTorch-like initialisation (SPEC.md section 4)."""
+"""Encoders, heads and their PyTorch-like initialisation (docs/algorithm.md section 4)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,7 +33,8 @@ def test_classifier_encoder_tree_matches_simclr(encoder, shape):
     c = _shapes(models.make_classifier(encoder, 10), shape)
     for col in s:
         assert (jax.tree_util.tree_structure(s[col]["encoder"]) == jax.tree_util.tree_structure(c[col]["encoder"]))
-        assert jax.tree_util.tree_map(lambda a, b: a.shape == b.shape, s[col]["encoder"], c[col]["encoder"])
+        same = jax.tree_util.tree_map(lambda a, b: a.shape == b.shape, s[col]["encoder"], c[col]["encoder"])
+        assert all(jax.tree_util.tree_leaves(same))
     assert c["params"]["head"]["kernel"].shape == (models.make_encoder(encoder).features, 10)
 
 

@@ -1,4 +1,4 @@
-"""Label noise and the chunked stream against SPEC.md section 1-2, stated directly."""
+"""Label noise and the chunked stream against docs/algorithm.md section 1-2, stated directly."""
 import numpy as np
 import pytest
 from scipy import stats

@@ -1,7 +1,4 @@
-"""The batched JAX Self-Centered filter against networkx / scipy / the numpy pipeline of SPEC.md."""
-import os
-import sys
-
+"""The batched JAX Self-Centered filter against networkx / scipy / the numpy pipeline of docs/algorithm.md section 3."""
 import jax
 import jax.numpy as jnp
 import networkx as nx
@@ -9,10 +6,7 @@ import numpy as np
 import pytest
 
 from spr_jax import purify
-
-sys.path.insert(0, os.path.dirname(__file__))
-import reference_filter as ref  # noqa: E402
-
+from spr_jax.testing import reference_filter as ref
 
 clustered_chunk = ref.clustered_chunk
 

@@ -1,4 +1,4 @@
-"""Label noise applied once to the whole training set (SPEC.md section 1), a pure function of its inputs.
+"""Label noise applied once to the whole training set (docs/algorithm.md section 1), a pure function of its inputs.
 
 Kinds:
 - "none": labels unchanged.
@@ -39,7 +39,7 @@ class NoisyLabels:
 
 def apply_noise(seed: int, labels: np.ndarray, kind: str, rate: float, num_classes: int,
                 dataset: str = "", superclass_of: np.ndarray | None = None) -> NoisyLabels:
-    """Corrupts `labels` as SPEC.md describes; deterministic in (seed, labels, kind, rate)."""
+    """Corrupts `labels` as docs/algorithm.md section 1 describes; deterministic in (seed, labels, kind, rate)."""
     labels = np.asarray(labels)
     if labels.ndim != 1:
         raise ValueError(f"labels must be 1-D, got shape {labels.shape}")

@@ -1,4 +1,4 @@
-"""Episodes -> the noisy stream, cut into chunks of D samples (SPEC.md sections 1-2).
+"""Episodes -> the noisy stream, cut into chunks of D samples (docs/algorithm.md sections 1-2).
 
 Task t holds every training sample whose NOISY label is in task t's classes, shuffled by the seed. The
 stream is the tasks in order, read in batches of `batch` samples; a task's last partial batch is dropped.

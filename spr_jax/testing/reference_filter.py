@@ -1,4 +1,4 @@
-"""The Self-Centered filter written straight from SPEC.md section 3 step 3 with numpy, networkx and scipy.
+"""The Self-Centered filter written straight from docs/algorithm.md section 3 step 3 with numpy, networkx and scipy.
 
 This is the reference pipeline that `spr_jax.purify` is tested and benchmarked against. It runs the way the
 original release does: class by class of the chunk's noisy labels, graph by graph, building a networkx graph
@@ -8,7 +8,7 @@ To see the same randomness as the batched JAX filter it takes the uniform draws 
 k compares the class's similarities with `graph_u[e]` restricted to the class's rows and columns (samples in
 chunk order), and sample i is kept when clean_p[i] > keep_u[i].
 
-Choices that SPEC.md leaves open (the JAX filter makes the same ones):
+Choices that docs/algorithm.md leaves open (the JAX filter makes the same ones):
 - Samples enter the fit when p5 - t <= c <= p95 + t, t = 1e-6 p95, with numpy's default linear percentiles:
   inclusive, and centralities that are mathematically tied (symmetric nodes, e.g. isolated ones) but split
   by rounding around a percentile all enter (the original's outcome there depends on summation order).
@@ -87,7 +87,7 @@ def _fit_beta_weighted(x, w):
 
 
 def beta_mixture(fit_values, iters=10):
-    """EM of SPEC.md on already normalised values; returns alphas, betas, weights."""
+    """EM of docs/algorithm.md section 3 on already normalised values; returns alphas, betas, weights."""
     x = np.clip(fit_values, 1e-4, 1 - 1e-4)
     alphas, betas, weight = np.array([1.0, 2.0]), np.array([2.0, 1.0]), np.array([0.5, 0.5])
     for _ in range(iters):
