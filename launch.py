@@ -1,60 +1,239 @@
-"""Runs SPR from an ml_collections config.
+"""Runs SPR (or a composition of your plug-ins) from an ml_collections config.
 
     python launch.py --config=configs/digits.py --workdir=/tmp/spr_digits
     python launch.py --config=configs/fashion_mnist.py --config.noise.rate=0.6 --workdir=workdirs/f60
     python launch.py --config=configs/fashion_mnist.py --mode=stream --workdir=/tmp/stream   # stream only
-"""
-import json
-import os
-import sys
+    python launch.py --config=configs/digits.py --mode=config                                # resolved config
 
-from absl import app
-from absl import logging
+A mistake the user can fix (a bad value, a misspelt field, missing data, an unusable workdir, a workdir of
+another run) is reported in one line, plus a hint line where one helps, with exit status 2 and nothing
+written. Anything else is a bug and keeps its traceback.
+"""
+import ast
+import difflib
+import glob
+import importlib.util
+import os
+import re
+import sys
+import tempfile
+
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+MODES = {
+    "train": "the whole run, resuming from WORKDIR's checkpoints (a finished run is left as it is)",
+    "experts": "only the expert phase, filling the expert cache",
+    "stream": "only build the noisy stream and summarise it (WORKDIR/stream.json)",
+    "config": "print the resolved config with each field's meaning (needs no --workdir)",
+}
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file; override fields as --config.a.b=v.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where outputs (stream.json, metrics.jsonl, summary.json) go.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "experts", "stream"],
-                          "train: the whole SPR run (resuming from WORKDIR's checkpoints); experts: only the expert "
-                          "phase, filling the expert cache; stream: only build the noisy stream and summarise it.")
+_MODE = flags.DEFINE_enum("mode", "train", list(MODES), "; ".join(f"{k}: {v}" for k, v in MODES.items()))
+_REDO = flags.DEFINE_bool("redo", False, "Run again from scratch in a WORKDIR that holds a run (its checkpoints, "
+                          "metrics and summary are replaced; the expert cache is kept).")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Join a multi-host run, detected from the environment "
                                  "(TPU pods, SLURM, ...).")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", "", "host:port of process 0 of a multi-host run.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Processes of a multi-host run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "This process's index in a multi-host run.")
-flags.mark_flags_as_required(["config", "workdir"])
 
 
-def main(argv):
-    del argv
+class LaunchError(Exception):
+    def __init__(self, message, hint=""):
+        super().__init__(message)
+        self.hint = hint
+
+
+def bundled_configs() -> list[tuple[str, str]]:
+    """(path, first docstring line) of every configs/*.py."""
+    out = []
+    for path in sorted(glob.glob(os.path.join(ROOT, "configs", "*.py"))):
+        try:
+            doc = ast.get_docstring(ast.parse(open(path).read())) or ""
+        except SyntaxError:
+            doc = "(cannot be parsed)"
+        out.append((os.path.relpath(path, ROOT), doc.strip().splitlines()[0] if doc.strip() else ""))
+    return out
+
+
+def help_text() -> str:
+    lines = [__doc__.strip(), "", "configs:"]
+    lines += [f"  {path:34s} {doc}" for path, doc in bundled_configs()]
+    lines += ["", "modes (--mode):"] + [f"  {k:8s} {v}" for k, v in MODES.items()]
+    lines += ["", "flags:"]
+    for flag in (_CONFIG, _WORKDIR, _MODE, _REDO, _DISTRIBUTED, _COORDINATOR, _NUM_PROCESSES, _PROCESS_ID):
+        lines.append(f"  --{flag.name}: {flags.FLAGS[flag.name].help}")
+    lines += ["", "Every config field can be overridden: --config.FIELD=VALUE (see --mode=config for the fields)."]
+    return "\n".join(lines)
+
+
+def _argument(argv, name):
+    """The value of --name=VALUE or --name VALUE in argv (the last one), or None."""
+    value = None
+    for i, a in enumerate(argv):
+        if a.startswith(f"--{name}="):
+            value = a.split("=", 1)[1]
+        elif a == f"--{name}" and i + 1 < len(argv):
+            value = argv[i + 1]
+    return value
+
+
+def load_config_file(path: str):
+    """The ConfigDict of a config file, or LaunchError in one line."""
+    import ml_collections
+    hint = "bundled configs: " + ", ".join(p for p, _ in bundled_configs()) + " (python launch.py --help)"
+    if path is None:
+        raise LaunchError("--config is required, e.g. --config=configs/digits.py", hint)
+    if not os.path.isfile(path):
+        raise LaunchError(f"--config={path}: no such file", hint)
+    try:
+        spec = importlib.util.spec_from_file_location("launched_config", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise LaunchError(f"--config={path}: syntax error at line {e.lineno}: {e.msg}") from e
+    except Exception as e:
+        raise LaunchError(f"--config={path} fails to load: {type(e).__name__}: {_one_line(e)}") from e
+    if not callable(getattr(module, "get_config", None)):
+        raise LaunchError(f"--config={path} has no get_config() function")
+    try:
+        config = module.get_config()
+    except Exception as e:
+        raise LaunchError(f"--config={path}: get_config() fails: {type(e).__name__}: {_one_line(e)}") from e
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise LaunchError(f"--config={path}: get_config() returns a {type(config).__name__}, not an "
+                          f"ml_collections.ConfigDict")
+    return config
+
+
+def check_overrides(argv, config) -> None:
+    """Every --config.a.b=v names an existing field (a misspelling gets a 'did you mean')."""
+    for a in argv:
+        if not a.startswith("--config."):
+            continue
+        dotted = a[len("--config."):].split("=", 1)[0]
+        node, walked, parts = config, [], dotted.split(".")
+        for i, part in enumerate(parts):
+            keys = list(node.keys()) if hasattr(node, "keys") else []
+            if part not in keys:
+                where = "config" + "".join(f".{w}" for w in walked)
+                close = difflib.get_close_matches(part, keys, n=1)
+                raise LaunchError(f"--config.{dotted}: {where} has no field {part!r}",
+                                  f"did you mean --config.{'.'.join(walked + close + parts[i + 1:])}?" if close
+                                  else f"fields of {where}: {', '.join(keys)}")
+            walked.append(part)
+            node = node[part]
+
+
+def check_workdir(path: str) -> None:
+    """The workdir exists as a writable folder, or can be created (nothing is created here)."""
+    if not path:
+        raise LaunchError("--workdir is required, e.g. --workdir=/tmp/spr_run")
+    path = os.path.abspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise LaunchError(f"--workdir={path} is a file, not a folder", "pass a folder path")
+    probe = path
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise LaunchError(f"--workdir={path} cannot be created: {probe} is a file")
+    try:  # a real write (access() says yes to root even where a write fails), removed at once
+        os.rmdir(tempfile.mkdtemp(dir=probe, prefix=".spr_jax_probe_"))
+    except OSError as e:
+        what = "is not writable" if probe == path else "cannot be created"
+        raise LaunchError(f"--workdir={path} {what}: {probe}: {e.strerror}", "pass a folder you can write to") from e
+
+
+def _one_line(e) -> str:
+    text = str(e.args[0]) if len(getattr(e, "args", ())) == 1 and isinstance(e.args[0], str) else str(e)
+    return " ".join(text.split())
+
+
+def field_meanings() -> dict:
+    """{'noise.rate': comment} from the comments in spr_jax/configlib.py's defaults."""
+    src = open(os.path.join(ROOT, "spr_jax", "configlib.py")).read().splitlines()
+    out, above = {}, []
+    for line in src:
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            above.append(stripped.lstrip("# "))
+            continue
+        m = re.match(r"c\.([\w.]+)\s*=\s*(.*?)(?:\s+#\s*(.*))?$", stripped)
+        if m and not m.group(2).startswith("ml_collections.ConfigDict"):
+            out[m.group(1)] = " ".join(above + ([m.group(3)] if m.group(3) else []))
+        above = []
+    return out
+
+
+def format_config(config) -> str:
+    meanings = field_meanings()
+    lines = []
+
+    def walk(node, prefix):
+        for k in node.keys():
+            v = node[k]
+            name = f"{prefix}{k}"
+            if hasattr(v, "keys"):
+                walk(v, name + ".")
+            else:
+                note = meanings.get(name, "")
+                lines.append(f"{name} = {v!r}" + (f"    # {note}" if note else ""))
+    walk(config, "")
+    return "\n".join(lines)
+
+
+def main(argv) -> int:
+    if any(a in ("--help", "-h", "--helpshort", "--helpfull", "-?") for a in argv[1:]):
+        print(help_text())
+        return 0
+    base = load_config_file(_argument(argv, "config"))
+    check_overrides(argv[1:], base)
+    try:
+        flags.FLAGS(argv)
+    except flags.Error as e:
+        raise LaunchError(_one_line(e), "python launch.py --help lists the flags") from e
+    config = _CONFIG.value
+    if _MODE.value == "config":
+        print(format_config(config))
+        return 0
+    check_workdir(_WORKDIR.value)
     logging.set_verbosity(logging.WARNING)  # keep jax's backend probing out of the report
-    from spr_jax import checkpoint, configlib, expert_cache
     from spr_jax import parallel
     parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, auto=_DISTRIBUTED.value)
-    config = _CONFIG.value
-    os.makedirs(_WORKDIR.value, exist_ok=True)
+    from spr_jax import run_loop
+    if _MODE.value == "stream":
+        run_loop.write_stream(config, _WORKDIR.value)
+    elif _MODE.value == "experts":
+        run_loop.fill_expert_cache(config, _WORKDIR.value)
+    else:
+        run_loop.run(config, _WORKDIR.value, redo=_REDO.value)
+    return 0
+
+
+def entry() -> None:
     try:
-        if _MODE.value == "stream":
-            from spr_jax.data import prepare
-            summary = prepare.stream_summary(prepare.prepare(config))
-            print(prepare.format_stream_summary(summary))
-            with open(os.path.join(_WORKDIR.value, "stream.json"), "w") as f:
-                json.dump(summary, f, indent=1)
-        else:
-            from spr_jax import run_loop
-            if _MODE.value == "experts":
-                run_loop.fill_expert_cache(config, _WORKDIR.value)
-            else:
-                run_loop.run(config, _WORKDIR.value)
-    except (configlib.ConfigError, ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
-    except (checkpoint.CheckpointMismatchError, checkpoint.CorruptCheckpointError,
-            expert_cache.CacheCorruptError) as e:
+        from spr_jax.errors import UserError
+    except ImportError:  # not installed: say how, in one line
+        print("error: the spr_jax package is not importable; run `pip install -e .` in this folder first",
+              file=sys.stderr)
+        sys.exit(2)
+    try:
+        code = main(sys.argv)
+    except BrokenPipeError:  # output piped into `head`
+        os._exit(0)
+    except (LaunchError, UserError) as e:
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        if getattr(e, "hint", ""):
+            print(f"hint: {_one_line(e.hint)}", file=sys.stderr)
+        sys.stderr.flush()
         # Leave at once: orbax's half-finished async reads would otherwise print tracebacks at shutdown.
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        os._exit(1)
+        os._exit(2)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    entry()

@@ -25,16 +25,18 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from spr_jax.errors import UserError
+
 FINGERPRINT_FILE = "fingerprint.json"
 _FORMAT = 1  # version of the "meta" item's layout below
 _MAX_LISTED = 10  # differences shown in an error message
 
 
-class CheckpointMismatchError(RuntimeError):
+class CheckpointMismatchError(UserError, RuntimeError):
     """The workdir holds checkpoints of a different run (config, code version or state layout)."""
 
 
-class CorruptCheckpointError(RuntimeError):
+class CorruptCheckpointError(UserError, RuntimeError):
     """A checkpoint step exists but cannot be read back intact."""
 
 
@@ -65,6 +67,11 @@ def _flatten(d, prefix="") -> dict:
 class _Absent:
     def __repr__(self):
         return "<absent>"
+
+
+def _short(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def fingerprint_differences(old: dict, new: dict) -> list[tuple[str, Any, Any]]:
@@ -208,20 +215,19 @@ class RunCheckpointer:
             if not path.exists():
                 raise CheckpointMismatchError(
                     f"{where} holds checkpoints but no {FINGERPRINT_FILE}, so they cannot be matched to this "
-                    f"run. {fix}")
+                    f"run", hint=fix)
             try:
                 stored = json.loads(path.read_text())
             except ValueError as e:
-                raise CheckpointMismatchError(f"{path} cannot be parsed ({e}). {fix}") from e
+                raise CheckpointMismatchError(f"{path} cannot be parsed ({type(e).__name__})", hint=fix) from e
             diffs = fingerprint_differences(stored, self.fingerprint)
             if diffs:
-                lines = [f"  {k}: {old!r} (checkpoints) vs {new!r} (this run)"
-                         for k, old, new in diffs[:_MAX_LISTED]]
-                if len(diffs) > _MAX_LISTED:
-                    lines.append(f"  ... and {len(diffs) - _MAX_LISTED} more")
+                shown = "; ".join(f"{k}: {_short(old)} (checkpoints) vs {_short(new)} (this run)"
+                                  for k, old, new in diffs[:_MAX_LISTED])
+                more = f"; and {len(diffs) - _MAX_LISTED} more" if len(diffs) > _MAX_LISTED else ""
                 raise CheckpointMismatchError(
-                    f"{where} holds checkpoints of a different run; {len(diffs)} setting(s) differ:\n"
-                    + "\n".join(lines) + f"\n{fix}")
+                    f"{where} holds checkpoints of a different run; {len(diffs)} setting(s) differ: {shown}{more}",
+                    hint=fix)
             return
         # No finished checkpoint: nothing to protect, this run's fingerprint (re)defines the folder.
         if _is_primary():
@@ -272,18 +278,18 @@ class RunCheckpointer:
             if not isinstance(doc, dict) or doc.get("format") != _FORMAT:
                 raise ValueError(f"unexpected meta item: {str(doc)[:200]}")
         except Exception as e:
-            raise CorruptCheckpointError(
-                f"checkpoint step {step} cannot be read (meta: {type(e).__name__}: {str(e)[:300]}). {fix}") from e
+            raise CorruptCheckpointError(f"checkpoint step {step} cannot be read (its metadata: {type(e).__name__})",
+                                         hint=fix) from e
         expected = _layout(target_state)
         if doc["layout"] != expected:
             stored = {p: (s, d) for p, s, d in doc["layout"]}
             want = {p: (s, d) for p, s, d in expected}
-            diffs = [f"  {p}: {stored.get(p, '<absent>')} (checkpoint) vs {want.get(p, '<absent>')} (this run)"
+            diffs = [f"{p}: {stored.get(p, '<absent>')} (checkpoint) vs {want.get(p, '<absent>')} (this run)"
                      for p in sorted(set(stored) | set(want)) if stored.get(p) != want.get(p)]
             raise CheckpointMismatchError(
                 f"checkpoint step {step} in {self.directory} has a different state layout (shape, dtype) "
-                f"than this run expects:\n" + "\n".join(diffs[:_MAX_LISTED])
-                + f"\nStart this run with a new --workdir, or delete {self.directory} to start over.")
+                f"than this run expects: " + "; ".join(diffs[:_MAX_LISTED]),
+                hint=f"Start this run with a new --workdir, or delete {self.directory} to start over.")
         try:
             target = jax.tree.map(_abstract, target_state)
             state = self._manager.restore(step, args=ocp.args.Composite(
@@ -291,14 +297,14 @@ class RunCheckpointer:
             _, leaves = _paths_and_leaves(state)
             sums = _inspect(leaves)[1]
         except Exception as e:
-            raise CorruptCheckpointError(
-                f"checkpoint step {step} cannot be read (state: {type(e).__name__}: {str(e)[:300]}). {fix}") from e
+            raise CorruptCheckpointError(f"checkpoint step {step} cannot be read (its state: {type(e).__name__})",
+                                         hint=fix) from e
         if sums != doc["checksums"]:
             paths, _ = _paths_and_leaves(state)
             bad = [p for p, a, b in zip(paths, sums, doc["checksums"]) if a != b]
             raise CorruptCheckpointError(
                 f"checkpoint step {step} reads back different data than was saved (checksum mismatch in "
-                f"{', '.join(bad[:_MAX_LISTED])}). {fix}")
+                f"{', '.join(bad[:_MAX_LISTED])})", hint=fix)
         return state, doc["meta"], step
 
     def close(self) -> None:

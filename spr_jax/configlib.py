@@ -5,6 +5,8 @@ default lives in one place. `validate` turns a bad value into an error that says
 """
 import ml_collections
 
+from spr_jax.errors import UserError
+
 MNIST_EPISODES = ((7, 6), (2, 3), (0, 1), (5, 9), (8, 4))
 
 
@@ -85,7 +87,7 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config value that cannot work; the message says what to change."""
 
 
@@ -106,6 +108,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
     need(c.base.batch_size >= 2, "config.base.batch_size (B) must be >= 2")
     need(c.expert.epochs >= 1 and c.base.epochs >= 1, "expert.epochs and base.epochs must be >= 1")
     need(c.expert.group_size >= 1, "config.expert.group_size must be >= 1")
+    need(c.eval.epochs >= 1, f"config.eval.epochs={c.eval.epochs}: the classifier must be fine-tuned on the buffer "
+         f"for at least 1 epoch (the published setting is 50)")
+    need(c.eval.batch_size >= 1 and c.eval.test_batch_size >= 1, "config.eval.batch_size and test_batch_size must be >= 1")
     need(c.filter.num_graphs >= 1, "config.filter.num_graphs (E_max) must be >= 1")
     need(c.dataset.subset_per_class >= 0, "config.dataset.subset_per_class must be >= 0 (0 = all)")
     if c.superclass_episodes:

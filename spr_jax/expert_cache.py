@@ -18,10 +18,12 @@ from typing import Iterable, Optional
 
 import numpy as np
 
+from spr_jax.errors import UserError
+
 _DESCRIPTION = "__description__"  # reserved array name holding the description JSON inside each file
 
 
-class CacheCorruptError(RuntimeError):
+class CacheCorruptError(UserError, RuntimeError):
     """A cache file cannot be read, or does not hold what its name promises."""
 
 

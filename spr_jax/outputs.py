@@ -58,7 +58,7 @@ def chunk_record(c, task, m, known) -> dict:
     }
 
 
-def summary(log: MetricsLog, *, num_chunks, method, seed, dataset, noise, walls) -> dict:
+def summary(log: MetricsLog, *, num_chunks, method, seed, dataset, noise, walls, stream_clean_share=None) -> dict:
     matrix = [r["task_accuracy"] for r in log.evals]
     return {
         "final_accuracy": log.evals[-1]["accuracy"],
@@ -67,6 +67,8 @@ def summary(log: MetricsLog, *, num_chunks, method, seed, dataset, noise, walls)
         "forgetting": metrics_lib.forgetting(matrix),
         "final_purity": log.evals[-1]["buffer_purity"],
         "purity_history": [r["buffer_purity"] for r in log.chunks],
+        "eval_chunks": [r["chunks_processed"] for r in log.evals],  # task boundaries, in chunks processed
+        "stream_clean_share": stream_clean_share,  # share of right labels in the streamed samples (None: unknown)
         "final_buffer_counts": log.chunks[-1]["buffer_counts"],
         "num_chunks": num_chunks,
         "method": method,
@@ -101,35 +103,109 @@ def method_name(method: dict) -> str:
     return "SPR" if not parts else "SPR with " + ", ".join(parts)
 
 
+def _noise_name(noise: dict) -> str:
+    kind, rate = noise.get("kind"), noise.get("rate")
+    if kind == "none" or (kind != "real" and not rate):
+        return "no noise"
+    if kind == "real" or rate is None:
+        return f"{kind} noise"
+    return f"{kind} noise {100 * rate:g}%"
+
+
+def _seen_matrix(matrix) -> np.ma.MaskedArray:
+    """The accuracy matrix in %, cells j > i (task j not yet trained when evaluated after task i) masked."""
+    m = 100 * np.asarray(matrix, dtype=float).reshape(len(matrix), -1)
+    unseen = np.triu(np.ones(m.shape, dtype=bool), k=1)
+    return np.ma.masked_array(m, mask=unseen | ~np.isfinite(m))
+
+
 def report(s) -> str:
-    m = np.asarray(s["accuracy_matrix"])
-    lines = ["", f"{method_name(s['method'])} on {s['dataset']}, {s['noise']['kind']} noise {s['noise']['rate']}, "
-             f"seed {s['seed']}",
-             f"final accuracy   {100 * s['final_accuracy']:.2f}%",
-             f"average accuracy {100 * s['average_accuracy']:.2f}%   forgetting {100 * s['forgetting']:.2f}",
-             f"buffer purity    {pct(s['final_purity'])}",
-             "accuracy matrix (row: after task i; column: task j), %:"]
-    lines += ["  " + " ".join(f"{100 * v:6.1f}" for v in row) for row in m]
+    m = _seen_matrix(s["accuracy_matrix"])
+    lines = ["", f"{method_name(s['method'])} on {s['dataset']}, {_noise_name(s['noise'])}, seed {s['seed']}",
+             f"final accuracy   {100 * s['final_accuracy']:.2f}%  (all test samples of the episodes' classes)",
+             f"average accuracy {100 * s['average_accuracy']:.2f}%  (mean of the matrix's last row)   "
+             f"forgetting {100 * s['forgetting']:.2f} points",
+             f"buffer purity    {pct(s['final_purity'])}  (share of correctly labelled samples in the buffer)",
+             "accuracy matrix, % (row i: after task i; column j: test samples of task j's classes; "
+             "'-' = task not yet seen)"]
+    w = len(f"after {m.shape[0] - 1}")
+    lines.append(" " * (2 + w) + "".join(f"{'task ' + str(j):>8}" for j in range(m.shape[1])))
+    lines += [f"  {'after ' + str(i):<{w}}" + "".join(f"{'-':>8}" if m.mask[i, j] else f"{m[i, j]:8.1f}"
+                                               for j in range(m.shape[1])) for i in range(m.shape[0])]
     lines.append("wall time: " + ", ".join(f"{k} {v:.1f}" for k, v in s["wall_time_s"].items()))
     return "\n".join(lines)
+
+
+def _title(s) -> str:
+    parts = [f"{method_name(s['method'])} on {s['dataset']}", _noise_name(s["noise"]), f"seed {s['seed']}"]
+    last = f"final accuracy {pct(s['final_accuracy'])}"
+    if s.get("final_purity") is not None:
+        last += f", purity {pct(s['final_purity'])}"
+    return " - ".join(parts + [last])
+
+
+def _task_label(j, episodes) -> str:
+    if episodes is None or j >= len(episodes):
+        return f"task {j}"
+    classes = [int(c) for c in episodes[j]]
+    shown = ", ".join(str(c) for c in classes[:4]) + (", ..." if len(classes) > 4 else "")
+    return f"task {j} ({shown})"
 
 
 def plot(summary_, episodes, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    m = 100 * np.asarray(summary_["accuracy_matrix"])
-    im = a.imshow(m, vmin=0, vmax=100, cmap="viridis")
-    a.set_xlabel("task evaluated"), a.set_ylabel("after task"), a.set_title("test accuracy (%)")
+    m = _seen_matrix(summary_["accuracy_matrix"])
+    t = m.shape[0]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(13, 5.2), gridspec_kw={"width_ratios": [1, 1.15]})
+
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")  # masked cells: grey
+    im = a.imshow(m, vmin=0, vmax=100, cmap=cmap)
     for i in range(m.shape[0]):
         for j in range(m.shape[1]):
-            a.text(j, i, f"{m[i, j]:.0f}", ha="center", va="center", color="w", fontsize=8)
-    fig.colorbar(im, ax=a)
-    purity = [np.nan if p is None else 100 * p for p in summary_["purity_history"]]
-    b.plot(purity)
-    b.set_xlabel("chunk"), b.set_ylabel("buffer purity (%)"), b.set_ylim(0, 100)
-    b.set_title("buffer purity")
+            if not m.mask[i, j]:
+                a.text(j, i, f"{m[i, j]:.0f}", ha="center", va="center", fontsize=9,
+                       color="k" if m[i, j] > 60 else "w")
+    a.set_xticks(range(m.shape[1]), [_task_label(j, episodes) for j in range(m.shape[1])],
+                 rotation=30 if m.shape[1] > 3 else 0, ha="right" if m.shape[1] > 3 else "center", fontsize=8)
+    a.set_yticks(range(t), [f"after task {i}" for i in range(t)], fontsize=8)
+    a.set_xlabel("evaluated on the test samples of task j's classes")
+    a.set_title("test accuracy (%) per task\n(grey: task not yet seen)", fontsize=10)
+    fig.colorbar(im, ax=a, fraction=0.046, pad=0.04)
+
+    purity = np.array([np.nan if p is None else 100 * p for p in summary_["purity_history"]], dtype=float)
+    chunks = np.arange(1, len(purity) + 1)  # x: chunks processed
+    values = list(purity[np.isfinite(purity)])
+    if np.isfinite(purity).any():
+        b.plot(chunks, purity, marker="o", markersize=3, label="buffer purity")
+    else:
+        b.text(0.5, 0.5, "purity unknown\n(noise not known)", ha="center", va="center",
+               transform=b.transAxes, color="grey")
+    share = summary_.get("stream_clean_share")
+    if share is not None:
+        b.axhline(100 * share, color="tab:red", linestyle="--", label="stream (no filter)")
+        values.append(100 * share)
+    num_chunks = summary_.get("num_chunks", len(purity))
+    bounds = [c for c in (summary_.get("eval_chunks") or []) if c < num_chunks]
+    for k, c in enumerate(bounds):
+        b.axvline(c + 0.5, color="grey", linestyle=":", label="task boundary" if k == 0 else None)
+    if values:
+        lo, hi = min(values), max(values)
+        margin = max(0.1 * (hi - lo), 1.0)
+        b.set_ylim(max(0.0, lo - margin), min(100.0, hi + margin))
+    else:
+        b.set_ylim(0, 100)
+    b.set_xlim(0.5, max(num_chunks, len(purity), 1) + 0.5)
+    if len(purity) <= 30:
+        b.set_xticks(range(1, max(len(purity), 1) + 1))
+    b.set_xlabel("chunk"), b.set_ylabel("buffer purity (%)")
+    b.set_title("buffer purity (share of correctly labelled samples)", fontsize=10)
+    b.grid(axis="y", alpha=0.3)
+    if b.get_legend_handles_labels()[0]:
+        b.legend(loc="best", fontsize=8)
+
+    fig.suptitle(_title(summary_), fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

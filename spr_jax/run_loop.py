@@ -7,6 +7,7 @@ summary.png.
 """
 import json
 import os
+import shutil
 import time
 
 import jax
@@ -24,6 +25,10 @@ from spr_jax import replay_phase
 from spr_jax import rng
 from spr_jax import settings as settings_lib
 from spr_jax.data import prepare as prepare_lib
+from spr_jax.errors import UserError
+
+# The files of a run in its workdir (--redo replaces them; the expert cache stays).
+RUN_FILES = ("checkpoints", "metrics.jsonl", "summary.json", "summary.png", "stream.json")
 
 # Config fields that change no result: a run may resume with other values of these.
 _RESULT_NEUTRAL = ("checkpoint", "cache")
@@ -60,7 +65,7 @@ def data_parallel_devices(config) -> int:
     n = jax.local_device_count()
     half = int(config.base.batch_size) // 2
     if half % n or min(int(config.base.batch_size), int(config.stream.delayed_buffer_size)) % n:
-        raise ValueError(f"config.base.data_parallel splits batches over {n} devices, but batch sizes "
+        raise configlib.ConfigError(f"config.base.data_parallel splits batches over {n} devices, but batch sizes "
                          f"{config.base.batch_size} and {half} are not all divisible by {n}")
     return n
 
@@ -70,19 +75,45 @@ def prepare(config):
     settings_lib.apply_deprecations(config)
     configlib.validate(config)
     resolved = settings_lib.resolve_plugins(config)  # before the data: a bad plug-in path fails at once
-    prepared = prepare_lib.prepare(config)
+    prepared = prepare_inputs(config)
+    offered = prepared.stream.chunks.size
+    if int(config.buffer.size) > offered:
+        raise configlib.ConfigError(
+            f"config.buffer.size={config.buffer.size} is larger than the {offered} samples the stream offers, so "
+            f"the buffer never fills and self-replay never mixes it in; use at most {offered}")
     run_settings = settings_lib.build(
         config, image_shape=prepared.dataset.train.images.shape[1:], num_classes=prepared.num_classes,
         chunk_size=prepared.stream.chunk_size, data_parallel=data_parallel_devices(config), resolved=resolved)
     return prepared, run_settings
 
 
+def prepare_inputs(config):
+    """The data, noisy labels and stream of a config; a bad value or missing data is a UserError."""
+    try:
+        return prepare_lib.prepare(config)
+    except UserError:
+        raise
+    except (ValueError, FileNotFoundError, NotADirectoryError) as e:  # everything here comes from user input
+        raise UserError(str(e)) from e
+
+
+def write_stream(config, workdir: str, progress: bool = True) -> dict:
+    """--mode=stream: only the noisy stream, summarised to WORKDIR/stream.json."""
+    info = prepare_lib.stream_summary(prepare_inputs(config))
+    os.makedirs(workdir, exist_ok=True)
+    if jax.process_index() == 0:
+        outputs.write_atomic(os.path.join(workdir, "stream.json"), json.dumps(info, indent=1))
+    if progress:
+        print(prepare_lib.format_stream_summary(info))
+    return info
+
+
 def fill_expert_cache(config, workdir: str, progress: bool = True) -> dict:
     """--mode=experts: only the expert phase (experts + filter for every chunk), written to the cache so
     that later runs with the same data, noise, seed, expert settings and filter skip it."""
-    os.makedirs(workdir, exist_ok=True)
     t0 = time.time()
     prepared, s = prepare(config)
+    os.makedirs(workdir, exist_ok=True)
     folder = expert_phase.cache_dir(config.cache.dir, workdir)
     out = expert_phase.run(s, expert_inputs(config, prepared), prepared, jnp.asarray(prepared.dataset.train.images),
                            folder, progress)
@@ -105,11 +136,42 @@ def segments(stream, piece: int):
     return out
 
 
-def run(config, workdir: str, progress: bool = True) -> dict:
-    os.makedirs(workdir, exist_ok=True)
+def finished_summary(workdir: str, ckpt, num_chunks: int):
+    """summary.json of a run that completed in this workdir (its last checkpoint is after the last chunk
+    and its summary is readable), else None."""
+    path = os.path.join(workdir, "summary.json")
+    if ckpt.latest_step() != num_chunks or not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except ValueError:
+        return None
+
+
+def run(config, workdir: str, progress: bool = True, redo: bool = False) -> dict:
+    """The whole run. Nothing is written before the config, the plug-ins, the data and the workdir's
+    checkpoints have been checked; a finished run is reported and left as it is (redo=True runs it again
+    from scratch, keeping the expert cache)."""
     walls = {}
     t0 = time.time()
     prepared, s = prepare(config)
+    if redo and jax.process_index() == 0:
+        for name in RUN_FILES:
+            path = os.path.join(workdir, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            elif os.path.exists(path):
+                os.remove(path)
+    # Opened before anything is written, so a workdir holding another run's checkpoints is refused untouched.
+    ckpt = checkpoint.RunCheckpointer(workdir, run_fingerprint(config, s.identities), keep=int(config.checkpoint.keep))
+    done = finished_summary(workdir, ckpt, prepared.stream.num_chunks)
+    if done is not None:
+        ckpt.close()
+        if progress:
+            print(f"{workdir} holds this run, finished (final accuracy {100 * done['final_accuracy']:.2f}%); "
+                  f"nothing to do. Pass --redo to run it again from scratch.")
+        return done
     stream_info = prepare_lib.stream_summary(prepared)
     if jax.process_index() == 0:
         outputs.write_atomic(os.path.join(workdir, "stream.json"), json.dumps(stream_info, indent=1))
@@ -119,8 +181,6 @@ def run(config, workdir: str, progress: bool = True) -> dict:
     data = replay_phase.TrainData(images=jnp.asarray(ds.train.images), noisy=jnp.asarray(noisy.noisy),
                                   corrupt=jnp.asarray(noisy.corrupt))
     test_images, test_labels = jnp.asarray(ds.test.images), ds.test.labels
-    # Opened before any work, so a workdir holding another run's checkpoints is refused at once.
-    ckpt = checkpoint.RunCheckpointer(workdir, run_fingerprint(config, s.identities), keep=int(config.checkpoint.keep))
     walls["prepare_s"] = time.time() - t0
 
     t0 = time.time()
@@ -143,11 +203,12 @@ def run(config, workdir: str, progress: bool = True) -> dict:
     piece = max(1, int(config.checkpoint.every_chunks))
     log = outputs.MetricsLog(workdir)
     restored = ckpt.restore(state)
-    done_chunks, eval_time, replay_before = 0, 0.0, 0.0
+    done_chunks, eval_time, earlier = 0, 0.0, {}
     if restored is not None:  # resume: the state and every record so far come from the checkpoint
         state, meta, done_chunks = restored
         log.chunks, log.evals = meta["chunks"], meta["evals"]
-        eval_time, replay_before = meta["evaluation_s"], meta.get("replay_s", 0.0)
+        earlier = meta["walls"]  # wall times of the earlier sessions of this run, per phase
+        eval_time = earlier["evaluation_s"]
         if progress:
             print(f"resuming from the checkpoint after chunk {done_chunks} ({len(log.evals)} evaluations done)")
     eval_before = eval_time  # wall times add up over the sessions of a resumed run
@@ -184,17 +245,26 @@ def run(config, workdir: str, progress: bool = True) -> dict:
             bar.update(n)
             if i + 1 < len(plan) and plan[i + 1][1] is None:
                 continue  # an evaluation follows at this chunk: checkpoint after it, with its record
-        replay_time = replay_before + time.time() - t0 - (eval_time - eval_before)
-        ckpt.save(int(state.chunk), state, {"chunks": log.chunks, "evals": log.evals, "evaluation_s": eval_time,
-                                            "replay_s": replay_time})
+        ckpt.save(int(state.chunk), state, {"chunks": log.chunks, "evals": log.evals,
+                                            "walls": _session_walls(walls, earlier, t0, eval_time, eval_before)})
     bar.close()
     ckpt.close()
-    walls["replay_phase_s"] = replay_before + time.time() - t0 - (eval_time - eval_before)
-    walls["evaluation_s"] = eval_time
+    walls = _session_walls(walls, earlier, t0, eval_time, eval_before)
 
     method = {"filter": config.filter.kind, "buffer_policy": config.buffer.policy,
               "encoder": config.model.encoder, "eval_loss": config.eval.loss}
     summary = outputs.summary(log, num_chunks=stream.num_chunks, method=method, seed=s.seed, dataset=ds.name,
-                              noise={"kind": config.noise.kind, "rate": float(config.noise.rate)}, walls=walls)
+                              noise={"kind": config.noise.kind, "rate": float(config.noise.rate)}, walls=walls,
+                              stream_clean_share=None if stream_info["noise_rate_in_chunks"] is None
+                              else 1.0 - stream_info["noise_rate_in_chunks"])
     outputs.write_summary(workdir, summary, prepared.episodes, progress)
     return summary
+
+
+def _session_walls(walls, earlier, replay_start, eval_time, eval_before) -> dict:
+    """Wall time per phase, added up over this session and the earlier sessions of a resumed run."""
+    replay = time.time() - replay_start - (eval_time - eval_before)  # this session's replay, evaluations apart
+    return {"prepare_s": earlier.get("prepare_s", 0.0) + walls["prepare_s"],
+            "expert_phase_s": earlier.get("expert_phase_s", 0.0) + walls["expert_phase_s"],
+            "replay_phase_s": earlier.get("replay_phase_s", 0.0) + replay,
+            "evaluation_s": eval_time}

@@ -96,7 +96,8 @@ def test_different_fingerprint_is_refused(tmp_path):
     other = {**FP, "config": {**FP["config"], "noise": {"kind": "symmetric", "rate": 0.2}}}
     with pytest.raises(ck.CheckpointMismatchError) as e:
         ck.RunCheckpointer(str(tmp_path), other)
-    msg = str(e.value)
+    msg = str(e.value) + "\n" + e.value.hint
+    assert "\n" not in str(e.value)  # one line, then the hint
     assert "config.noise.rate" in msg and "0.4" in msg and "0.2" in msg and "--workdir" in msg
     with pytest.raises(ck.CheckpointMismatchError, match="code"):
         ck.RunCheckpointer(str(tmp_path), {**FP, "code": "def456"})
@@ -152,7 +153,7 @@ def test_corrupt_checkpoint(tmp_path, damage):
     c = ck.RunCheckpointer(str(tmp_path), FP)
     with pytest.raises(ck.CorruptCheckpointError) as e:
         c.restore(make_state(0))
-    assert "step 2" in str(e.value) and str(step_dir) in str(e.value)
+    assert "step 2" in str(e.value) and str(step_dir) in e.value.hint and "\n" not in str(e.value)
     c.close()
     del e
     gc.collect()

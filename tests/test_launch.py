@@ -36,9 +36,8 @@ def test_bad_input_is_a_clear_error_and_keeps_existing_files(tmp_path, override,
     (tmp_path / "keep.txt").write_text("precious")
     config = "configs/fashion_mnist.py" if "data_dir" in override else "configs/digits.py"
     r = launch(f"--config={config}", "--mode=stream", override, f"--workdir={tmp_path}")
-    assert r.returncode != 0
+    assert_one_line_error(r)
     assert message.lower() in r.stderr.lower(), r.stderr[-2000:]
-    assert "Traceback" not in r.stderr
     assert (tmp_path / "keep.txt").read_text() == "precious"
 
 
@@ -50,3 +49,151 @@ def test_fashion_mnist_stream(tmp_path):
     assert r.returncode == 0, r.stderr
     info = json.load(open(tmp_path / "stream.json"))
     assert info["stream_samples"] == 60000 and info["num_tasks"] == 5 and info["num_chunks"] == 199
+
+
+# --- a run a user can trust: one-line errors, nothing written, finished runs left alone -------------------
+
+def digest(folder):
+    """{relative path: sha256} of every file under folder (None if it does not exist)."""
+    import hashlib
+    if not os.path.exists(folder):
+        return None
+    out = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            out[os.path.relpath(path, folder)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    return out
+
+
+def assert_one_line_error(r, *needles):
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in r.stderr and 1 <= len(lines) <= 2, r.stderr[-2000:]
+    assert lines[0].startswith("error: ") and (len(lines) == 1 or lines[1].startswith("hint: ")), lines
+    for needle in needles:
+        assert needle in r.stderr, (needle, r.stderr)
+
+
+def _write(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.fixture
+def occupied(tmp_path):
+    """A workdir that already holds a file of the user's."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "notes.txt").write_text("precious")
+    return work
+
+
+@pytest.mark.parametrize("case", ["missing_file", "syntax_error", "not_a_configdict", "misspelt_section",
+                                  "misspelt_field", "bad_value_type", "buffer_larger_than_stream",
+                                  "real_noise_on_clean_data", "no_eval_epochs", "unknown_encoder"])
+def test_bad_config_is_one_line_exit_2_and_writes_nothing(tmp_path, occupied, case):
+    bad_syntax = _write(tmp_path / "bad.py", "def get_config(:\n")
+    a_dict = _write(tmp_path / "d.py", "def get_config():\n    return {}\n")
+    args, needles = {
+        "missing_file": (["--config=configs/nope.py"], ["configs/nope.py", "no such file", "configs/tiny.py"]),
+        "syntax_error": ([f"--config={bad_syntax}"], ["syntax error at line 1"]),
+        "not_a_configdict": ([f"--config={a_dict}"], ["returns a dict, not an ml_collections.ConfigDict"]),
+        "misspelt_section": (["--config=configs/tiny.py", "--config.nosie.rate=0.2"],
+                             ["--config.nosie.rate", "did you mean --config.noise.rate?"]),
+        "misspelt_field": (["--config=configs/tiny.py", "--config.noise.rat=0.2"], ["did you mean --config.noise.rate?"]),
+        "bad_value_type": (["--config=configs/tiny.py", "--config.noise.rate=abc"], ["--config.noise.rate=abc"]),
+        "buffer_larger_than_stream": (["--config=configs/tiny.py", "--config.buffer.size=100000"],
+                                      ["config.buffer.size=100000", "560 samples", "never fills"]),
+        "real_noise_on_clean_data": (["--config=configs/tiny.py", "--config.noise.kind=real"],
+                                     ["config.noise.kind='real'", "no real label noise"]),
+        "no_eval_epochs": (["--config=configs/tiny.py", "--config.eval.epochs=0"], ["config.eval.epochs=0"]),
+        "unknown_encoder": (["--config=configs/tiny.py", "--config.model.encoder=vit"], ["config.model.encoder='vit'"]),
+    }[case]
+    before = digest(occupied)
+    r = launch(*args, f"--workdir={occupied}")
+    assert_one_line_error(r, *needles)
+    assert digest(occupied) == before
+    fresh = tmp_path / "fresh"
+    assert_one_line_error(launch(*args, f"--workdir={fresh}"), *needles)
+    assert not fresh.exists()  # a refused run creates no workdir
+
+
+def test_unusable_workdirs_are_one_line_errors(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for workdir, needle in [(afile, "is a file, not a folder"), (afile / "sub", "cannot be created"),
+                            ("/proc/spr_jax_nope", "cannot be created")]:
+        assert_one_line_error(launch("--config=configs/tiny.py", f"--workdir={workdir}"), str(workdir), needle)
+    assert afile.read_text() == "x"
+
+
+def test_a_read_only_filesystem_is_a_one_line_error(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], capture_output=True).returncode:
+        pytest.skip("cannot mount a read-only filesystem here (needs root)")
+    try:
+        assert_one_line_error(launch("--config=configs/tiny.py", f"--workdir={ro}/w"), "Read-only file system")
+    finally:
+        subprocess.run(["umount", str(ro)], capture_output=True)
+
+
+def test_help_lists_configs_and_config_mode_explains_fields():
+    r = launch("--help")
+    assert r.returncode == 0 and "configs/digits.py" in r.stdout and "embedded demo" in r.stdout
+    assert "--mode" in r.stdout and "--redo" in r.stdout
+    r = launch("--config=configs/tiny.py", "--mode=config", "--config.noise.rate=0.3")
+    assert r.returncode == 0, r.stderr
+    assert "noise.rate = 0.3" in r.stdout
+    assert any(line.startswith("filter.kind = 'centrality'") and "#" in line for line in r.stdout.splitlines())
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("finished") / "run"
+    r = launch("--config=configs/tiny.py", f"--workdir={work}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return work
+
+
+def test_a_finished_run_rerun_twice_changes_no_byte(finished_run):
+    before = digest(finished_run)
+    for _ in range(2):
+        r = launch("--config=configs/tiny.py", f"--workdir={finished_run}")
+        assert r.returncode == 0 and "finished" in r.stdout and "--redo" in r.stdout, r.stderr[-2000:]
+        assert digest(finished_run) == before
+
+
+def test_a_run_of_another_config_is_refused_without_touching_the_workdir(finished_run):
+    before = digest(finished_run)
+    r = launch("--config=configs/tiny.py", "--config.noise.rate=0.2", f"--workdir={finished_run}")
+    assert_one_line_error(r, "noise.rate", "0.4", "0.2", "--workdir")
+    assert digest(finished_run) == before  # stream.json included
+
+
+def test_a_damaged_checkpoint_is_a_one_line_error(finished_run, tmp_path):
+    import shutil
+    work = tmp_path / "copy"
+    shutil.copytree(finished_run, work)
+    os.remove(work / "summary.json")  # not finished any more: the run wants to resume from its last step
+    steps = sorted(int(p) for p in os.listdir(work / "checkpoints") if p.isdigit())
+    for root, _, files in os.walk(work / "checkpoints" / str(steps[-1]) / "state"):
+        for name in files:
+            if os.path.getsize(os.path.join(root, name)) > 1000:
+                with open(os.path.join(root, name), "r+b") as f:
+                    f.truncate(100)
+    before = digest(work)
+    r = launch("--config=configs/tiny.py", f"--workdir={work}")
+    assert_one_line_error(r, f"checkpoint step {steps[-1]} cannot be read", "Delete")
+    assert digest(work) == before
+
+
+def test_redo_runs_a_finished_run_again(finished_run, tmp_path):
+    import shutil
+    work = tmp_path / "redo"
+    shutil.copytree(finished_run, work)
+    r = launch("--config=configs/tiny.py", "--redo", f"--workdir={work}")
+    assert r.returncode == 0 and "final accuracy" in r.stdout, r.stderr[-2000:]
+    old, new = (json.load(open(p / "summary.json")) for p in (finished_run, work))
+    assert new["accuracy_matrix"] == old["accuracy_matrix"] and new["wall_time_s"] != old["wall_time_s"]

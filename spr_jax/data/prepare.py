@@ -24,7 +24,7 @@ class Prepared:
 def resolve_episodes(config, dataset: sources.Dataset) -> list:
     if config.superclass_episodes:
         if dataset.superclass_of is None:
-            raise ValueError(f"config.superclass_episodes needs a dataset with superclasses (cifar100); "
+            raise configlib.ConfigError(f"config.superclass_episodes needs a dataset with superclasses (cifar100); "
                              f"{dataset.name} has none")
         return [np.flatnonzero(dataset.superclass_of == k).tolist()
                 for k in range(int(dataset.superclass_of.max()) + 1)]
@@ -39,6 +39,10 @@ def prepare(config) -> Prepared:
         keep = stream_lib.class_balanced_subset(config.seed, dataset.train.labels, config.dataset.subset_per_class)
         train = sources.Split(images=dataset.train.images[keep], labels=dataset.train.labels[keep])
         dataset = dataclasses.replace(dataset, train=train)
+    if config.noise.kind == "real" and not dataset.real_noise:
+        raise configlib.ConfigError(
+            f"config.noise.kind='real' but {dataset.name} has no real label noise (its labels are clean), so the "
+            f"run would be noise-free; use --config.noise.kind=symmetric (or asymmetric) with a rate")
     episodes = resolve_episodes(config, dataset)
     stream_lib.validate_episodes(episodes, dataset.num_classes)  # before any work on noise
     noisy = noise_lib.apply_noise(config.seed, dataset.train.labels, config.noise.kind, config.noise.rate,

@@ -1,0 +1,81 @@
+"""report() and plot() of spr_jax.outputs on synthetic summaries (no run needed)."""
+import numpy as np
+import pytest
+
+from spr_jax import outputs
+
+EPISODES = [[7, 6], [0, 3], [9, 1]]
+
+
+def summary(new_keys=True, purity_known=True):
+    matrix = [[1.0, 0.0, 0.0], [0.7, 0.9, 0.0], [0.5, 0.6, 0.8]]
+    s = {
+        "final_accuracy": 0.6087, "accuracy_matrix": matrix, "average_accuracy": 0.6333, "forgetting": 0.4,
+        "final_purity": 0.877 if purity_known else None,
+        "purity_history": [0.8, 0.85, 0.9, 0.88, 0.9, 0.877] if purity_known else [None] * 6,
+        "final_buffer_counts": [5, 5, 4, 6, 5, 5], "num_chunks": 6,
+        "method": {"filter": "centrality", "buffer_policy": "purified", "encoder": None,
+                   "eval_loss": "cross_entropy"},
+        "seed": 1, "dataset": "fashion_mnist",
+        "noise": {"kind": "symmetric", "rate": 0.4} if purity_known else {"kind": "real", "rate": 0.0},
+        "wall_time_s": {"total": 12.5}, "device": "cpu",
+    }
+    if new_keys:
+        s["eval_chunks"] = [2, 4, 6]
+        s["stream_clean_share"] = 0.6 if purity_known else None
+    return s
+
+
+def test_seen_matrix_masks_unseen_tasks():
+    m = outputs._seen_matrix(summary()["accuracy_matrix"])
+    assert isinstance(m, np.ma.MaskedArray)
+    np.testing.assert_array_equal(m.mask, [[False, True, True], [False, False, True], [False, False, False]])
+    assert m[2, 0] == pytest.approx(50.0) and m[1, 1] == pytest.approx(90.0)  # in percent
+
+
+def test_report_marks_unseen_tasks_and_says_what_accuracy_covers():
+    text = outputs.report(summary())
+    assert "60.87%" in text and "all test samples of the episodes' classes" in text
+    assert "'-' = task not yet seen" in text and "task j's classes" in text
+    rows = [line.split() for line in text.splitlines() if line.strip().startswith("after ")]
+    assert [r[2:] for r in rows] == [["100.0", "-", "-"], ["70.0", "90.0", "-"], ["50.0", "60.0", "80.0"]]
+    assert "symmetric noise 40%" in text
+
+
+def test_report_unknown_purity():
+    text = outputs.report(summary(new_keys=False, purity_known=False))
+    assert "buffer purity    n/a" in text
+
+
+@pytest.mark.parametrize("new_keys", [True, False])
+@pytest.mark.parametrize("purity_known", [True, False])
+def test_plot_writes_png(tmp_path, new_keys, purity_known):
+    path = tmp_path / "summary.png"
+    outputs.plot(summary(new_keys, purity_known), EPISODES, str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_figure_contents(tmp_path, monkeypatch):
+    """Heatmap's unseen cells masked and unlabelled; purity axis scaled to the data; boundaries and stream line."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    figs = []
+    monkeypatch.setattr(plt, "close", lambda fig=None: figs.append(fig))
+    outputs.plot(summary(), EPISODES, str(tmp_path / "summary.png"))
+    fig = figs[-1]
+    heat, purity = fig.axes[0], fig.axes[1]
+    data = heat.get_images()[0].get_array()
+    assert np.ma.is_masked(data) and data.mask[0, 2] and not data.mask[2, 0]
+    assert sorted(t.get_text() for t in heat.texts) == sorted(["100", "70", "90", "50", "60", "80"])
+    assert heat.get_xticklabels()[0].get_text() == "task 0 (7, 6)"
+    lo, hi = purity.get_ylim()
+    assert 0 <= lo < 60 and 50 < lo and 90 < hi <= 100  # not the flat 0-100 axis
+    labels = purity.get_legend_handles_labels()[1]
+    assert "stream (no filter)" in labels and "task boundary" in labels
+    vlines = [l for l in purity.get_lines() if l.get_linestyle() == ":"]
+    assert sorted(l.get_xdata()[0] for l in vlines) == [2.5, 4.5]  # the last eval (chunk 6 = num_chunks) omitted
+    assert purity.get_xlabel() == "chunk"
+    title = fig._suptitle.get_text()
+    assert all(s in title for s in ("SPR on fashion_mnist", "symmetric noise 40%", "seed 1", "60.9%", "87.7%"))
+    plt.close(fig)
