@@ -22,9 +22,10 @@ from spr_jax import rng, steps
 AXIS = "chunks"
 
 
-@functools.partial(jax.jit, static_argnames=("model", "epochs", "warmup_epochs", "color_jitter", "temperature"))
+@functools.partial(jax.jit, static_argnames=("model", "epochs", "warmup_epochs", "color_jitter", "temperature",
+                                             "on_epoch"))
 def train_expert(model: nn.Module, images_uint8, key, *, epochs: int, base_lr, warmup_epochs: int,
-                 color_jitter: bool = False, temperature: float = 0.5):
+                 color_jitter: bool = False, temperature: float = 0.5, on_epoch=None):
     """Trains a fresh expert on one chunk's images [D, H, W, C] (uint8), one batch of the chunk per epoch.
 
     The key (the chunk's `rng.chunk_key(seed, rng.EXPERT, c)`) splits into (init key, fit key).
@@ -34,7 +35,7 @@ def train_expert(model: nn.Module, images_uint8, key, *, epochs: int, base_lr, w
     state = steps.init_state(model, init_key, images_uint8.shape[1:])
     state, losses = steps.contrastive_fit(model, state, images_uint8, fit_key, epochs=epochs, base_lr=base_lr,
                                           warmup_epochs=warmup_epochs, color_jitter=color_jitter,
-                                          temperature=temperature)
+                                          temperature=temperature, on_epoch=on_epoch)
     features = steps.embed(model, state.params, state.batch_stats, images_uint8)
     return state, features, losses
 
@@ -77,7 +78,7 @@ def expert_phase(train_images, chunks, seed: int, *, model: nn.Module, epochs: i
     per_round = len(devices) * group_size
     rounds = math.ceil(num_chunks / per_round)
     run_round, mesh = _round_fn(model, epochs, warmup_epochs, color_jitter, temperature, devices, post_fn,
-                                keep_losses)
+                                keep_losses, bool(progress))
     replicated, split = NamedSharding(mesh, P()), NamedSharding(mesh, P(AXIS))
     if not isinstance(train_images, jax.Array):
         train_images = np.asarray(train_images)
@@ -99,10 +100,12 @@ def expert_phase(train_images, chunks, seed: int, *, model: nn.Module, epochs: i
     pending = dispatch(0) if rounds else None
     for r in range(rounds):
         out, n_real = pending
+        _ROUND.update(bar=bar, start=r * per_round, size=n_real, epochs=epochs)  # the round the host waits on
         # Queue the next round before waiting on this one, so the device never idles on the host.
         pending = dispatch(r + 1) if r + 1 < rounds else None
         results.append(jax.tree_util.tree_map(lambda a: np.asarray(a)[:n_real], out))
-        bar.update(n_real)
+        bar.update(r * per_round + n_real - bar.n)
+    _ROUND.clear()
     bar.close()
     if not results:
         return {}
@@ -110,7 +113,8 @@ def expert_phase(train_images, chunks, seed: int, *, model: nn.Module, epochs: i
 
 
 @functools.lru_cache(maxsize=16)
-def _round_fn(model, epochs, warmup_epochs, color_jitter, temperature, devices, post_fn, keep_losses):
+def _round_fn(model, epochs, warmup_epochs, color_jitter, temperature, devices, post_fn, keep_losses,
+              report_epochs=False):
     """The compiled program of one round, cached so that repeated expert phases (other seeds, data or lr)
     with the same settings reuse it: (images, expert_key, base_lr, ids [R], idx [R, D], args) -> outputs."""
     mesh = Mesh(np.asarray(devices), (AXIS,))
@@ -120,7 +124,8 @@ def _round_fn(model, epochs, warmup_epochs, color_jitter, temperature, devices, 
         key = jax.random.fold_in(expert_key, chunk_id)
         _, features, losses = train_expert(model, jnp.take(images, idx, axis=0), key, epochs=epochs,
                                            base_lr=base_lr, warmup_epochs=warmup_epochs,
-                                           color_jitter=color_jitter, temperature=temperature)
+                                           color_jitter=color_jitter, temperature=temperature,
+                                           on_epoch=_epoch_done if report_epochs else None)
         out = {"features": features, "final_loss": losses[-1]}
         if keep_losses:
             out["losses"] = losses
@@ -140,7 +145,25 @@ def _round_fn(model, epochs, warmup_epochs, color_jitter, temperature, devices, 
                                  check_vma=False)), mesh
 
 
+# The round the host is waiting on, for the progress bar: {bar, start, size, epochs}.
+_ROUND = {}
+
+
+def _epoch_done(epoch) -> None:
+    """Host callback after each epoch of a round: moves the bar to the round's share of experts done.
+
+    It reads only the epoch index, so repeated calls (one per device or per vmapped expert) are harmless."""
+    r = dict(_ROUND)
+    if not r:
+        return
+    position = r["start"] + int(r["size"] * (int(epoch) + 1) / r["epochs"])
+    if position > r["bar"].n and position < r["start"] + r["size"]:  # the round's end is set by the host
+        r["bar"].update(position - r["bar"].n)
+
+
 class _NoBar:
+    n = 0
+
     def update(self, n):
         pass
 

@@ -73,17 +73,20 @@ def contrastive_step(model: nn.Module, state: TrainState, images_uint8, key, lr,
     return contrastive_update(model, state, x, lr, temperature)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "epochs", "warmup_epochs", "color_jitter", "temperature"),
-                   donate_argnames=("state",))
+@functools.partial(jax.jit, static_argnames=("model", "epochs", "warmup_epochs", "color_jitter", "temperature",
+                                             "on_epoch"), donate_argnames=("state",))
 def contrastive_fit(model: nn.Module, state: TrainState, images_uint8, key, *, epochs: int, base_lr,
                     warmup_epochs: int, color_jitter: bool = False, temperature: float = 0.5,
-                    call_index=0):
+                    call_index=0, on_epoch=None):
     """`epochs` epochs of one batch of the whole set images_uint8 (the expert's regime), in one lax.scan.
 
     Epoch e draws its views with fold_in(key, e) and runs at ssl_lr(base_lr, epochs, warmup_epochs,
-    call_index, e). Returns (state, losses [epochs]).
+    call_index, e). `on_epoch(e)`, optional, is a host function called after each epoch (a progress bar;
+    it sees only the epoch index and changes nothing). Returns (state, losses [epochs]).
     """
     def epoch(state, e):
+        if on_epoch is not None:
+            jax.debug.callback(on_epoch, e)
         lr = optim.ssl_lr(base_lr, epochs, warmup_epochs, call_index, e)
         x = augment.views(jax.random.fold_in(key, e), images_uint8, color_jitter=color_jitter)
         return contrastive_update(model, state, x, lr, temperature)
