@@ -28,17 +28,19 @@ Precision (a mixed scheme; the tests hold it to the float64 reference):
   only reproduced with float64 and a beta density accurate for huge a, b (`_log_beta_pdf`, as scipy's).
 - Every matmul is at Precision.HIGHEST (GPU/TPU defaults would use tf32/bf16).
 
-Choices docs/algorithm.md leaves open (tests/reference_filter.py makes the same ones):
-- Samples enter the fit when p5 - t <= c <= p95 + t with t = 1e-6 p95 (numpy's default linear percentiles):
-  inclusive, and mathematically tied centralities (symmetric nodes, e.g. isolated ones) that rounding splits
-  around a percentile all enter, in float32 or float64 alike.
+As the release (spr_jax/testing/reference_filter.py transcribes the same rules with numpy, networkx, scipy):
+- Samples enter the fit when p5 <= c <= p95 (inclusive, numpy's default linear percentiles), up to
+  rounding-level ties (TIE_RTOL = 1e-12): the release's own outcome there depends on networkx's summation
+  order, which splits mathematically tied centralities in their last bits.
 - The lookup posterior is 1 where component 1's density is infinite, 0 where only component 0's is.
-- Degenerate fits: when all of a class's fitted values are equal (within 1e-6) after clipping (always
-  for classes of 1, 2 or 3 samples, whose trimmed set has at most one distinct value; equal centralities,
-  e.g. identical features), the method-of-moments variance is 0 and the reference would produce NaN. Such a
-  (graph, class) gives clean_p 0.5 to all its samples: the filter has no evidence either way, so the sample
-  is kept with probability one half and, if kept, ranks in the middle for buffer eviction. The same value is
-  used if any part of a fit is not finite (never seen in practice), so clean_p is always finite.
+- Undefined fits: when the trimmed set is empty or its values are all equal (to 1e-12; classes of 1-3 samples, tied
+  centralities, identical features), the release's method of moments divides by zero and the class's
+  posterior is NaN in that graph; one NaN graph makes the mean over graphs NaN, and NaN > u is false. So
+  such samples are never kept, as in the release, and their clean_p is stored as UNDEFINED_P (0): finite,
+  and the first to be evicted should one enter a buffer anyway. The same holds if EM parameters ever stop
+  being finite and positive (the release's scipy gives NaN densities there).
+- Where the release's scipy raises (OverflowError on enormous alpha and beta) there is no reference
+  outcome; here the fit goes on with the accurate log-density below and never crashes.
 """
 import functools
 
@@ -53,9 +55,11 @@ EM_ITERS = 10
 LOOKUP_BINS = 100
 EPS_NAN = 1e-12
 FIT_EPS = 1e-4
-DEGENERATE_P = 0.5
-TIE_RTOL = 1e-6  # percentile bounds are widened by this (relative) to take in rounding-split ties
-DEGENERATE_ATOL = 1e-6  # fitted values (in [0, 1]) this close count as all equal
+UNDEFINED_P = 0.0  # stored clean_p of a sample whose clean probability the release leaves undefined (NaN)
+# Rounding-level ties: values this close (relative for centralities, absolute for the fitted values in
+# [0, 1]) are treated as equal. Mathematically tied centralities (symmetric nodes) come out exactly equal
+# here but differ in their last bits in networkx, whose summation order splits them at random.
+TIE_RTOL = 1e-12
 
 # The lookup grid (float64, as the reference).
 _GRID = np.linspace(EPS_NAN, 1 - EPS_NAN, LOOKUP_BINS)
@@ -297,7 +301,9 @@ def beta_mixture(x, fit, labels, *, num_classes: int):
     """EM of docs/algorithm.md section 3 for every (graph, class): x [E, D] normalised values, fit [E, D] bool (trimmed set).
 
     Runs in the dtype of x (float64 in the filter). Returns alphas, betas, weights, each [E, K, 2], and a
-    [E, K] degenerate flag. On CPU the cost is the number of XLA ops, not flops, so class parameters go to
+    [E, K] `undefined` flag: the fit the release turns into NaN (an empty trimmed set, zero variance among
+    the trimmed values, or parameters that stop being finite and positive). Undefined fits carry harmless
+    stand-in parameters, so that their NaN never reaches other classes through the per-class matmuls. On CPU the cost is the number of XLA ops, not flops, so class parameters go to
     the samples by matmuls with the one-hot (a gather would be fused with, and recompute, its producer)
     and all per-class sums of a pass are one matmul.
     """
@@ -310,14 +316,15 @@ def beta_mixture(x, fit, labels, *, num_classes: int):
     def to_samples(per_class):  # [E, K, 2, P] -> P arrays [E, D, 2]
         return jnp.einsum("ekcp,dk->pedc", per_class, onehot, precision=_HI)
 
-    # Degenerate: the fitted values of the class are all equal (up to rounding) -> zero variance.
+    # Zero variance among the trimmed values (all equal, or none): the release's method of moments divides
+    # by zero and its fit is NaN from the first M-step on.
     member = (onehot[None] > 0) & fit[..., None]  # [E, D, K]
     hi = jnp.max(jnp.where(member, xf[..., None], -jnp.inf), axis=1)
     lo = jnp.min(jnp.where(member, xf[..., None], jnp.inf), axis=1)
-    degenerate = ~(hi - lo > DEGENERATE_ATOL)
+    undefined0 = ~(hi - lo > TIE_RTOL)
 
     def em_step(params):
-        alphas, betas, weights = params
+        alphas, betas, weights, undefined = params
         terms = _beta_log_density_terms(alphas, betas)
         log_w = jnp.log(weights)
         per_class = jnp.stack(terms[:4] + (terms[4] + log_w, terms[5] + log_w), -1)
@@ -332,19 +339,21 @@ def beta_mixture(x, fit, labels, *, num_classes: int):
         mean = sums[..., 1] / s0
         (mean_s,) = to_samples(mean[..., None])
         var = _class_sum(r * (x_ - mean_s) ** 2, onehot) / s0
-        # Degenerate or empty classes get harmless stand-ins; their result is replaced anyway.
-        ok = (var > 0) & ~degenerate[..., None]
-        mean = jnp.where(ok, mean, 0.5)
-        var = jnp.where(ok, var, 1.0 / 12)
         alphas = mean * (mean * (1 - mean) / var - 1)
         betas = alphas * (1 - mean) / mean
-        return alphas, betas, s0 / s0.sum(-1, keepdims=True)
+        weights = s0 / s0.sum(-1, keepdims=True)
+        valid = (jnp.isfinite(alphas) & jnp.isfinite(betas) & (alphas > 0) & (betas > 0) & (var > 0)
+                 & (sums[..., 0] > 0) & jnp.isfinite(weights))
+        undefined = undefined | ~jnp.all(valid, axis=-1)
+        # Undefined fits continue on stand-ins (a uniform density); their outcome is NaN whatever they do.
+        stand_in = undefined[..., None]
+        return (jnp.where(stand_in, 1.0, alphas), jnp.where(stand_in, 1.0, betas),
+                jnp.where(stand_in, 0.5, weights), undefined)
 
     shape = (num_graphs, num_classes, 2)
     params = (jnp.broadcast_to(jnp.array([1.0, 2.0], dtype), shape),
-              jnp.broadcast_to(jnp.array([2.0, 1.0], dtype), shape), jnp.full(shape, 0.5, dtype))
-    params = jax.lax.fori_loop(0, EM_ITERS, lambda _, p: em_step(p), params)
-    return params + (degenerate,)
+              jnp.broadcast_to(jnp.array([2.0, 1.0], dtype), shape), jnp.full(shape, 0.5, dtype), undefined0)
+    return jax.lax.fori_loop(0, EM_ITERS, lambda _, p: em_step(p), params)
 
 
 def clean_lookup(alphas, betas, weights):
@@ -381,16 +390,16 @@ def _clean_posterior64(cent, labels, num_classes):
     p5 = _class_percentile(sorted_c, starts, counts, 5)[:, labels]
     p95 = _class_percentile(sorted_c, starts, counts, 95)[:, labels]
     tol = TIE_RTOL * jnp.abs(p95)
-    fit = (cent >= p5 - tol) & (cent <= p95 + tol)
+    fit = (cent >= p5 - tol) & (cent <= p95 + tol)  # inclusive, as the release (ties: see TIE_RTOL)
     x = _normalise(cent, p5, p95)
-    alphas, betas, weights, degenerate = beta_mixture(x, fit, labels, num_classes=num_classes)
+    alphas, betas, weights, undefined = beta_mixture(x, fit, labels, num_classes=num_classes)
     lookup = clean_lookup(alphas, betas, weights)  # [E, K, 100]
-    degenerate = degenerate | ~jnp.all(jnp.isfinite(lookup), axis=-1)
+    undefined = undefined | ~jnp.all(jnp.isfinite(lookup), axis=-1)
     bins = jnp.clip((LOOKUP_BINS * jnp.clip(x, EPS_NAN, 1 - EPS_NAN)).astype(jnp.int32), 0, LOOKUP_BINS - 1)
     flat = lookup.reshape(num_graphs, num_classes * LOOKUP_BINS)
     value = jnp.take_along_axis(flat, labels * LOOKUP_BINS + bins, axis=-1)
-    bad = degenerate[:, labels] | ~jnp.isfinite(value) | ~jnp.isfinite(x)
-    return jnp.where(bad, DEGENERATE_P, value)
+    bad = undefined[:, labels] | ~jnp.isfinite(value) | ~jnp.isfinite(x)
+    return jnp.where(bad, jnp.nan, value)
 
 
 def centrality_clean_posterior(cent, labels, *, num_classes: int):
@@ -410,7 +419,9 @@ def centrality_clean_posterior(cent, labels, *, num_classes: int):
 def _filter64(edges, labels, keep_u, num_classes, max_iter):
     cent = stochastic_graph_centrality(edges, labels, num_classes=num_classes, max_iter=max_iter)
     clean_p = _clean_posterior64(cent, labels, num_classes).mean(0)  # float64, as the reference
-    return clean_p.astype(jnp.float32), clean_p > keep_u
+    # NaN (the release's undefined fit in any graph) > u is false: never kept; stored as a finite value.
+    keep = clean_p > keep_u
+    return jnp.where(jnp.isnan(clean_p), UNDEFINED_P, clean_p).astype(jnp.float32), keep
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "max_iter"))

@@ -8,17 +8,17 @@ To see the same randomness as the batched JAX filter it takes the uniform draws 
 k compares the class's similarities with `graph_u[e]` restricted to the class's rows and columns (samples in
 chunk order), and sample i is kept when clean_p[i] > keep_u[i].
 
-Choices that docs/algorithm.md leaves open (the JAX filter makes the same ones):
-- Samples enter the fit when p5 - t <= c <= p95 + t, t = 1e-6 p95, with numpy's default linear percentiles:
-  inclusive, and centralities that are mathematically tied (symmetric nodes, e.g. isolated ones) but split
-  by rounding around a percentile all enter (the original's outcome there depends on summation order).
+Rules as the release applies them (the JAX filter follows the same ones):
+- Samples enter the fit when p5 <= c <= p95 (numpy's default linear percentiles, inclusive), up to
+  rounding-level ties, t = 1e-12 p95: networkx's summation order splits mathematically tied centralities
+  (symmetric nodes) in their last bits, so the release's own outcome there is an accident of rounding.
 - If networkx does not converge within `max_iter`, the last iterate of the same power iteration is used (the
-  SPEC's "or after 6000 iterations"; networkx itself raises).
+  rule's "or after 6000 iterations"; networkx itself raises).
 - The lookup posterior is 1 where component 1's density is infinite (numpy would give inf/inf = NaN there).
-- Degenerate fits give clean_p 0.5 for every sample of the class in that graph: when all fitted values are
-  equal (within 1e-6) after clipping (a class of 1, 2 or 3 samples, or equal centralities, e.g. identical
-  features), which would make the method-of-moments variance 0 and the original NaN, or when the fitted
-  lookup table is not finite. Nothing else differs from a literal transcription.
+- Zero variance among the trimmed values (all equal to 1e-12, or none trimmed in) makes the method of moments divide
+  by zero: alpha and beta are infinite and the class's posterior is NaN in that graph, so the mean over
+  graphs is NaN and the sample is never kept. Elsewhere the numpy / scipy arithmetic runs as written
+  (NaN propagates as it does). `class_clean_posterior` raises ReferenceUndefined where scipy raises.
 """
 import networkx as nx
 import numpy as np
@@ -27,9 +27,11 @@ from scipy import stats
 LOW_WEIGHT = 1e-5  # weight of a non-edge in the stochastic graph
 TOL = 1e-6  # networkx's per-node tolerance
 EPS_NAN = 1e-12
-DEGENERATE_P = 0.5
-TIE_RTOL = 1e-6  # relative widening of the percentile bounds (ties)
-DEGENERATE_ATOL = 1e-6  # fitted values this close count as all equal
+TIE_RTOL = 1e-12  # rounding-level ties
+
+
+class ReferenceUndefined(ArithmeticError):
+    """scipy raised (e.g. OverflowError for enormous alpha and beta): the release has no outcome here."""
 
 
 def similarity(features):
@@ -79,9 +81,10 @@ def _normalise(values, p5, p95):
     return x
 
 
-def _fit_beta_weighted(x, w):
+def _fit_beta_weighted(x, w, zero_variance):
     mean = np.sum(w * x) / np.sum(w)
-    var = np.sum(w * (x - mean) ** 2) / np.sum(w)
+    # Zero variance among the values: the true weighted variance is 0 whatever rounding says.
+    var = 0.0 if zero_variance else np.sum(w * (x - mean) ** 2) / np.sum(w)
     alpha = mean * ((mean * (1 - mean)) / var - 1)
     return alpha, alpha * (1 - mean) / mean
 
@@ -89,13 +92,14 @@ def _fit_beta_weighted(x, w):
 def beta_mixture(fit_values, iters=10):
     """EM of docs/algorithm.md section 3 on already normalised values; returns alphas, betas, weights."""
     x = np.clip(fit_values, 1e-4, 1 - 1e-4)
+    zero_variance = x.size == 0 or not x.max() - x.min() > TIE_RTOL
     alphas, betas, weight = np.array([1.0, 2.0]), np.array([2.0, 1.0]), np.array([0.5, 0.5])
     for _ in range(iters):
         r = np.array([weight[k] * stats.beta.pdf(x, alphas[k], betas[k]) for k in range(2)])
         r[r <= EPS_NAN] = EPS_NAN
         r /= r.sum(axis=0)
         for k in range(2):
-            alphas[k], betas[k] = _fit_beta_weighted(x, r[k])
+            alphas[k], betas[k] = _fit_beta_weighted(x, r[k], zero_variance)
         weight = r.sum(axis=1)
         weight /= weight.sum()
     return alphas, betas, weight
@@ -118,20 +122,19 @@ def class_clean_posterior(cent):
     p5 = np.percentile(cent, 5)
     tol = TIE_RTOL * abs(p95)
     fit = _normalise(cent[(cent >= p5 - tol) & (cent <= p95 + tol)], p5, p95)
-    clipped = np.clip(fit, 1e-4, 1 - 1e-4)
-    if not clipped.max() - clipped.min() > DEGENERATE_ATOL:
-        return np.full(cent.shape, DEGENERATE_P)
-    with np.errstate(all="ignore"):
-        lookup = clean_lookup(*beta_mixture(fit))
-    if not np.all(np.isfinite(lookup)):
-        return np.full(cent.shape, DEGENERATE_P)
+    try:
+        with np.errstate(all="ignore"):
+            lookup = clean_lookup(*beta_mixture(fit))
+    except (OverflowError, FloatingPointError) as e:
+        raise ReferenceUndefined(str(e)) from e
     x = np.clip(_normalise(cent.copy(), p5, p95), EPS_NAN, 1 - EPS_NAN)
     idx = np.clip((100 * x).astype(int), 0, 99)
     return lookup[idx]
 
 
 def self_centered_filter(features, labels, graph_u, keep_u, max_iter=6000):
-    """clean_p [D] and keep [D] for one chunk, class by class and graph by graph, as the original runs."""
+    """clean_p [D] (NaN where the release's is undefined) and keep [D] for one chunk, class by class and graph
+    by graph, as the release runs."""
     labels = np.asarray(labels)
     graph_u = np.asarray(graph_u)
     sim = similarity(features)
