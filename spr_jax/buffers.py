@@ -19,12 +19,14 @@ the device), each with its noisy label, its corrupt flag, and the clean probabil
 values), so it runs under jit, inside the replay scan, and under vmap.
 
 Rules (partitioning reservoir sampling with power 0), for each offered sample of class k:
-  * n_k += 1 (offers of class k so far, admitted or not).
+  * n_prev = offers of class k before this one (admitted or not); then n_k = n_prev + 1 is counted.
   * Not full (fewer than P valid slots): store it in the first empty slot.
   * Full: m = P / C with C the number of classes present in the buffer; admit with probability
-    min(1, m / n_k) (admit_u < p). To admit, choose a class j among the present classes with probability
-    softmax_j(count_j - m) by inverse CDF over ascending class ids (class_u), evict the sample of class j
-    with the lowest clean_p (ties: lowest slot), and store the new sample in that slot. With
+    min(1, m / n_prev), 1 for a class offered for the first time (n_prev = 0), as the release decides
+    admission before counting the offer (admit_u < p). To admit, choose a class j among the present
+    classes with probability softmax_j(count_j - m) by inverse CDF over ascending class ids (class_u),
+    evict the sample of class j with the lowest clean_p, among equal lowest the OLDEST (the earliest
+    stored: `entered` keeps each slot's entry number), and store the new sample in that slot. With
     plain_replay=True the evicted sample is uniform within class j instead: the floor(evict_u * count_j)-th
     slot of class j in slot order.
   * Candidates are offered in the order the filter emits them: grouped by class, ascending class id,
@@ -36,10 +38,8 @@ Readings of the rule we had to choose:
     for the eviction softmax (it has nothing to evict). This matches the reference, whose proportions are
     recomputed after each sample over the classes then in the buffer. Under power 0 every present class
     has the same target m = P / C.
-  * "1 for a class seen for the first time": with n_k = 1 and C <= P, m / n_k = P / C >= 1, so the rule
-    already gives 1; we also force it explicitly (n_k <= 1 -> p = 1) so that it holds whatever C is.
   * A class that was offered before but has since been evicted entirely is offered like any other:
-    p = min(1, (P / C) / n_k) with C not counting it.
+    p = min(1, (P / C) / n_prev) with C not counting it.
   * The i-th OFFERED sample (in emission order) consumes draw i of each uniform array, so draws are
     independent of how masked-out candidates are interleaved in the chunk. Draws that are not needed (not
     full, not admitted) are simply unused.
@@ -49,13 +49,9 @@ Readings of the rule we had to choose:
     -inf and as 1 for +inf, so the buffer never holds NaN and such a sample is the first evicted. Labels
     outside [0, K) are treated as not offered.
 
-Known differences from the reference release (left as the rule above states, for the caller to decide):
-  * The reference evaluates admission BEFORE counting the offer: p = m / n if n > m else 1 with n the
-    offers of class k before this one, i.e. min(1, m / (n_k - 1)) in our notation. The rule above says n_k += 1
-    then min(1, m / n_k); the two differ by a factor n_k / (n_k - 1), negligible once n_k >> 1.
-  * The reference breaks clean_p ties by the order in which samples entered their class (oldest first),
-    we break them by slot index (as the brief asks). Ties are possible because clean_p comes from a
-    100-bin lookup averaged over 5 graphs.
+Ties in clean_p are common (a 100-bin lookup averaged over 5 graphs saturates at its maximum); evicting
+the oldest of them keeps the class's samples turning over, where a fixed slot order would make one slot
+churn while the rest of the class froze.
 """
 import functools
 from typing import Any, Callable, NamedTuple
@@ -73,6 +69,8 @@ class PurifiedBuffer:
     clean_p: jax.Array  # float32 [P] the filter's clean probability (0 when empty)
     valid: jax.Array  # bool [P]
     offers: jax.Array  # int32 [K] n_k: how many samples of class k were offered so far
+    entered: jax.Array  # int32 [P] entry order of each slot's sample (ties in clean_p evict the oldest)
+    entries: jax.Array  # int32 (): samples stored so far (the next entry number)
 
 
 @flax.struct.dataclass
@@ -91,6 +89,8 @@ def init_buffer(size: int, num_classes: int) -> PurifiedBuffer:
         clean_p=jnp.zeros((size,), jnp.float32),
         valid=jnp.zeros((size,), bool),
         offers=jnp.zeros((num_classes,), jnp.int32),
+        entered=jnp.zeros((size,), jnp.int32),
+        entries=jnp.zeros((), jnp.int32),
     )
 
 
@@ -142,10 +142,10 @@ def _nth_true(flags, n):
 
 
 def _offer_one(carry, x, *, capacity_, k, plain_replay):
-    index, label, corrupt, clean_p, valid, offers, counts = carry
+    index, label, corrupt, clean_p, valid, offers, counts, entered, entries = carry
     (c_index, c_label, c_corrupt, c_clean, c_mask), (admit_u, class_u, evict_u) = x
 
-    n_k = offers[c_label] + 1
+    n_prev = offers[c_label]  # earlier offers of the class: the release decides before counting this one
     offers = offers.at[c_label].add(c_mask.astype(jnp.int32))
     full = jnp.sum(counts) >= capacity_
 
@@ -155,7 +155,7 @@ def _offer_one(carry, x, *, capacity_, k, plain_replay):
     # Full: admission against the target share of the classes present now (before storing).
     present = counts > 0
     m = capacity_ / jnp.maximum(jnp.sum(present), 1).astype(jnp.float32)
-    p = jnp.where(n_k <= 1, 1.0, jnp.minimum(1.0, m / n_k.astype(jnp.float32)))
+    p = jnp.where(n_prev == 0, 1.0, jnp.minimum(1.0, m / jnp.maximum(n_prev, 1).astype(jnp.float32)))
     admit = admit_u < p
 
     # Class to evict from: softmax over present classes of count - m, inverse CDF in class order.
@@ -171,8 +171,10 @@ def _offer_one(carry, x, *, capacity_, k, plain_replay):
         r = jnp.minimum(jnp.floor(evict_u * count_j).astype(jnp.int32), count_j - 1)
         evict_slot = _nth_true(in_j, r)
     else:
-        # argmin returns the first minimum: ties go to the lowest slot.
-        evict_slot = jnp.argmin(jnp.where(in_j, clean_p, jnp.inf)).astype(jnp.int32)
+        # The lowest clean_p of class j; among equal lowest, the oldest sample (smallest entry number).
+        lowest = jnp.min(jnp.where(in_j, clean_p, jnp.inf))
+        tied = in_j & (clean_p == lowest)
+        evict_slot = jnp.argmin(jnp.where(tied, entered, jnp.iinfo(jnp.int32).max)).astype(jnp.int32)
 
     slot = jnp.where(full, evict_slot, empty_slot)
     write = c_mask & (~full | admit)
@@ -185,7 +187,9 @@ def _offer_one(carry, x, *, capacity_, k, plain_replay):
     corrupt = corrupt.at[slot].set(jnp.where(write, c_corrupt, corrupt[slot]))
     clean_p = clean_p.at[slot].set(jnp.where(write, c_clean, clean_p[slot]))
     valid = valid.at[slot].set(write | old_valid)
-    return (index, label, corrupt, clean_p, valid, offers, counts), None
+    entered = entered.at[slot].set(jnp.where(write, entries, entered[slot]))
+    entries = entries + write.astype(jnp.int32)
+    return (index, label, corrupt, clean_p, valid, offers, counts, entered, entries), None
 
 
 @functools.partial(jax.jit, static_argnames=("plain_replay",))
@@ -210,12 +214,13 @@ def offer(buf: PurifiedBuffer, draws: OfferDraws, index, label, corrupt, clean_p
     d = order.shape[0]
     us = (draws.admit_u[:d], draws.class_u[:d], draws.evict_u[:d])
 
-    carry = (buf.index, buf.label, buf.corrupt, buf.clean_p, buf.valid, buf.offers, class_counts(buf))
+    carry = (buf.index, buf.label, buf.corrupt, buf.clean_p, buf.valid, buf.offers, class_counts(buf),
+             buf.entered, buf.entries)
     step = functools.partial(_offer_one, capacity_=capacity_, k=k, plain_replay=plain_replay)
     carry, _ = jax.lax.scan(step, carry, (xs, us))
-    index, label, corrupt, clean_p, valid, offers, _ = carry
+    index, label, corrupt, clean_p, valid, offers, _, entered, entries = carry
     return PurifiedBuffer(index=index, label=label, corrupt=corrupt, clean_p=clean_p, valid=valid,
-                          offers=offers)
+                          offers=offers, entered=entered, entries=entries)
 
 
 def sample_indices(buf: PurifiedBuffer, key, n: int) -> jax.Array:

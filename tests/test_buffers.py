@@ -17,6 +17,8 @@ class RefBuffer:
         self.size = size
         self.k = num_classes
         self.slots = [None] * size  # None or dict(index, label, corrupt, clean_p)
+        self.entered = [0] * size  # entry number of each slot's sample
+        self.entries = 0
         self.n = {c: 0 for c in range(num_classes)}
         self.evictions = 0
         self.tied_evictions = 0  # the lowest clean_p was shared within the chosen class
@@ -38,16 +40,22 @@ class RefBuffer:
             self._offer_one(sample, float(draws.admit_u[t]), float(draws.class_u[t]),
                             float(draws.evict_u[t]), plain_replay)
 
+    def _store(self, slot, sample):
+        self.slots[slot] = sample
+        self.entered[slot] = self.entries
+        self.entries += 1
+
     def _offer_one(self, sample, admit_u, class_u, evict_u, plain_replay):
         k = sample["label"]
+        n_prev = self.n[k]  # admission is decided before this offer is counted
         self.n[k] += 1
         if None in self.slots:
-            self.slots[self.slots.index(None)] = sample
+            self._store(self.slots.index(None), sample)
             return
         counts = self.counts()
         present = sorted(counts)
         m = np.float32(self.size) / np.float32(len(present))
-        p = 1.0 if self.n[k] == 1 else min(1.0, float(m / np.float32(self.n[k])))
+        p = 1.0 if n_prev == 0 else min(1.0, float(m / np.float32(n_prev)))
         if not admit_u < p:
             return
         deltas = [counts[c] - float(m) for c in present]
@@ -64,11 +72,11 @@ class RefBuffer:
         if plain_replay:
             victim = members[min(int(math.floor(evict_u * len(members))), len(members) - 1)]
         else:
-            victim = min(members, key=lambda s: (self.slots[s]["clean_p"], s))
+            victim = min(members, key=lambda s: (self.slots[s]["clean_p"], self.entered[s]))  # ties: oldest
             lowest = self.slots[victim]["clean_p"]
             self.tied_evictions += sum(self.slots[s]["clean_p"] == lowest for s in members) > 1
         self.evictions += 1
-        self.slots[victim] = sample
+        self._store(victim, sample)
 
 
 def _assert_same(buf, ref):
@@ -82,13 +90,15 @@ def _assert_same(buf, ref):
                    clean_p=float(buf.clean_p[s]))
         assert got == want, (s, got, want)
     np.testing.assert_array_equal(np.asarray(buf.offers), [ref.n[c] for c in range(ref.k)])
+    np.testing.assert_array_equal(buf.entered[valid], np.asarray(ref.entered)[valid])
+    assert int(buf.entries) == ref.entries
 
 
 def _chunk(rng, c, d, k, n_classes_now):
     label = rng.integers(0, n_classes_now, d).astype(np.int32)
     index = np.arange(c * d, (c + 1) * d, dtype=np.int32)
     corrupt = rng.random(d) < 0.3
-    # Coarse values so that clean_p ties (and the lowest-slot tie rule) actually occur.
+    # Coarse values so that clean_p ties (and the oldest-first tie rule) actually occur.
     clean_p = (rng.integers(0, 6, d) / 5).astype(np.float32)
     mask = rng.random(d) < 0.7
     return index, label, corrupt, clean_p, mask
@@ -246,18 +256,45 @@ def test_first_sample_of_a_new_class_is_always_admitted_when_full(size, k, fill_
             assert int(B.size(buf)) == size
 
 
-def test_eviction_takes_the_lowest_clean_p_of_the_chosen_class_ties_lowest_slot():
-    # Built slot by slot (offer would group the classes), as if 3 samples of classes 0 and 1 were offered.
+def test_eviction_takes_the_lowest_clean_p_of_the_chosen_class_ties_the_oldest():
+    # Built slot by slot (offer would group the classes), as if 3 samples of classes 0 and 1 were offered;
+    # `entered` says in which order they entered (not slot order).
     buf = B.init_buffer(6, K).replace(
         index=jnp.arange(6, dtype=jnp.int32), label=jnp.array([0, 1, 0, 1, 0, 1], jnp.int32),
         clean_p=jnp.array([0.5, 0.2, 0.3, 0.9, 0.3, 0.2], jnp.float32), valid=jnp.ones(6, bool),
-        offers=jnp.array([3, 3, 0, 0, 0], jnp.int32))
-    # Equal counts: class_u < 0.5 picks class 0 (lowest clean_p 0.3 at slots 2 and 4 -> slot 2), else
-    # class 1 (0.2 at slots 1 and 5 -> slot 1).
-    for class_u, slot in [(0.1, 2), (0.9, 1)]:
+        offers=jnp.array([3, 3, 0, 0, 0], jnp.int32), entered=jnp.array([0, 5, 4, 2, 1, 3], jnp.int32),
+        entries=jnp.asarray(6, jnp.int32))
+    # Equal counts: class_u < 0.5 picks class 0 (lowest clean_p 0.3 at slots 2 (entered 4th) and 4 (entered
+    # 1st) -> slot 4), else class 1 (0.2 at slots 1 (entered 5th) and 5 (entered 3rd) -> slot 5).
+    for class_u, slot in [(0.1, 4), (0.9, 5)]:
         out = _offer_single(buf, 50, 0, admit_u=0.0, class_u=class_u)
-        assert int(out.index[slot]) == 50
+        assert int(out.index[slot]) == 50 and int(out.entered[slot]) == 6 and int(out.entries) == 7
         assert int((np.asarray(out.index) != np.asarray(buf.index)).sum()) == 1
+
+
+def test_ties_turn_the_whole_class_over_oldest_first():
+    # Every sample has the same clean_p: repeated admissions must replace the class's samples in the order
+    # they entered, not one slot over and over.
+    buf = _filled(6, K, np.zeros(6, int), clean_p=np.full(6, 0.5))
+    replaced = []
+    for i in range(6):
+        before = np.asarray(buf.index)
+        buf = _offer_single(buf, 100 + i, 0, clean_p=0.5, admit_u=0.0, class_u=0.0)
+        replaced.append(int(np.flatnonzero(np.asarray(buf.index) != before)[0]))
+    assert replaced == [0, 1, 2, 3, 4, 5]  # the slots in the order their samples entered
+    assert sorted(np.asarray(buf.index).tolist()) == list(range(100, 106))
+
+
+def test_admission_uses_the_count_of_earlier_offers():
+    # Full buffer of one class (P = 6, C = 1, m = 6) after 6 offers of class 0: the 7th offer has n_prev = 6,
+    # p = 6 / 6 = 1 (the rule "n_k = 7, p = 6/7" would refuse it at admit_u = 0.9); the 8th has p = 6/7.
+    buf = _filled(6, K, np.zeros(6, int))
+    assert int(buf.offers[0]) == 6
+    seventh = _offer_single(buf, 200, 0, admit_u=0.9, class_u=0.0)
+    assert 200 in np.asarray(seventh.index).tolist() and int(seventh.offers[0]) == 7
+    for admit_u, admitted in [(6 / 7 - 1e-3, True), (6 / 7 + 1e-3, False)]:
+        eighth = _offer_single(seventh, 300, 0, admit_u=admit_u, class_u=0.0)
+        assert (300 in np.asarray(eighth.index).tolist()) == admitted
 
 
 # --- Sampling, purity, determinism, transforms -----------------------------------------------------
