@@ -7,7 +7,9 @@
 - matmul_gflops: the best fp32 matmul throughput measured here (square 1024 and 2048 jnp matmuls, timed
   interleaved with the MLP steps), the yardstick for mlp_fraction_of_matmul (median step) and
   mlp_fraction_of_matmul_best (fastest step). The machine may be shared: load_avg_* say how busy it was.
-- resnet18_*: one step at a small batch (2 x resnet_batch views of 32x32x3, colour jitter on).
+- resnet18_*: one step at a small batch (2 x resnet_batch views of 32x32x3, colour jitter on), for each
+  augmentation semantics (release = kornia 0.4.1's, torchvision) x view forwarding (separate = two
+  batches, BatchNorm per view; joint = one batch of 2N): resnet18_step_ms[semantics/forwarding].
 - experts_per_s / expert_epochs_per_s: a warm expert phase (MLP, D = 300) on all local devices.
 - mlp_breakdown_ms: the step's parts timed alone (views, forward + loss, gradient, Adam).
 """
@@ -43,14 +45,14 @@ def _matmul_fn(n):
     return lambda: mm(a, a)
 
 
-def step_benchmark(model, images, n_steps, color_jitter, matmul_sizes=()):
+def step_benchmark(model, images, n_steps, views, matmul_sizes=()):
     """Median / min step time, compile time, XLA's FLOP count; matmuls of `matmul_sizes` are timed
     interleaved with the steps, so both see the same machine load (this machine is shared)."""
     state = steps.init_state(model, jax.random.PRNGKey(0), images.shape[1:])
     lr = jnp.float32(3e-4)
     t = time.perf_counter()
     compiled = steps.contrastive_step.lower(model, state, images, jax.random.PRNGKey(1), lr,
-                                            color_jitter=color_jitter).compile()
+                                            views=views).compile()
     compile_s = time.perf_counter() - t
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -77,7 +79,7 @@ def mlp_breakdown(model, state, images, n):
     """Each part of the step alone (medians, ms); sums to a bit more than the fused step."""
     key = jax.random.PRNGKey(3)
     views = jax.jit(augment.views)
-    x = views(key, images)
+    x = views(key, images)  # the release's semantics, no colour jitter (grey images)
 
     def loss_fn(params, x):
         return steps.contrastive_loss(model, params, state.batch_stats, x)[0]
@@ -130,7 +132,7 @@ def main():
     mlp = models.make_simclr("mlp")
     x = jnp.asarray(rs.randint(0, 256, (300, 28, 28, 1)), jnp.uint8)
     res["load_avg_1min_before"] = os.getloadavg()[0]
-    med, best, comp, flops, state, mm = step_benchmark(mlp, x, a.steps, False, matmul_sizes=(1024, 2048))
+    med, best, comp, flops, state, mm = step_benchmark(mlp, x, a.steps, augment.Views(), matmul_sizes=(1024, 2048))
     res.update(mlp_step_ms=med * 1e3, mlp_step_min_ms=best * 1e3, mlp_compile_s=comp, mlp_step_gflop=flops / 1e9,
                mlp_gflops=flops / med / 1e9, mlp_gflops_best=flops / best / 1e9, matmul_gflops=mm,
                mlp_fraction_of_matmul=flops / med / 1e9 / mm, mlp_fraction_of_matmul_best=flops / best / 1e9 / mm)
@@ -139,9 +141,15 @@ def main():
     if not a.skip_resnet:
         rn = models.make_simclr("resnet18")
         xr = jnp.asarray(rs.randint(0, 256, (a.resnet_batch, 32, 32, 3)), jnp.uint8)
-        med, best, comp, flops, _, _ = step_benchmark(rn, xr, a.resnet_steps, True)
-        res.update(resnet18_step_ms=med * 1e3, resnet18_compile_s=comp, resnet18_views=2 * a.resnet_batch,
-                   resnet18_gflops=flops / med / 1e9)
+        res["resnet18_views"] = 2 * a.resnet_batch
+        for semantics in augment.SEMANTICS:
+            for separate in (True, False):
+                name = f"{semantics}/{'separate' if separate else 'joint'}"
+                views = augment.Views(color_jitter=True, semantics=semantics, separate_batches=separate)
+                med, best, comp, flops, _, _ = step_benchmark(rn, xr, a.resnet_steps, views)
+                res.setdefault("resnet18_step_ms", {})[name] = round(med * 1e3, 1)
+                res.setdefault("resnet18_compile_s", {})[name] = round(comp, 1)
+                res.setdefault("resnet18_gflops", {})[name] = round(flops / med / 1e9, 2)
 
     res.update(expert_benchmark(a.experts, a.expert_epochs))
     dev = jax.devices()[0]

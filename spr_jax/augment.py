@@ -1,27 +1,46 @@
 """SimCLR views as pure, vmapped JAX functions (docs/algorithm.md section 4).
 
-Per image, with its own key: torchvision's RandomResizedCrop(size=input size, scale=(0.08, 1),
-ratio=(3/4, 4/3)) with bilinear resizing, RandomHorizontalFlip(p=0.5), and for RGB inputs
-RandomApply([ColorJitter(0.5, 0.5, 0.5, 0.2)], p=0.5), in that order, on float pixels in [0, 1].
+Per image, with its own key: a random resized crop to the input size (scale 0.08-1, ratio 3/4-4/3) with
+bilinear resampling, a horizontal flip (p = 0.5), and for RGB inputs a colour jitter (0.5, 0.5, 0.5, 0.2)
+applied with p = 0.5, in that order, on float pixels in [0, 1]. Two semantics (`Views.semantics`):
+
+- "release" (default): the reference release's kornia 0.4.1 ops. Crop sizes are truncated to integers and
+  must be strictly smaller than the image; the crop is resampled by a warp mapping the box's corner pixels
+  onto the output's corner pixels. Jitter: brightness adds (b - 1), contrast multiplies by c, saturation
+  scales S and hue shifts H in HSV, each op clamped to [0, 1]; the order of the four ops is one random
+  permutation per call, i.e. per view batch. The two views are two calls.
+- "torchvision": RandomResizedCrop (rounded sizes, the full image allowed, torch's align_corners=False
+  resize), ColorJitter's blends (with black / the grey mean / greyscale), an op order per image.
 
 Static shapes throughout:
 - Every random choice of an image comes from one uniform draw of its key (NUM_UNIFORMS values): each
   separate jax.random call costs up to a second of XLA compile time on CPU.
-- The crop takes torchvision's 10 candidate (area, log-aspect) pairs at once and uses the first valid one,
-  else torchvision's centre-crop fallback; offsets are drawn for every candidate and the chosen one's used.
-- Crop + bilinear resize (torch's align_corners=False rule, the crop's border pixels repeated) + flip are
-  one separable linear map: out = Wy @ image @ Wx^T with per-image [H, H] and [W, W] interpolation
-  matrices (two non-zeros per row); the flip reverses Wx's rows. The crop is never larger than the image, so
-  resizing only ever upsamples and antialiasing (torchvision's default for tensors) changes nothing.
-- Colour jitter applies its four ops in a random order, as torchvision does: four slots, each picking its
-  op by the slot's entry of a random permutation (lax.switch; under vmap every op is computed and selected).
-  The ops follow torchvision's tensor functional versions (blend with black / grey mean / greyscale,
-  clamp to [0, 1], hue shift through HSV).
+- The crop takes 10 candidate (area, log-aspect) pairs at once and uses the first valid one, else the
+  centre-crop fallback; offsets are drawn for every candidate and the chosen one's used.
+- Crop + bilinear resize + flip are one separable linear map: out = Wy @ image @ Wx^T with per-image
+  [H, H] and [W, W] interpolation matrices (two non-zeros per row); the flip reverses Wx's rows. The crop
+  is never larger than the image, so resizing only ever upsamples and antialiasing changes nothing.
+- Colour jitter: four slots, each picking its op by the slot's entry of a permutation (lax.switch; under
+  vmap every op is computed and selected).
 """
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from spr_jax import models
+
+
+class Views(NamedTuple):
+    """How SimCLR's two views are made and forwarded (static: a jit argument)."""
+    color_jitter: bool = False  # RGB data only
+    semantics: str = "release"  # "release" (kornia 0.4.1, the reference) | "torchvision"
+    normalize_first: str = ""  # "imagenet": normalise BEFORE augmenting (the release's order for webvision)
+    separate_batches: bool = True  # forward the views as two batches (BatchNorm statistics per view)
+
+
+SEMANTICS = ("release", "torchvision")
 
 SCALE = (0.08, 1.0)
 RATIO = (3.0 / 4.0, 4.0 / 3.0)
@@ -54,16 +73,24 @@ _ORDER = slice(4 * ATTEMPTS + 6, 4 * ATTEMPTS + 10)
 NUM_UNIFORMS = 4 * ATTEMPTS + 10
 
 
-def crop_params(u, height: int, width: int, scale=SCALE, ratio=RATIO):
-    """RandomResizedCrop.get_params from uniforms u [NUM_UNIFORMS]: (top, left, h, w) as int32 scalars."""
+def crop_params(u, height: int, width: int, scale=SCALE, ratio=RATIO, semantics: str = "release"):
+    """The crop box from uniforms u [NUM_UNIFORMS]: (top, left, h, w) as int32 scalars.
+
+    torchvision: sizes rounded, at most the image. release (kornia 0.4.1): sizes truncated, strictly
+    smaller than the image. Both: the first valid of 10 candidates, else the centre crop."""
     area = height * width
     target_area = area * (scale[0] + (scale[1] - scale[0]) * u[_AREA])
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
     aspect = jnp.exp(log_lo + (log_hi - log_lo) * u[_RATIO])
-    # jnp.round rounds half to even, like Python's round().
-    w = jnp.round(jnp.sqrt(target_area * aspect)).astype(jnp.int32)
-    h = jnp.round(jnp.sqrt(target_area / aspect)).astype(jnp.int32)
-    valid = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    if semantics == "release":
+        w = jnp.sqrt(target_area * aspect).astype(jnp.int32)  # truncation toward zero
+        h = jnp.sqrt(target_area / aspect).astype(jnp.int32)
+        valid = (w > 0) & (w < width) & (h > 0) & (h < height)
+    else:
+        # jnp.round rounds half to even, like Python's round().
+        w = jnp.round(jnp.sqrt(target_area * aspect)).astype(jnp.int32)
+        h = jnp.round(jnp.sqrt(target_area / aspect)).astype(jnp.int32)
+        valid = (w > 0) & (w <= width) & (h > 0) & (h <= height)
     # randint(0, H - h + 1) for every candidate, as floor(u * (H - h + 1)).
     i = jnp.floor(u[_TOP] * (height - h + 1).astype(jnp.float32)).astype(jnp.int32)
     j = jnp.floor(u[_LEFT] * (width - w + 1).astype(jnp.float32)).astype(jnp.int32)
@@ -75,33 +102,38 @@ def crop_params(u, height: int, width: int, scale=SCALE, ratio=RATIO):
     return pick(i, ci), pick(j, cj), pick(h, ch), pick(w, cw)
 
 
-def interp_taps(start, size, out_size: int):
+def interp_taps(start, size, out_size: int, semantics: str = "release"):
     """Bilinear taps resizing pixels [start, start + size) to out_size pixels: (lo [out], hi [out], frac [out]).
 
-    Output pixel o = (1 - frac) * in[lo] + frac * in[hi]. torch's align_corners=False rule: source =
-    (o + 0.5) * size / out_size - 0.5, clamped at 0; the upper neighbour is clamped to the crop's last pixel.
+    Output pixel o = (1 - frac) * in[lo] + frac * in[hi], the upper neighbour clamped to the crop's last
+    pixel. release: the corners map onto the corners, source = o * (size - 1) / (out_size - 1).
+    torchvision (torch's align_corners=False): source = (o + 0.5) * size / out_size - 0.5, clamped at 0.
     """
-    src = (jnp.arange(out_size, dtype=jnp.float32) + 0.5) * (size.astype(jnp.float32) / out_size) - 0.5
-    src = jnp.maximum(src, 0.0)
+    o = jnp.arange(out_size, dtype=jnp.float32)
+    size_f = jnp.asarray(size).astype(jnp.float32)
+    if semantics == "release":
+        src = o * ((size_f - 1.0) / max(out_size - 1, 1))
+    else:
+        src = jnp.maximum((o + 0.5) * (size_f / out_size) - 0.5, 0.0)
     i0 = jnp.minimum(jnp.floor(src).astype(jnp.int32), size - 1)
     frac = src - i0.astype(jnp.float32)
     i1 = jnp.minimum(i0 + 1, size - 1)
     return start + i0, start + i1, frac
 
 
-def interp_matrix(start, size, out_size: int, in_size: int):
+def interp_matrix(start, size, out_size: int, in_size: int, semantics: str = "release"):
     """[out_size, in_size] bilinear weights of interp_taps: two non-zeros per row (one at the borders)."""
-    lo, hi, frac = interp_taps(start, size, out_size)
+    lo, hi, frac = interp_taps(start, size, out_size, semantics)
     cols = jnp.arange(in_size, dtype=jnp.int32)[None, :]
     return (1.0 - frac)[:, None] * (cols == lo[:, None]) + frac[:, None] * (cols == hi[:, None])
 
 
-def resized_crop_flip(u, img):
+def resized_crop_flip(u, img, semantics: str = "release"):
     """Random resized crop to the input size, then a random horizontal flip, of one float image [H, W, C]."""
     height, width, _ = img.shape
-    top, left, h, w = crop_params(u, height, width)
-    wy = interp_matrix(top, h, height, height)
-    wx = interp_matrix(left, w, width, width)
+    top, left, h, w = crop_params(u, height, width, semantics=semantics)
+    wy = interp_matrix(top, h, height, height, semantics)
+    wx = interp_matrix(left, w, width, width, semantics)
     wx = jnp.where(u[_FLIP] < FLIP_P, wx[::-1], wx)  # flipping the output = reversing Wx's rows
     # Two small matmuls per image (batched under vmap): faster on CPU than gathering rows and columns.
     # Full fp32 precision, so that accelerators' reduced-precision matmuls (TF32) do not round the pixels.
@@ -109,7 +141,7 @@ def resized_crop_flip(u, img):
     return jnp.einsum("ywc,xw->yxc", rows, wx, precision="highest")
 
 
-# ---------------------------------------------------------------- colour jitter (torchvision tensor ops)
+# ---------------------------------------------------------------- colour jitter
 
 def _grey(img):
     return 0.299 * img[..., 0] + 0.587 * img[..., 1] + 0.114 * img[..., 2]
@@ -163,15 +195,47 @@ def adjust_hue(img, f):
     return hsv_to_rgb(jnp.mod(h + f, 1.0), s, v)
 
 
-def jitter_colors(u, img, strength=JITTER):
-    """ColorJitter(brightness, contrast, saturation, hue) on one RGB image, ops in a random order."""
+def jitter_factors(u, strength=JITTER):
+    """Per-image (brightness, contrast, saturation, hue) factors from uniforms u [NUM_UNIFORMS]."""
     b, c, s, h = strength
     lo = jnp.asarray([max(0.0, 1 - b), max(0.0, 1 - c), max(0.0, 1 - s), -h], jnp.float32)
     hi = jnp.asarray([1 + b, 1 + c, 1 + s, h], jnp.float32)
-    factors = lo + (hi - lo) * u[_FACTORS]
-    order = jnp.argsort(u[_ORDER])  # a uniform random permutation, as torch.randperm(4)
-    ops = [lambda x: adjust_brightness(x, factors[0]), lambda x: adjust_contrast(x, factors[1]),
-           lambda x: adjust_saturation(x, factors[2]), lambda x: adjust_hue(x, factors[3])]
+    return lo + (hi - lo) * u[_FACTORS]
+
+
+def release_brightness(img, f):
+    """kornia 0.4.1: adds f - 1 (f ~ U(0.5, 1.5)), clamped to [0, 1]."""
+    return jnp.clip(img + (f - 1.0), 0.0, 1.0)
+
+
+def release_contrast(img, f):
+    """kornia 0.4.1: multiplies by f, clamped (no blend with the mean)."""
+    return jnp.clip(img * f, 0.0, 1.0)
+
+
+def release_saturation(img, f):
+    """kornia 0.4.1: scales S in HSV by f (S clamped to [0, 1]), back to RGB, clamped."""
+    h, s, v = rgb_to_hsv(img)
+    return jnp.clip(hsv_to_rgb(h, jnp.clip(s * f, 0.0, 1.0), v), 0.0, 1.0)
+
+
+def release_hue(img, f):
+    """kornia 0.4.1: shifts H by f of a full turn (f ~ U(-0.2, 0.2)), back to RGB, clamped."""
+    h, s, v = rgb_to_hsv(img)
+    return jnp.clip(hsv_to_rgb(jnp.mod(h + f, 1.0), s, v), 0.0, 1.0)
+
+
+def jitter_colors(u, img, strength=JITTER, order=None, semantics: str = "release"):
+    """ColorJitter(brightness, contrast, saturation, hue) on one RGB image, its ops in `order` (a
+    permutation of 0..3; default: this image's own random permutation from u)."""
+    factors = jitter_factors(u, strength)
+    if order is None:
+        order = jnp.argsort(u[_ORDER])  # a uniform random permutation, as torch.randperm(4)
+    if semantics == "release":
+        fns = (release_brightness, release_contrast, release_saturation, release_hue)
+    else:
+        fns = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+    ops = [lambda x, fn=fn, i=i: fn(x, factors[i]) for i, fn in enumerate(fns)]
     for slot in range(4):
         img = jax.lax.switch(order[slot], ops, img)
     return img
@@ -179,26 +243,50 @@ def jitter_colors(u, img, strength=JITTER):
 
 # ---------------------------------------------------------------- views
 
-def augment_one(key, image_uint8, *, color_jitter: bool = False):
-    """One augmented float32 view in [0, 1] of one uint8 image [H, W, C]."""
+def augment_one(key, image_uint8, *, color_jitter: bool = False, views: Views = None, order=None):
+    """One augmented float32 view of one uint8 image [H, W, C] (in [0, 1], or normalised per
+    views.normalize_first); `order`: the batch's jitter op order (release semantics)."""
+    views = views or Views(color_jitter=color_jitter)
     channels = image_uint8.shape[-1]
     u = jax.random.uniform(key, (NUM_UNIFORMS,))
     img = image_uint8.astype(jnp.float32) * (1.0 / 255.0)
-    out = jnp.clip(resized_crop_flip(u, img), 0.0, 1.0)
-    if color_jitter:
+    if views.normalize_first:
+        # The release normalises before augmenting: its [0, 1] clamps then act on normalised values.
+        img = models.normalize_input(img, views.normalize_first)
+        out = resized_crop_flip(u, img, views.semantics)
+    else:
+        out = jnp.clip(resized_crop_flip(u, img, views.semantics), 0.0, 1.0)
+    if views.color_jitter:
         if channels != 3:
             raise ValueError(f"colour jitter needs RGB images, got {channels} channels")
-        out = jnp.where(u[_APPLY] < JITTER_P, jitter_colors(u, out), out)
+        out = jnp.where(u[_APPLY] < JITTER_P, jitter_colors(u, out, order=order, semantics=views.semantics), out)
+    if views.normalize_first:  # back to pixel units: the model normalises its input itself
+        out = models.denormalize_input(out, views.normalize_first)
     return out
 
 
-def augment(key, images_uint8, *, color_jitter: bool = False):
-    """One view per image of a uint8 batch [B, H, W, C] -> float32 [B, H, W, C]; one key per image."""
+def augment(key, images_uint8, *, color_jitter: bool = False, views: Views = None):
+    """One view per image of a uint8 batch [B, H, W, C] -> float32 [B, H, W, C]; one key per image.
+
+    Release semantics draw one jitter op order for the whole batch (kornia draws it per call)."""
+    views = views or Views(color_jitter=color_jitter)
+    if views.semantics == "release":
+        k_order, key = jax.random.split(key)
+        order = jnp.argsort(jax.random.uniform(k_order, (4,)))
+    else:
+        order = None
     keys = jax.random.split(key, images_uint8.shape[0])
-    return jax.vmap(lambda k, x: augment_one(k, x, color_jitter=color_jitter))(keys, images_uint8)
+    return jax.vmap(lambda k, x: augment_one(k, x, views=views, order=order))(keys, images_uint8)
 
 
-def views(key, images_uint8, *, color_jitter: bool = False):
-    """Two views per image: float32 [2B, H, W, C] in [0, 1]; rows b and B + b are the views of image b."""
+def views(key, images_uint8, *, color_jitter: bool = False, spec: Views = None):
+    """Two views per image: float32 [2B, H, W, C]; rows b and B + b are the views of image b.
+
+    release: two calls, one per view (each with its own jitter op order). torchvision: one call over the
+    2B images."""
+    spec = spec or Views(color_jitter=color_jitter)
+    if spec.semantics == "release":
+        k_a, k_b = jax.random.split(key)
+        return jnp.concatenate([augment(k_a, images_uint8, views=spec), augment(k_b, images_uint8, views=spec)])
     both = jnp.concatenate([images_uint8, images_uint8], axis=0)
-    return augment(key, both, color_jitter=color_jitter)
+    return augment(key, both, views=spec)

@@ -44,6 +44,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.ssl.lr = 3e-4
     c.ssl.temperature = 0.5
     c.ssl.warmup_epochs = 11  # constant lr for this many epochs, then cosine
+    # Augmentation semantics: release (kornia 0.4.1, as the reference release) | torchvision.
+    c.ssl.augment = "release"
+    # How the two views are forwarded: separate (two batches: BatchNorm statistics per view, as the
+    # release) | joint (one batch of 2N). Models without BatchNorm give the same numbers either way.
+    c.ssl.view_batches = "separate"
+    # With model.input_norm set (webvision): normalise before augmenting, so the jitter's [0, 1] clamps act
+    # on normalised values (the release's order); False normalises after augmenting.
+    c.ssl.normalize_first = True
 
     c.expert = ml_collections.ConfigDict()
     c.expert.epochs = 4000  # one batch of the whole chunk per epoch

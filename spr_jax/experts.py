@@ -17,15 +17,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from spr_jax import rng, steps
+from spr_jax import augment, rng, steps
 
 AXIS = "chunks"
 
 
-@functools.partial(jax.jit, static_argnames=("model", "epochs", "warmup_epochs", "color_jitter", "temperature",
+@functools.partial(jax.jit, static_argnames=("model", "epochs", "warmup_epochs", "views", "temperature",
                                              "on_epoch"))
 def train_expert(model: nn.Module, images_uint8, key, *, epochs: int, base_lr, warmup_epochs: int,
-                 color_jitter: bool = False, temperature: float = 0.5, on_epoch=None):
+                 views: augment.Views = augment.Views(), temperature: float = 0.5, on_epoch=None):
     """Trains a fresh expert on one chunk's images [D, H, W, C] (uint8), one batch of the chunk per epoch.
 
     The key (the chunk's `rng.chunk_key(seed, rng.EXPERT, c)`) splits into (init key, fit key).
@@ -34,7 +34,7 @@ def train_expert(model: nn.Module, images_uint8, key, *, epochs: int, base_lr, w
     init_key, fit_key = jax.random.split(key)
     state = steps.init_state(model, init_key, images_uint8.shape[1:])
     state, losses = steps.contrastive_fit(model, state, images_uint8, fit_key, epochs=epochs, base_lr=base_lr,
-                                          warmup_epochs=warmup_epochs, color_jitter=color_jitter,
+                                          warmup_epochs=warmup_epochs, views=views,
                                           temperature=temperature, on_epoch=on_epoch)
     features = steps.embed(model, state.params, state.batch_stats, images_uint8)
     return state, features, losses
@@ -44,7 +44,7 @@ PostFn = Callable[[jax.Array, jax.Array, Any], dict]
 
 
 def expert_phase(train_images, chunks, seed: int, *, model: nn.Module, epochs: int, base_lr: float,
-                 warmup_epochs: int, color_jitter: bool = False, group_size: int = 8,
+                 warmup_epochs: int, views: augment.Views = augment.Views(), group_size: int = 8,
                  temperature: float = 0.5, devices: Optional[Sequence[jax.Device]] = None,
                  post_fn: Optional[PostFn] = None, post_args: Any = None, keep_losses: bool = True,
                  chunk_ids=None, progress: bool = True) -> dict:
@@ -77,7 +77,7 @@ def expert_phase(train_images, chunks, seed: int, *, model: nn.Module, epochs: i
     devices = tuple(devices) if devices is not None else tuple(jax.local_devices())
     per_round = len(devices) * group_size
     rounds = math.ceil(num_chunks / per_round)
-    run_round, mesh = _round_fn(model, epochs, warmup_epochs, color_jitter, temperature, devices, post_fn,
+    run_round, mesh = _round_fn(model, epochs, warmup_epochs, views, temperature, devices, post_fn,
                                 keep_losses, bool(progress))
     replicated, split = NamedSharding(mesh, P()), NamedSharding(mesh, P(AXIS))
     if not isinstance(train_images, jax.Array):
@@ -113,7 +113,7 @@ def expert_phase(train_images, chunks, seed: int, *, model: nn.Module, epochs: i
 
 
 @functools.lru_cache(maxsize=16)
-def _round_fn(model, epochs, warmup_epochs, color_jitter, temperature, devices, post_fn, keep_losses,
+def _round_fn(model, epochs, warmup_epochs, views, temperature, devices, post_fn, keep_losses,
               report_epochs=False):
     """The compiled program of one round, cached so that repeated expert phases (other seeds, data or lr)
     with the same settings reuse it: (images, expert_key, base_lr, ids [R], idx [R, D], args) -> outputs."""
@@ -124,7 +124,7 @@ def _round_fn(model, epochs, warmup_epochs, color_jitter, temperature, devices, 
         key = jax.random.fold_in(expert_key, chunk_id)
         _, features, losses = train_expert(model, jnp.take(images, idx, axis=0), key, epochs=epochs,
                                            base_lr=base_lr, warmup_epochs=warmup_epochs,
-                                           color_jitter=color_jitter, temperature=temperature,
+                                           views=views, temperature=temperature,
                                            on_epoch=_epoch_done if report_epochs else None)
         out = {"features": features, "final_loss": losses[-1]}
         if keep_losses:

@@ -60,6 +60,15 @@ def normalize_input(x, input_norm: str):
     raise ValueError(f"input_norm={input_norm!r} is unknown; use '' or 'imagenet'")
 
 
+def denormalize_input(x, input_norm: str):
+    """The inverse of normalize_input (augmentations that run on normalised values hand pixels back)."""
+    if input_norm == "":
+        return x
+    if input_norm == "imagenet":
+        return x * jnp.asarray(IMAGENET_STD, x.dtype) + jnp.asarray(IMAGENET_MEAN, x.dtype)
+    raise ValueError(f"input_norm={input_norm!r} is unknown; use '' or 'imagenet'")
+
+
 class MLPEncoder(nn.Module):
     """Flatten, then Linear(in, 512)-ReLU-Linear(512, 512)-ReLU: 664,576 params for 784 inputs."""
     hidden: Sequence[int] = (512, 512)

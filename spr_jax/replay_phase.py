@@ -82,7 +82,7 @@ def self_replay(model, s: ReplaySettings, base, chunk_images, buffer, data: Trai
                 images, k = xs
                 if s.data_parallel > 1:  # GSPMD splits the batch; gradients and BatchNorm stats stay global
                     images = jax.lax.with_sharding_constraint(images, batch_sharding(s.data_parallel))
-                return steps.contrastive_step(model, base, images, k, lr, color_jitter=s.color_jitter,
+                return steps.contrastive_step(model, base, images, k, lr, views=s.views,
                                                temperature=s.temperature)
 
             base, losses = jax.lax.scan(step, base, (batches, jax.random.split(k_steps, batches_per_epoch)))

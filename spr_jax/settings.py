@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from spr_jax import buffers, filters, models, plugins
+from spr_jax import augment, buffers, filters, models, plugins
 from spr_jax.configlib import ConfigError
 
 # Built-in names of config.eval.loss -> import paths. A loss is fn(logits [B, K], labels [B]) -> scalar.
@@ -29,7 +29,7 @@ class ExpertSettings:
     epochs: int
     base_lr: float
     warmup_epochs: int
-    color_jitter: bool
+    views: augment.Views
     group_size: int
     temperature: float
 
@@ -53,7 +53,7 @@ class ReplaySettings(NamedTuple):
     base_lr: float
     warmup_epochs: int
     temperature: float
-    color_jitter: bool
+    views: augment.Views
     policy: buffers.BufferPolicy
     num_classes: int
     data_parallel: int = 1  # >1: split every self-replay batch over this many local devices
@@ -144,7 +144,7 @@ def build(config, *, image_shape, num_classes: int, chunk_size: int, data_parall
     model = models.SimCLRModel(encoder, int(config.model.proj_dim))
     _check_encoder(model, image_shape, config.model.encoder)
     classifier = models.Classifier(encoder, num_classes)
-    color_jitter = image_shape[-1] == 3  # colour jitter only for RGB (docs/algorithm.md section 4)
+    views = view_settings(config, channels=image_shape[-1])
 
     filter_fn = plugins.bind(p.filter, plugins.accepted_settings(p.filter, config.filter, exclude=("num_classes",)))
     filters.check(filter_fn, chunk_size=chunk_size, feature_dim=int(config.model.proj_dim), num_classes=num_classes)
@@ -152,7 +152,7 @@ def build(config, *, image_shape, num_classes: int, chunk_size: int, data_parall
     _check_loss(p.loss, num_classes, config.eval.loss)
 
     ssl = dict(base_lr=float(config.ssl.lr), warmup_epochs=int(config.ssl.warmup_epochs),
-               temperature=float(config.ssl.temperature), color_jitter=color_jitter)
+               temperature=float(config.ssl.temperature), views=views)
     return RunSettings(
         seed=int(config.seed), buffer_size=int(config.buffer.size), model=model,
         expert=ExpertSettings(model=model, epochs=int(config.expert.epochs), group_size=int(config.expert.group_size),
@@ -166,6 +166,18 @@ def build(config, *, image_shape, num_classes: int, chunk_size: int, data_parall
                           decay=float(config.eval.decay), clip=float(config.eval.clip),
                           test_batch_size=int(config.eval.test_batch_size), loss=p.loss),
         identities=p.identities)
+
+
+def view_settings(config, channels: int) -> augment.Views:
+    """How the SimCLR views are made: colour jitter only for RGB (docs/algorithm.md section 4), the
+    augmentation semantics, where the input normalisation happens, how the views are forwarded."""
+    if config.ssl.augment not in augment.SEMANTICS:
+        raise ConfigError(f"config.ssl.augment={config.ssl.augment!r} is unknown; use one of {augment.SEMANTICS}")
+    if config.ssl.view_batches not in ("separate", "joint"):
+        raise ConfigError(f"config.ssl.view_batches={config.ssl.view_batches!r}; use 'separate' or 'joint'")
+    return augment.Views(color_jitter=channels == 3, semantics=config.ssl.augment,
+                         normalize_first=config.model.input_norm if config.ssl.normalize_first else "",
+                         separate_batches=config.ssl.view_batches == "separate")
 
 
 def _first_line(e: Exception) -> str:

@@ -38,45 +38,54 @@ def _init_state(model: nn.Module, key, input_shape) -> TrainState:
                              batch_stats=variables.get("batch_stats", {}))
 
 
-def contrastive_loss(model: nn.Module, params, batch_stats, x, temperature: float = 0.5):
-    """NT-Xent of the 2B views x (rows b and B + b are one image), forwarded together in BN train mode.
+def contrastive_loss(model: nn.Module, params, batch_stats, x, temperature: float = 0.5,
+                     separate_batches: bool = True):
+    """NT-Xent of the 2B views x (rows b and B + b are one image) in BN train mode. Returns (loss, new
+    batch_stats).
 
-    Returns (loss, new batch_stats).
+    separate_batches (the release): the two views are forwarded as two batches of B, so BatchNorm
+    normalises each view with its own statistics and updates its running statistics twice (view a, then
+    view b). Otherwise one batch of 2B. A model without BatchNorm gives the same numbers either way and is
+    forwarded in one batch.
     """
-    if batch_stats:
-        (_, z), updates = model.apply(_variables(params, batch_stats), x, train=True, mutable=["batch_stats"])
-        batch_stats = updates["batch_stats"]
-    else:
-        _, z = model.apply(_variables(params, batch_stats), x, train=True)
     b = x.shape[0] // 2
-    return losses.nt_xent(z[:b], z[b:], temperature), batch_stats
+    if not batch_stats:
+        _, z = model.apply(_variables(params, batch_stats), x, train=True)
+        return losses.nt_xent(z[:b], z[b:], temperature), batch_stats
+    if separate_batches:
+        (_, z_a), updates = model.apply(_variables(params, batch_stats), x[:b], train=True, mutable=["batch_stats"])
+        (_, z_b), updates = model.apply(_variables(params, updates["batch_stats"]), x[b:], train=True,
+                                        mutable=["batch_stats"])
+        return losses.nt_xent(z_a, z_b, temperature), updates["batch_stats"]
+    (_, z), updates = model.apply(_variables(params, batch_stats), x, train=True, mutable=["batch_stats"])
+    return losses.nt_xent(z[:b], z[b:], temperature), updates["batch_stats"]
 
 
-def contrastive_update(model: nn.Module, state: TrainState, x, lr, temperature: float = 0.5):
+def contrastive_update(model: nn.Module, state: TrainState, x, lr, temperature: float = 0.5,
+                       separate_batches: bool = True):
     """One Adam step on the NT-Xent of already augmented views x [2B, H, W, C]."""
     def loss_fn(params):
-        return contrastive_loss(model, params, state.batch_stats, x, temperature)
+        return contrastive_loss(model, params, state.batch_stats, x, temperature, separate_batches)
 
     (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     state = state.replace(opt_state=optim.with_lr(state.opt_state, lr))
     return state.apply_gradients(grads=grads, batch_stats=batch_stats), loss
 
 
-@functools.partial(jax.jit, static_argnames=("model", "color_jitter", "temperature"), donate_argnames=("state",))
-def contrastive_step(model: nn.Module, state: TrainState, images_uint8, key, lr, *, color_jitter: bool = False,
-                     temperature: float = 0.5):
-    """Two views of the batch images_uint8 [B, H, W, C], forwarded as one batch of 2B, NT-Xent, Adam step.
-
-    Returns (state, loss).
+@functools.partial(jax.jit, static_argnames=("model", "views", "temperature"), donate_argnames=("state",))
+def contrastive_step(model: nn.Module, state: TrainState, images_uint8, key, lr, *,
+                     views: augment.Views = augment.Views(), temperature: float = 0.5):
+    """Two views of the batch images_uint8 [B, H, W, C] (made and forwarded as `views` says), NT-Xent, Adam
+    step. Returns (state, loss).
     """
-    x = augment.views(key, images_uint8, color_jitter=color_jitter)
-    return contrastive_update(model, state, x, lr, temperature)
+    x = augment.views(key, images_uint8, spec=views)
+    return contrastive_update(model, state, x, lr, temperature, views.separate_batches)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "epochs", "warmup_epochs", "color_jitter", "temperature",
+@functools.partial(jax.jit, static_argnames=("model", "epochs", "warmup_epochs", "views", "temperature",
                                              "on_epoch"), donate_argnames=("state",))
 def contrastive_fit(model: nn.Module, state: TrainState, images_uint8, key, *, epochs: int, base_lr,
-                    warmup_epochs: int, color_jitter: bool = False, temperature: float = 0.5,
+                    warmup_epochs: int, views: augment.Views = augment.Views(), temperature: float = 0.5,
                     call_index=0, on_epoch=None):
     """`epochs` epochs of one batch of the whole set images_uint8 (the expert's regime), in one lax.scan.
 
@@ -88,8 +97,8 @@ def contrastive_fit(model: nn.Module, state: TrainState, images_uint8, key, *, e
         if on_epoch is not None:
             jax.debug.callback(on_epoch, e)
         lr = optim.ssl_lr(base_lr, epochs, warmup_epochs, call_index, e)
-        x = augment.views(jax.random.fold_in(key, e), images_uint8, color_jitter=color_jitter)
-        return contrastive_update(model, state, x, lr, temperature)
+        x = augment.views(jax.random.fold_in(key, e), images_uint8, spec=views)
+        return contrastive_update(model, state, x, lr, temperature, views.separate_batches)
 
     return jax.lax.scan(epoch, state, jnp.arange(epochs, dtype=jnp.int32))
 

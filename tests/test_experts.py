@@ -102,11 +102,12 @@ def test_expert_settings_from_config():
     c = configlib.cifar10_base()
     s = settings.build(c, image_shape=(32, 32, 3), num_classes=10, chunk_size=500)
     kw = s.expert.phase_kwargs()
-    assert kw["color_jitter"] and kw["epochs"] == 4000 and kw["warmup_epochs"] == 11 and kw["group_size"] == 2
+    assert kw["views"].color_jitter and kw["epochs"] == 4000 and kw["warmup_epochs"] == 11 and kw["group_size"] == 2
     assert isinstance(kw["model"].encoder, models.ResNet18) and kw["base_lr"] == pytest.approx(3e-4)
-    assert s.replay.color_jitter and s.eval.classifier.encoder == kw["model"].encoder
+    assert s.replay.views.color_jitter and s.eval.classifier.encoder == kw["model"].encoder
     grey = settings.build(configlib.base_config(), image_shape=(28, 28, 1), num_classes=10, chunk_size=300)
-    assert not grey.expert.color_jitter and not grey.replay.color_jitter
+    assert not grey.expert.views.color_jitter and not grey.replay.views.color_jitter
+    assert s.expert.views.semantics == "release" and s.expert.views.separate_batches
 
 
 def test_a_chunk_recomputed_alone_equals_its_row(one_device):

@@ -124,7 +124,8 @@ def _images(shape, seed=0):
     return jnp.asarray(np.random.RandomState(seed).randint(0, 256, shape), jnp.uint8)
 
 
-_views = jax.jit(augment.views, static_argnames=("color_jitter",))
+_views = jax.jit(augment.views, static_argnames=("color_jitter", "spec"))
+TV = "torchvision"
 
 
 def test_views_shape_range_and_keys():
@@ -146,33 +147,35 @@ def _u(area, ratio, flip, top=0.0, left=0.0):
     return jnp.asarray(u)
 
 
-def test_crop_full_image_is_identity_and_flip_reverses():
+@pytest.mark.parametrize("semantics", ["torchvision", "release"])
+def test_crop_full_image_is_identity_and_flip_reverses(semantics):
     img = _images((9, 7, 2)).astype(jnp.float32) / 255
-    ident = augment.resized_crop_flip(_u(1.0, 0.5, 0.9), img)  # area 1, aspect 1 on a 9x7 image: invalid ...
-    # ... (w = h = 8 > 7), so every candidate fails and torchvision's fallback (whole image, in ratio) is used.
+    # Area 1, aspect 1 on a 9x7 image: invalid (w = h = 8 > 7; truncated, 7 is not smaller than 7), so every
+    # candidate fails and the centre-crop fallback (whole image, in ratio) is used.
+    ident = augment.resized_crop_flip(_u(1.0, 0.5, 0.9), img, semantics)
     np.testing.assert_allclose(ident, img, atol=1e-6)
-    np.testing.assert_allclose(augment.resized_crop_flip(_u(1.0, 0.5, 0.1), img), img[:, ::-1], atol=1e-6)
-    top, left, h, w = augment.crop_params(_u(1.0, 0.5, 0.9), 9, 7)
+    np.testing.assert_allclose(augment.resized_crop_flip(_u(1.0, 0.5, 0.1), img, semantics), img[:, ::-1], atol=1e-6)
+    top, left, h, w = augment.crop_params(_u(1.0, 0.5, 0.9), 9, 7, semantics=semantics)
     assert (int(top), int(left), int(h), int(w)) == augment._centre_crop(9, 7) == (0, 0, 9, 7)
 
 
 def test_crop_params_are_valid_and_first_valid_candidate_wins():
     u = jax.random.uniform(jax.random.PRNGKey(0), (500, augment.NUM_UNIFORMS))
-    top, left, h, w = jax.vmap(lambda u: augment.crop_params(u, 28, 20))(u)
+    top, left, h, w = jax.vmap(lambda u: augment.crop_params(u, 28, 20, semantics=TV))(u)
     assert np.all(top >= 0) and np.all(left >= 0) and np.all(top + h <= 28) and np.all(left + w <= 20)
     assert np.all(h >= 1) and np.all(w >= 1)
     # candidate 0 invalid (too wide), candidate 1 valid: the crop is candidate 1's.
     area = np.full(augment.ATTEMPTS, 0.5, np.float32); area[0] = 1.0
     ratio = np.full(augment.ATTEMPTS, 0.5, np.float32); ratio[0] = 1.0
     uu = _u(area, ratio, 0.9, top=0.0, left=0.0)
-    _, _, h1, w1 = augment.crop_params(uu, 28, 20)
+    _, _, h1, w1 = augment.crop_params(uu, 28, 20, semantics=TV)
     side = round(math.sqrt(28 * 20 * (0.08 + 0.92 * 0.5)))
     assert (int(h1), int(w1)) == (side, side)
 
 
 def test_upsampling_interpolation_matches_torch_rule():
     # A 2-pixel crop resized to 4 pixels with align_corners=False: sources -0.25->0, 0.25, 0.75, 1.25->1.
-    lo, hi, frac = augment.interp_taps(jnp.int32(3), jnp.int32(2), 4)
+    lo, hi, frac = augment.interp_taps(jnp.int32(3), jnp.int32(2), 4, TV)
     row = np.asarray([0, 0, 0, 10.0, 20.0, 0])
     out = (1 - np.asarray(frac)) * row[np.asarray(lo)] + np.asarray(frac) * row[np.asarray(hi)]
     np.testing.assert_allclose(out, [10.0, 12.5, 17.5, 20.0], rtol=1e-6)
@@ -180,8 +183,8 @@ def test_upsampling_interpolation_matches_torch_rule():
 
 def test_colour_jitter_only_with_flag_and_rgb():
     x = _images((8, 10, 10, 3))
-    plain = _views(jax.random.PRNGKey(3), x, color_jitter=False)
-    jit = _views(jax.random.PRNGKey(3), x, color_jitter=True)
+    plain = _views(jax.random.PRNGKey(3), x, spec=augment.Views(False, TV))
+    jit = _views(jax.random.PRNGKey(3), x, spec=augment.Views(True, TV))
     assert float(jit.min()) >= 0.0 and float(jit.max()) <= 1.0
     changed = np.abs(np.asarray(jit) - np.asarray(plain)).reshape(16, -1).max(1) > 1e-4
     assert 0 < changed.sum() < 16  # RandomApply p=0.5: some views jittered, some not
@@ -196,7 +199,7 @@ def test_colour_ops_match_definitions():
     want = np.array([colorsys.rgb_to_hsv(*p) for p in px])
     np.testing.assert_allclose(np.stack([h, s, v], 1), want, atol=1e-5)
     np.testing.assert_allclose(augment.hsv_to_rgb(h, s, v), px, atol=1e-5)
-    shifted = np.asarray(augment.adjust_hue(jnp.asarray(px), 0.1))
+    shifted = np.asarray(augment.adjust_hue(jnp.asarray(px), 0.1))  # torchvision's ops
     want = np.array([colorsys.hsv_to_rgb((a + 0.1) % 1.0, b, c) for a, b, c in want])
     np.testing.assert_allclose(shifted, want, atol=1e-5)
     img = jnp.asarray(rs.rand(4, 4, 3).astype(np.float32))
