@@ -8,11 +8,16 @@ import ml_collections
 from spr_jax.errors import UserError
 
 MNIST_EPISODES = ((7, 6), (2, 3), (0, 1), (5, 9), (8, 4))
+PRECISIONS = ("highest", "default", "bfloat16")
 
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
+    # Matmul precision of the SimCLR steps (experts and base): highest (float32, the default) | default (the
+    # backend's: TF32 on recent GPUs) | bfloat16. The filter always runs at full precision. CPUs compute
+    # float32 whatever this says.
+    c.precision = "highest"
 
     c.dataset = ml_collections.ConfigDict()
     c.dataset.name = "mnist"  # see spr_jax.data.sources.DATASETS
@@ -55,7 +60,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.expert = ml_collections.ConfigDict()
     c.expert.epochs = 4000  # one batch of the whole chunk per epoch
-    c.expert.group_size = 8  # chunks trained together under vmap on one device (bounds memory)
+    # Chunks trained together under vmap on one device (memory grows with it); 0 = chosen for the backend
+    # (1 on a CPU, where larger groups are slower; on a GPU/TPU as many as half its memory holds).
+    c.expert.group_size = 8
 
     c.base = ml_collections.ConfigDict()
     c.base.epochs = 3000
@@ -92,6 +99,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.cache = ml_collections.ConfigDict()
     c.cache.dir = ""  # expert cache folder; "" = WORKDIR/expert_cache
+    # JAX's persistent compilation cache (compiled programs reused by later runs); "" switches it off.
+    c.cache.compile_dir = "~/.cache/spr_jax/xla"
     return c
 
 
@@ -115,7 +124,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     need(c.buffer.size >= 1, "config.buffer.size (P) must be >= 1")
     need(c.base.batch_size >= 2, "config.base.batch_size (B) must be >= 2")
     need(c.expert.epochs >= 1 and c.base.epochs >= 1, "expert.epochs and base.epochs must be >= 1")
-    need(c.expert.group_size >= 1, "config.expert.group_size must be >= 1")
+    need(c.expert.group_size >= 0, "config.expert.group_size must be >= 1, or 0 to choose it for the backend")
+    need(c.precision in PRECISIONS, f"config.precision={c.precision!r} is unknown; use one of {PRECISIONS}")
     need(c.eval.epochs >= 1, f"config.eval.epochs={c.eval.epochs}: the classifier must be fine-tuned on the buffer "
          f"for at least 1 epoch (the published setting is 50)")
     need(c.eval.batch_size >= 1 and c.eval.test_batch_size >= 1, "config.eval.batch_size and test_batch_size must be >= 1")

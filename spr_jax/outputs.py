@@ -58,7 +58,8 @@ def chunk_record(c, task, m, known) -> dict:
     }
 
 
-def summary(log: MetricsLog, *, num_chunks, method, seed, dataset, noise, walls, stream_clean_share=None) -> dict:
+def summary(log: MetricsLog, *, num_chunks, method, seed, dataset, noise, walls, stream_clean_share=None,
+            compile_s=None) -> dict:
     matrix = [r["task_accuracy"] for r in log.evals]
     return {
         "final_accuracy": log.evals[-1]["accuracy"],
@@ -76,6 +77,7 @@ def summary(log: MetricsLog, *, num_chunks, method, seed, dataset, noise, walls,
         "dataset": dataset,
         "noise": noise,
         "wall_time_s": {k: round(v, 3) for k, v in walls.items()},
+        "compile_s": None if compile_s is None else round(compile_s, 3),  # tracing + compiling, within the walls
         "device": jax.devices()[0].device_kind,
     }
 

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 import spr_jax
 from spr_jax import checkpoint
+from spr_jax import compilation
 from spr_jax import configlib
 from spr_jax import evaluate
 from spr_jax import expert_phase
@@ -55,7 +56,7 @@ def expert_inputs(config, prepared) -> dict:
         stream={"chunk_size": prepared.stream.chunk_size, "batch": int(config.stream.batch),
                 "episodes": [list(map(int, t)) for t in prepared.episodes]},
         expert={"model": config.model.to_dict(), "ssl": config.ssl.to_dict(), "epochs": int(config.expert.epochs),
-                "filter": config.filter.to_dict()})
+                "filter": config.filter.to_dict(), "precision": config.precision})
 
 
 def data_parallel_devices(config) -> int:
@@ -112,11 +113,13 @@ def fill_expert_cache(config, workdir: str, progress: bool = True) -> dict:
     """--mode=experts: only the expert phase (experts + filter for every chunk), written to the cache so
     that later runs with the same data, noise, seed, expert settings and filter skip it."""
     t0 = time.time()
+    compilation.use_persistent_cache(config.cache.compile_dir)
     prepared, s = prepare(config)
     os.makedirs(workdir, exist_ok=True)
     folder = expert_phase.cache_dir(config.cache.dir, workdir)
-    out = expert_phase.run(s, expert_inputs(config, prepared), prepared, jnp.asarray(prepared.dataset.train.images),
-                           folder, progress)
+    with settings_lib.matmul_precision(s):
+        out = expert_phase.run(s, expert_inputs(config, prepared), prepared,
+                               jnp.asarray(prepared.dataset.train.images), folder, progress)
     info = {"chunks": prepared.stream.num_chunks, "cache_hits": out["cache_hits"], "trained": out["trained"],
             "cache_dir": folder, "wall_time_s": round(time.time() - t0, 3)}
     if progress:
@@ -152,7 +155,14 @@ def finished_summary(workdir: str, ckpt, num_chunks: int):
 def run(config, workdir: str, progress: bool = True, redo: bool = False) -> dict:
     """The whole run. Nothing is written before the config, the plug-ins, the data and the workdir's
     checkpoints have been checked; a finished run is reported and left as it is (redo=True runs it again
-    from scratch, keeping the expert cache)."""
+    from scratch, keeping the expert cache). summary.json's compile_s is the time spent tracing and
+    compiling (JAX's persistent cache, config.cache.compile_dir, saves most of it on a later run)."""
+    compilation.use_persistent_cache(config.cache.compile_dir)
+    with compilation.compile_timer() as compiled:
+        return _run(config, workdir, progress, redo, compiled)
+
+
+def _run(config, workdir, progress, redo, compiled) -> dict:
     walls = {}
     t0 = time.time()
     prepared, s = prepare(config)
@@ -184,8 +194,9 @@ def run(config, workdir: str, progress: bool = True, redo: bool = False) -> dict
     walls["prepare_s"] = time.time() - t0
 
     t0 = time.time()
-    out = expert_phase.run(s, expert_inputs(config, prepared), prepared, data.images,
-                           expert_phase.cache_dir(config.cache.dir, workdir), progress)
+    with settings_lib.matmul_precision(s):
+        out = expert_phase.run(s, expert_inputs(config, prepared), prepared, data.images,
+                               expert_phase.cache_dir(config.cache.dir, workdir), progress)
     clean_p, keep = out["clean_p"], out["keep"]
     if progress and out["cache_hits"]:
         print(f"expert cache: {out['cache_hits']} chunks reused, {out['trained']} trained")
@@ -236,7 +247,8 @@ def run(config, workdir: str, progress: bool = True, redo: bool = False) -> dict
             n = end - start
             xs = [np.concatenate([a[start:end], np.zeros((piece - n,) + a.shape[1:], a.dtype)])
                   for a in (stream.chunks, clean_p, keep)]
-            state, m = replay_phase.run_chunks(s.model, s.replay, state, data, *xs, np.arange(piece) < n)
+            with settings_lib.matmul_precision(s):
+                state, m = replay_phase.run_chunks(s.model, s.replay, state, data, *xs, np.arange(piece) < n)
             m = jax.tree.map(np.asarray, m)
             for j in range(n):
                 c = start + j
@@ -246,25 +258,29 @@ def run(config, workdir: str, progress: bool = True, redo: bool = False) -> dict
             if i + 1 < len(plan) and plan[i + 1][1] is None:
                 continue  # an evaluation follows at this chunk: checkpoint after it, with its record
         ckpt.save(int(state.chunk), state, {"chunks": log.chunks, "evals": log.evals,
-                                            "walls": _session_walls(walls, earlier, t0, eval_time, eval_before)})
+                                            "walls": _session_walls(walls, earlier, t0, eval_time, eval_before,
+                                                                    compiled)})
     bar.close()
     ckpt.close()
-    walls = _session_walls(walls, earlier, t0, eval_time, eval_before)
+    walls = _session_walls(walls, earlier, t0, eval_time, eval_before, compiled)
+    compile_s = walls.pop("compile_s")
 
     method = {"filter": config.filter.kind, "buffer_policy": config.buffer.policy,
               "encoder": config.model.encoder, "eval_loss": config.eval.loss}
     summary = outputs.summary(log, num_chunks=stream.num_chunks, method=method, seed=s.seed, dataset=ds.name,
                               noise={"kind": config.noise.kind, "rate": float(config.noise.rate)}, walls=walls,
                               stream_clean_share=None if stream_info["noise_rate_in_chunks"] is None
-                              else 1.0 - stream_info["noise_rate_in_chunks"])
+                              else 1.0 - stream_info["noise_rate_in_chunks"], compile_s=compile_s)
     outputs.write_summary(workdir, summary, prepared.episodes, progress)
     return summary
 
 
-def _session_walls(walls, earlier, replay_start, eval_time, eval_before) -> dict:
-    """Wall time per phase, added up over this session and the earlier sessions of a resumed run."""
+def _session_walls(walls, earlier, replay_start, eval_time, eval_before, compiled) -> dict:
+    """Wall time per phase (and compile time, spread over them), added up over this session and the earlier
+    sessions of a resumed run."""
     replay = time.time() - replay_start - (eval_time - eval_before)  # this session's replay, evaluations apart
     return {"prepare_s": earlier.get("prepare_s", 0.0) + walls["prepare_s"],
             "expert_phase_s": earlier.get("expert_phase_s", 0.0) + walls["expert_phase_s"],
             "replay_phase_s": earlier.get("replay_phase_s", 0.0) + replay,
-            "evaluation_s": eval_time}
+            "evaluation_s": eval_time,
+            "compile_s": earlier.get("compile_s", 0.0) + compiled["seconds"]}

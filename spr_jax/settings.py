@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from spr_jax import augment, buffers, filters, models, plugins
 from spr_jax.configlib import ConfigError
@@ -75,6 +76,7 @@ class EvalSettings:
 @dataclasses.dataclass(frozen=True)
 class RunSettings:
     seed: int
+    precision: str  # matmul precision of the SimCLR steps (see `matmul_precision`)
     buffer_size: int
     model: Any
     expert: ExpertSettings
@@ -154,8 +156,10 @@ def build(config, *, image_shape, num_classes: int, chunk_size: int, data_parall
     ssl = dict(base_lr=float(config.ssl.lr), warmup_epochs=int(config.ssl.warmup_epochs),
                temperature=float(config.ssl.temperature), views=views)
     return RunSettings(
-        seed=int(config.seed), buffer_size=int(config.buffer.size), model=model,
-        expert=ExpertSettings(model=model, epochs=int(config.expert.epochs), group_size=int(config.expert.group_size),
+        seed=int(config.seed), precision=config.precision, buffer_size=int(config.buffer.size), model=model,
+        expert=ExpertSettings(model=model, epochs=int(config.expert.epochs),
+                              group_size=expert_group_size(int(config.expert.group_size), model, image_shape,
+                                                           chunk_size),
                               **ssl),
         filter=FilterSettings(kind=config.filter.kind, fn=filter_fn, needs_features=filters.needs_features(p.filter),
                               num_classes=num_classes),
@@ -166,6 +170,31 @@ def build(config, *, image_shape, num_classes: int, chunk_size: int, data_parall
                           decay=float(config.eval.decay), clip=float(config.eval.clip),
                           test_batch_size=int(config.eval.test_batch_size), loss=p.loss),
         identities=p.identities)
+
+
+def expert_group_size(requested: int, model, image_shape, chunk_size: int, device=None) -> int:
+    """config.expert.group_size, or for 0 the backend's choice: 1 on a CPU (measured fastest there); on an
+    accelerator as many experts as half its memory holds by a rough estimate (parameters with Adam state
+    and gradients, plus every layer's activations of the 2D views kept for the backward pass)."""
+    if requested > 0:
+        return requested
+    device = device or jax.local_devices()[0]
+    if device.platform == "cpu":
+        return 1
+    stats = getattr(device, "memory_stats", lambda: None)() or {}
+    limit = stats.get("bytes_limit", 16 * 2 ** 30)
+    x = jax.ShapeDtypeStruct((2 * chunk_size,) + tuple(image_shape), jnp.float32)
+    variables = jax.eval_shape(lambda k, x: model.init(k, x, train=False), jax.random.PRNGKey(0), x)
+    params = models.param_count(variables)
+    # Activations: a generous 64 floats per input value of the 2D views (a deep net keeps several per pixel).
+    per_expert = 4 * (4 * params + 64 * int(np.prod(x.shape)))
+    return int(max(1, min(1024, (limit // 2) // per_expert)))
+
+
+def matmul_precision(s: RunSettings):
+    """Context for the SimCLR phases: jax's default matmul precision at the run's setting (part of jit's
+    cache key, so each setting compiles its own programs)."""
+    return jax.default_matmul_precision(None if s.precision == "default" else s.precision)
 
 
 def view_settings(config, channels: int) -> augment.Views:

@@ -117,3 +117,20 @@ def test_a_chunk_recomputed_alone_equals_its_row(one_device):
                                chunk_ids=[3], progress=False, **KW)
     np.testing.assert_allclose(out["features"][0], one_device["features"][3], rtol=1e-4, atol=1e-5)
     assert int(out["chunk"][0]) == 3 and out["features"].shape == (1, 16, 256)
+
+
+def test_group_size_zero_is_chosen_for_the_backend():
+    from spr_jax import settings
+    model = models.make_simclr("mlp")
+    assert settings.expert_group_size(5, model, (28, 28, 1), 300) == 5  # an explicit value is kept
+    assert settings.expert_group_size(0, model, (28, 28, 1), 300) == 1  # CPU: one expert at a time
+
+    class FakeGPU:
+        platform = "gpu"
+
+        def memory_stats(self):
+            return {"bytes_limit": 80 * 2 ** 30}
+
+    big = settings.expert_group_size(0, model, (28, 28, 1), 300, device=FakeGPU())
+    small = settings.expert_group_size(0, models.make_simclr("resnet18"), (32, 32, 3), 500, device=FakeGPU())
+    assert big > small >= 1 and big >= 32  # MLP experts are small: many fit an 80 GiB card

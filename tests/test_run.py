@@ -2,6 +2,7 @@
 expert phase computed ahead equal to experts computed inside the loop (the reference's order)."""
 import json
 import os
+import time
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +37,7 @@ def test_outputs_are_complete_and_finite(tiny_run):
     for r in chunks:
         assert np.isfinite(r["base_loss"])
         assert r["buffer_size"] <= config.buffer.size and sum(r["buffer_counts"]) == r["buffer_size"]
-    for key in ("average_accuracy", "forgetting", "wall_time_s"):
+    for key in ("average_accuracy", "forgetting", "wall_time_s", "compile_s"):
         assert key in summary
     assert os.path.exists(os.path.join(workdir, "summary.png"))
     # The synthetic classes are easy: the first task is learned, so the loop does train something.
@@ -47,7 +48,7 @@ def test_same_seed_same_summary(tiny_run, tmp_path):
     summary, _ = tiny_run
     again = run_loop.run(tiny_config(), str(tmp_path), progress=False)
     for s in (summary, again):
-        s.pop("wall_time_s")
+        s.pop("wall_time_s"), s.pop("compile_s")
     assert json.dumps(summary, sort_keys=True) == json.dumps(again, sort_keys=True)
 
 
@@ -112,7 +113,7 @@ def test_expert_phase_ahead_equals_experts_inside_the_loop(tmp_path):
 
 
 def _without_walls(summary):
-    return {k: v for k, v in summary.items() if k != "wall_time_s"}
+    return {k: v for k, v in summary.items() if k not in ("wall_time_s", "compile_s")}  # timings differ
 
 
 def test_a_killed_run_resumes_to_the_same_summary(tiny_run, tmp_path, monkeypatch):
@@ -126,13 +127,23 @@ def test_a_killed_run_resumes_to_the_same_summary(tiny_run, tmp_path, monkeypatc
             raise KeyboardInterrupt("killed")
         return real_run_chunks(*args, **kwargs)
 
+    real_phase = experts.expert_phase
+
+    def slow_phase(*args, **kwargs):  # the first session's experts take at least 3 s
+        time.sleep(3.0)
+        return real_phase(*args, **kwargs)
+
     monkeypatch.setattr(replay_phase, "run_chunks", dying)
+    monkeypatch.setattr(experts, "expert_phase", slow_phase)
     with pytest.raises(KeyboardInterrupt):
         run_loop.run(tiny_config(), str(tmp_path), progress=False)
     assert os.listdir(tmp_path / "checkpoints")
     monkeypatch.setattr(replay_phase, "run_chunks", real_run_chunks)
+    monkeypatch.setattr(experts, "expert_phase", real_phase)
     resumed = run_loop.run(tiny_config(), str(tmp_path), progress=False)
     assert _without_walls(resumed) == _without_walls(summary)
+    # The resumed session read its experts from the cache; the first session's expert time still counts.
+    assert resumed["wall_time_s"]["expert_phase_s"] >= 3.0
     lines = _lines(str(tmp_path))
     assert [r["chunk"] for r in lines if r["type"] == "chunk"] == list(range(summary["num_chunks"]))
 

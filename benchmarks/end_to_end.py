@@ -1,0 +1,117 @@
+"""A whole run, timed against its unavoidable work; prints one JSON object.
+
+    python benchmarks/end_to_end.py                                   # configs/fashion_mnist_cpu.py, seed 1, cold
+    python benchmarks/end_to_end.py --compile_cache=~/.cache/spr_jax/xla   # warm, once the cache holds the programs
+    python benchmarks/end_to_end.py --config=configs/digits.py --seed=0
+
+It runs the config in this process into a fresh workdir (cold: an empty compilation cache of its own), then,
+in the same process, times one SimCLR step of the run's model at the run's batch size (median of warm
+steps) and counts the SimCLR steps the run executed: expert steps (chunks trained x expert epochs, one
+batch of the whole chunk per epoch) and base steps (per chunk, epochs x batches: D // min(B, D) before
+the buffer is full, D // (B / 2) after). fraction_of_step_limit = steps x step time / wall time: how close
+the run comes to doing nothing but SimCLR steps at the measured speed.
+"""
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def load_config(path, seed, overrides):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.seed = seed
+    for item in overrides:
+        key, value = item.split("=", 1)
+        node = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = type(node[leaf])(value) if not isinstance(node[leaf], bool) else value == "True"
+    return config
+
+
+def count_steps(workdir, config) -> dict:
+    d, b = int(config.stream.delayed_buffer_size), int(config.base.batch_size)
+    chunks = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    chunks = [r for r in chunks if r["type"] == "chunk"]
+    base = sum(int(config.base.epochs) * (d // (b // 2) if r["replayed_buffer"] else d // min(b, d)) for r in chunks)
+    return {"expert_steps": len(chunks) * int(config.expert.epochs), "base_steps": base}
+
+
+def step_time(config, n_steps: int) -> dict:
+    """Median time of one jitted SimCLR step of the run's model, batch min(B, D), on the run's image shape."""
+    from spr_jax import run_loop, settings as settings_lib, steps
+    prepared, s = run_loop.prepare(config)
+    batch = min(int(config.base.batch_size), int(config.stream.delayed_buffer_size))
+    images = jnp.asarray(prepared.dataset.train.images[:batch])
+    state = steps.init_state(s.model, jax.random.PRNGKey(0), images.shape[1:])
+    lr = jnp.float32(3e-4)
+    with settings_lib.matmul_precision(s):
+        fn = steps.contrastive_step.lower(s.model, state, images, jax.random.PRNGKey(1), lr, views=s.replay.views,
+                                          temperature=s.replay.temperature).compile()
+    state, loss = fn(state, images, jax.random.PRNGKey(2), lr)
+    jax.block_until_ready(loss)
+    times = []
+    for i in range(n_steps):
+        t = time.perf_counter()
+        state, loss = fn(state, images, jax.random.PRNGKey(3 + i), lr)
+        jax.block_until_ready(loss)
+        times.append(time.perf_counter() - t)
+    return {"step_ms": float(np.median(times)) * 1e3, "step_min_ms": float(np.min(times)) * 1e3, "step_batch": batch}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="configs/fashion_mnist_cpu.py")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--workdir", default="", help="default: a fresh temporary folder")
+    p.add_argument("--compile_cache", default="", help="persistent compilation cache to use (default: a fresh, "
+                   "empty one: a cold start)")
+    p.add_argument("--steps", type=int, default=30, help="warm steps timed for the step time")
+    p.add_argument("--override", action="append", default=[], help="config field=value (repeatable)")
+    a = p.parse_args()
+
+    from spr_jax import run_loop
+    config = load_config(a.config, a.seed, a.override)
+    cold = not a.compile_cache
+    config.cache.compile_dir = os.path.expanduser(a.compile_cache) if a.compile_cache else tempfile.mkdtemp(
+        prefix="spr_jax_xla_")
+    workdir = a.workdir or tempfile.mkdtemp(prefix="spr_jax_e2e_")
+    load_before = os.getloadavg()[0]
+    t = time.perf_counter()
+    summary = run_loop.run(config, workdir, progress=False)
+    wall = time.perf_counter() - t
+    counts = count_steps(workdir, config)
+    timing = step_time(config, a.steps)
+    total = counts["expert_steps"] + counts["base_steps"]
+    dev = jax.devices()[0]
+    out = {
+        "config": a.config, "seed": a.seed, "overrides": a.override, "cold_compile_cache": cold,
+        "wall_s": wall, "wall_time_s": summary["wall_time_s"], "compile_s": summary.get("compile_s"),
+        **counts, "steps": total, **timing,
+        "step_limit_s": total * timing["step_ms"] / 1e3,
+        "fraction_of_step_limit": total * timing["step_ms"] / 1e3 / wall,
+        "final_accuracy": summary["final_accuracy"], "final_purity": summary["final_purity"],
+        "device": f"{dev.platform}:{dev.device_kind} x{jax.device_count()} "
+                  f"({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
+        "jax": jax.__version__, "load_avg_1min_before": load_before, "load_avg_1min_after": os.getloadavg()[0],
+        "workdir": workdir,
+    }
+    print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}))
+
+
+if __name__ == "__main__":
+    main()

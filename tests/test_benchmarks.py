@@ -1,0 +1,32 @@
+"""The benchmark scripts run (slow: on demand, `python -m pytest -m slow`), so they cannot rot."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+
+@pytest.mark.slow
+def test_device_suite_runs_reduced_on_a_cpu(tmp_path):
+    out = tmp_path / "suite.json"
+    r = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "device_suite.sh"), str(out), "--reduced"],
+                       capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.load(open(out))
+    assert res["reduced"] and res["mlp_step_ms"] > 0
+    assert set(res["experts"]) == {"1", "2"} and all(v["expert_epochs_per_s"] > 0 for v in res["experts"].values())
+    assert set(res["resnet18_step_ms"]) == {"separate", "joint"}
+    assert len(res["filter_ms"]) == 2 and res["projected_wall_s"]["mnist"]["total"] > 0
+
+
+@pytest.mark.slow
+def test_end_to_end_benchmark_runs_on_the_tiny_config():
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "end_to_end.py"), "--config=configs/tiny.py",
+                        "--seed=0", "--steps=3"], cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["steps"] == res["expert_steps"] + res["base_steps"] > 0
+    assert 0 < res["fraction_of_step_limit"] < 1 and res["compile_s"] > 0
