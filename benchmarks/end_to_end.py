@@ -86,9 +86,9 @@ def main():
 
     from spr_jax import run_loop
     config = load_config(a.config, a.seed, a.override)
-    cold = not a.compile_cache
     config.cache.compile_dir = os.path.expanduser(a.compile_cache) if a.compile_cache else tempfile.mkdtemp(
         prefix="spr_jax_xla_")
+    cold = not os.path.isdir(config.cache.compile_dir) or not os.listdir(config.cache.compile_dir)
     workdir = a.workdir or tempfile.mkdtemp(prefix="spr_jax_e2e_")
     load_before = os.getloadavg()[0]
     t = time.perf_counter()

@@ -94,6 +94,15 @@ def write_summary(workdir, summary_, episodes, progress=True) -> None:
         print(report(summary_))
 
 
+def eval_line(record) -> str:
+    """The progress line of one evaluation, saying what each accuracy covers."""
+    t = record["after_task"]
+    seen = record["task_accuracy"][:t + 1]
+    return (f"after task {t}: accuracy {100 * sum(seen) / len(seen):.1f}% on the tasks seen so far (mean over "
+            f"tasks 0-{t}), {100 * record['accuracy']:.1f}% on all test samples of the episodes' classes; "
+            f"buffer purity {pct(record['buffer_purity'])}")
+
+
 def pct(x):
     return "n/a" if x is None else f"{100 * x:.1f}%"
 

@@ -239,8 +239,7 @@ def _run(config, workdir, progress, redo, compiled) -> dict:
             eval_time += time.time() - te
             log.write(record)
             if progress:
-                bar.write(f"after task {task}: accuracy {100 * record['accuracy']:.2f}%, "
-                          f"buffer purity {outputs.pct(record['buffer_purity'])}")
+                bar.write(outputs.eval_line(record))
         else:
             if end <= done_chunks:
                 continue

@@ -13,7 +13,7 @@ from conftest import ROOT
 def test_device_suite_runs_reduced_on_a_cpu(tmp_path):
     out = tmp_path / "suite.json"
     r = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "device_suite.sh"), str(out), "--reduced"],
-                       capture_output=True, text=True, timeout=1200)
+                       capture_output=True, text=True, timeout=1200, env=dict(os.environ, PYTHON=sys.executable))
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.load(open(out))
     assert res["reduced"] and res["mlp_step_ms"] > 0

@@ -79,3 +79,10 @@ def test_plot_figure_contents(tmp_path, monkeypatch):
     title = fig._suptitle.get_text()
     assert all(s in title for s in ("SPR on fashion_mnist", "symmetric noise 40%", "seed 1", "60.9%", "87.7%"))
     plt.close(fig)
+
+
+def test_the_evaluation_line_says_what_each_accuracy_covers():
+    from spr_jax import outputs
+    record = {"after_task": 1, "task_accuracy": [1.0, 0.8, 0.0], "accuracy": 0.6, "buffer_purity": 0.9}
+    line = outputs.eval_line(record)
+    assert "90.0% on the tasks seen so far" in line and "60.0% on all test samples" in line and "90.0%" in line
