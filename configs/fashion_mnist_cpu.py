@@ -2,8 +2,8 @@
 training images per class (a 6,000-sample stream, 19 chunks of 300) and 50 expert and 50 base epochs.
 
     python launch.py --config=configs/fashion_mnist_cpu.py --workdir=workdirs/fmnist_cpu
-    python launch.py --config=configs/fashion_mnist_cpu.py --config.buffer.plain_replay=True \
-        --workdir=workdirs/fmnist_cpu_plain
+    python launch.py --config=configs/fashion_mnist_cpu.py --config.filter.kind=none \
+        --config.buffer.policy=class_balanced --workdir=workdirs/fmnist_cpu_plain       # plain replay
 """
 from spr_jax import configlib
 

@@ -8,8 +8,8 @@ A policy is a `BufferPolicy(init, offer, sample)` of pure functions, chosen by `
     keep); only kept ones may enter. Same tree structure and shapes in and out (it runs inside lax.scan).
   * sample(state, key, n) -> int32 [n] slots to replay (with replacement).
 Built-ins: `purified` (SPR's class-balanced buffer with lowest-clean_p eviction, below), `class_balanced`
-(the same admission with uniform eviction within the chosen class: plain replay's buffer) and
-`reservoir` (Vitter's algorithm R over every offered sample).
+(the same admission with uniform eviction within the chosen class: plain replay's buffer), `reservoir`
+(Vitter's algorithm R over every offered sample) and `gdumb` (GDumb's greedy class-balanced sampler).
 
 The purified buffer: a fixed-size, class-balanced reservoir as a pytree.
 
@@ -320,6 +320,43 @@ def reservoir_offer(state: ReservoirBuffer, key, c: Candidates) -> ReservoirBuff
 
 RESERVOIR = BufferPolicy(init=reservoir_init, offer=reservoir_offer, sample=sample_indices)
 
+
+def gdumb_offer(state: PurifiedBuffer, key, c: Candidates) -> PurifiedBuffer:
+    """GDumb's greedy class-balanced sampler (Prabhu et al., ECCV 2020) over the kept candidates in chunk order:
+    store while there is room; when full, a sample of class y enters only if y holds fewer than P / (classes
+    seen so far, y included) slots, replacing a uniformly drawn sample of the largest class (the lowest class
+    id among equally large ones). `offers` counts the samples seen per class, as in the purified buffer."""
+    k = num_classes(state)
+    size = capacity(state)
+    u = jax.random.uniform(key, c.index.shape, jnp.float32)
+
+    def one(s, x):
+        index, label, corrupt, clean_p, keep, u = x
+        label = jnp.clip(label, 0, k - 1)
+        offers = s.offers.at[label].add(keep.astype(jnp.int32))
+        counts = _counts(s.label, s.valid, k)
+        full = jnp.sum(counts) >= size
+        seen = jnp.sum(offers > 0)
+        room_for_class = counts[label] * seen < size  # counts[y] < P / seen, in integers
+        largest = jnp.argmax(counts).astype(jnp.int32)
+        in_largest = s.valid & (s.label == largest)
+        r = jnp.minimum(jnp.floor(u * counts[largest]).astype(jnp.int32), counts[largest] - 1)
+        slot = jnp.where(full, _nth_true(in_largest, r), jnp.argmax(~s.valid).astype(jnp.int32))
+        write = keep & (~full | room_for_class)
+        upd = lambda a, v: a.at[slot].set(jnp.where(write, v, a[slot]))
+        s = s.replace(index=upd(s.index, index), label=upd(s.label, label), corrupt=upd(s.corrupt, corrupt),
+                      clean_p=upd(s.clean_p, clean_p), valid=upd(s.valid, True), offers=offers,
+                      entered=upd(s.entered, s.entries), entries=s.entries + write.astype(jnp.int32))
+        return s, None
+
+    clean = jnp.nan_to_num(jnp.asarray(c.clean_p, jnp.float32), nan=0.0, posinf=1.0, neginf=0.0)
+    xs = (jnp.asarray(c.index, jnp.int32), jnp.asarray(c.label, jnp.int32), jnp.asarray(c.corrupt, bool), clean,
+          jnp.asarray(c.keep, bool), u)
+    return jax.lax.scan(one, state, xs)[0]
+
+
+GDUMB = BufferPolicy(init=init_buffer, offer=gdumb_offer, sample=sample_indices)
+
 # Built-in names of config.buffer.policy -> import paths (spr_jax.plugins resolves both the same way).
 POLICIES = {"purified": "spr_jax.buffers:PURIFIED", "class_balanced": "spr_jax.buffers:CLASS_BALANCED",
-            "reservoir": "spr_jax.buffers:RESERVOIR"}
+            "reservoir": "spr_jax.buffers:RESERVOIR", "gdumb": "spr_jax.buffers:GDUMB"}

@@ -21,7 +21,7 @@ from spr_jax import augment, buffers, filters, models, plugins
 from spr_jax.configlib import ConfigError
 
 # Built-in names of config.eval.loss -> import paths. A loss is fn(logits [B, K], labels [B]) -> scalar.
-EVAL_LOSSES = {"cross_entropy": "spr_jax.losses:cross_entropy"}
+EVAL_LOSSES = {"cross_entropy": "spr_jax.losses:cross_entropy", "sl": "spr_jax.losses:symmetric_cross_entropy"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +151,8 @@ def build(config, *, image_shape, num_classes: int, chunk_size: int, data_parall
     filter_fn = plugins.bind(p.filter, plugins.accepted_settings(p.filter, config.filter, exclude=("num_classes",)))
     filters.check(filter_fn, chunk_size=chunk_size, feature_dim=int(config.model.proj_dim), num_classes=num_classes)
     _check_policy(p.policy, int(config.buffer.size), num_classes, chunk_size, config.buffer.policy)
-    _check_loss(p.loss, num_classes, config.eval.loss)
+    loss = plugins.bind(p.loss, plugins.accepted_settings(p.loss, config.eval))
+    _check_loss(loss, num_classes, config.eval.loss)
 
     ssl = dict(base_lr=float(config.ssl.lr), warmup_epochs=int(config.ssl.warmup_epochs),
                temperature=float(config.ssl.temperature), views=views)
@@ -168,7 +169,7 @@ def build(config, *, image_shape, num_classes: int, chunk_size: int, data_parall
         eval=EvalSettings(classifier=classifier, epochs=int(config.eval.epochs), batch_size=int(config.eval.batch_size),
                           lr=float(config.eval.lr), decay_every=int(config.eval.decay_every),
                           decay=float(config.eval.decay), clip=float(config.eval.clip),
-                          test_batch_size=int(config.eval.test_batch_size), loss=p.loss),
+                          test_batch_size=int(config.eval.test_batch_size), loss=loss),
         identities=p.identities)
 
 

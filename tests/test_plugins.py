@@ -248,3 +248,44 @@ def test_knn_filter_keeps_samples_whose_neighbours_agree(monkeypatch):
     clean_p, keep = knn_filter.knn_agreement(None, jnp.asarray(features), jnp.asarray(labels), num_classes=2, k=5)
     assert not bool(keep[3]) and bool(np.delete(np.asarray(keep), 3).all())
     assert float(clean_p[3]) == 0.0 and float(clean_p[0]) == 1.0
+
+
+def test_gdumb_memory_stays_class_balanced_and_within_size_on_random_streams():
+    size, k, d = 24, 6, 30
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        state = buffers.GDUMB.init(size, k)
+        largest_when_full = size
+        for c in range(16):
+            classes_now = min(k, 1 + c // 2)  # classes arrive over time, as in a class-incremental stream
+            label = rng.integers(0, classes_now, d)
+            keep = rng.random(d) < 0.8
+            state = buffers.GDUMB.offer(state, jax.random.PRNGKey(100 * seed + c),
+                                        _cands(np.arange(c * d, (c + 1) * d), label, keep=keep))
+            counts = np.asarray(buffers.memory_counts(state, k))
+            seen = int((np.asarray(state.offers) > 0).sum())
+            assert counts.sum() <= size and int(state.valid.sum()) == counts.sum()
+            assert seen <= min(k, 1 + c // 2)
+            if counts.sum() == size:  # full: the largest class never grows (it gives way to smaller ones)
+                assert counts.max() <= largest_when_full, (counts, largest_when_full)
+                largest_when_full = counts.max()
+        # Every class offered often enough: balanced to within a sample or two.
+        assert counts.sum() == size and counts.max() - counts.min() <= 2, counts
+        assert len(set(np.asarray(state.index)[np.asarray(state.valid)].tolist())) == size
+
+
+def test_sl_loss_matches_a_numpy_transcription():
+    from spr_jax import losses
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(7, 5)).astype(np.float32) * 3
+    labels = rng.integers(0, 5, 7)
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    ce = -np.log(p[np.arange(7), labels]).mean()
+    q = np.eye(5)[labels]
+    log_q = np.where(q > 0, 0.0, -4.0)  # log 0 taken as A = -4
+    rce = -(p * log_q).sum(1).mean()
+    for alpha, beta in [(0.1, 1.0), (1.0, 0.5)]:
+        got = losses.symmetric_cross_entropy(jnp.asarray(logits), jnp.asarray(labels), sl_alpha=alpha, sl_beta=beta)
+        np.testing.assert_allclose(got, alpha * ce + beta * rce, rtol=1e-5)
+    assert plugins.resolve("sl", settings.EVAL_LOSSES, "config.eval.loss") is losses.symmetric_cross_entropy
