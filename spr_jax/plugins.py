@@ -13,8 +13,8 @@ the same way, by importing the module and reading the attribute at resolution ti
 is always the one the module holds now (a monkeypatched one too).
 
 Extra settings: a plug-in's keyword parameters are filled from its own config block (`config.filter` for
-filters, `config.model` for encoders) by name, when the block has a field of that name; the others keep
-their defaults. So `def knn(key, features, labels, *, num_classes, k=10)` reads `config.filter.k` if a
+filters, `config.model` for encoders, `config.eval` for losses) by name, when the block has a field of that
+name; the others keep their defaults. So `def knn(key, features, labels, *, num_classes, k=10)` reads `config.filter.k` if a
 config defines it.
 
 Identity: `identity(kind, obj)` is {"kind", "object", "source_sha256"}; the expert cache key and the
