@@ -65,7 +65,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.expert.group_size = 8
 
     c.base = ml_collections.ConfigDict()
-    c.base.epochs = 3000
+    c.base.epochs = 3000  # self-replay epochs per chunk; 0 = no self-supervised base (a memory-only learner)
     c.base.batch_size = 300  # B
     c.base.data_parallel = False  # split self-replay batches over local devices
 
@@ -123,7 +123,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     need(c.stream.delayed_buffer_size >= 2, "config.stream.delayed_buffer_size (D) must be >= 2")
     need(c.buffer.size >= 1, "config.buffer.size (P) must be >= 1")
     need(c.base.batch_size >= 2, "config.base.batch_size (B) must be >= 2")
-    need(c.expert.epochs >= 1 and c.base.epochs >= 1, "expert.epochs and base.epochs must be >= 1")
+    need(c.expert.epochs >= 1, "config.expert.epochs must be >= 1")
+    need(c.base.epochs >= 0, "config.base.epochs must be >= 0 (0: the base is never trained, e.g. GDumb)")
     need(c.expert.group_size >= 0, "config.expert.group_size must be >= 1, or 0 to choose it for the backend")
     need(c.precision in PRECISIONS, f"config.precision={c.precision!r} is unknown; use one of {PRECISIONS}")
     need(c.eval.epochs >= 1, f"config.eval.epochs={c.eval.epochs}: the classifier must be fine-tuned on the buffer "

@@ -47,7 +47,8 @@ def chunk_record(c, task, m, known) -> dict:
     kept, kept_clean, clean = int(m["kept"]), int(m["kept_clean"]), int(m["clean"])
     precision, recall = metrics_lib.precision_recall_from_counts(kept, kept_clean, clean)
     return {
-        "type": "chunk", "chunk": c, "task": task, "base_loss": float(m["base_loss"]),
+        "type": "chunk", "chunk": c, "task": task,
+        "base_loss": float(m["base_loss"]) if np.isfinite(m["base_loss"]) else None,  # None: base not trained
         "replayed_buffer": bool(m["replayed_buffer"]),  # batches were half chunk, half buffer
         "kept": kept,
         "filter_precision": precision if known else None,
@@ -108,9 +109,13 @@ def pct(x):
 
 
 def method_name(method: dict) -> str:
-    """'SPR' for SPR's own composition, else the plug-ins that differ from it."""
+    """'SPR' for SPR's own composition, else the plug-ins that differ from it; a run whose base is never
+    trained (self_supervised_base False: a memory-only learner such as GDumb) is not called SPR."""
     spr = {"filter": "centrality", "buffer_policy": "purified", "encoder": None, "eval_loss": "cross_entropy"}
     parts = [f"{k}={v}" for k, v in method.items() if k in spr and spr[k] is not None and v != spr[k]]
+    if not method.get("self_supervised_base", True):
+        return "memory-only learner (no self-supervised base): " + ", ".join(
+            f"{k}={method[k]}" for k in ("filter", "buffer_policy", "eval_loss") if k in method)
     return "SPR" if not parts else "SPR with " + ", ".join(parts)
 
 

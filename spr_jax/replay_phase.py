@@ -68,9 +68,13 @@ def _key(state: SPRState, purpose: int) -> jax.Array:
 def self_replay(model, s: ReplaySettings, base, chunk_images, buffer, data: TrainData, key, call_index):
     """base_epochs of contrastive training on the chunk (and the buffer once full).
 
-    Returns (base, loss of the last epoch, whether batches mixed in buffer samples).
+    Returns (base, loss of the last epoch, whether batches mixed in buffer samples). With base_epochs = 0 the
+    base is not trained at all (it keeps its random initialisation: a learner that trains only on the memory,
+    e.g. GDumb) and the loss is NaN, which the chunk's record turns into null.
     """
     d = chunk_images.shape[0]
+    if s.epochs == 0:
+        return base, jnp.float32(jnp.nan), buffers.memory_is_full(buffer)
 
     def run(base, batches_per_epoch, batch_fn):
         def epoch(base, e):

@@ -265,7 +265,8 @@ def _run(config, workdir, progress, redo, compiled) -> dict:
     compile_s = walls.pop("compile_s")
 
     method = {"filter": config.filter.kind, "buffer_policy": config.buffer.policy,
-              "encoder": config.model.encoder, "eval_loss": config.eval.loss}
+              "encoder": config.model.encoder, "eval_loss": config.eval.loss,
+              "self_supervised_base": int(config.base.epochs) > 0}
     summary = outputs.summary(log, num_chunks=stream.num_chunks, method=method, seed=s.seed, dataset=ds.name,
                               noise={"kind": config.noise.kind, "rate": float(config.noise.rate)}, walls=walls,
                               stream_clean_share=None if stream_info["noise_rate_in_chunks"] is None

@@ -234,7 +234,7 @@ def test_the_examples_run_on_the_tiny_config(tiny_config, tmp_path, monkeypatch)
     # FIFO: the buffer holds the 40 most recent kept samples: none of the first three tasks (classes 0-5).
     assert sum(summary["final_buffer_counts"][:6]) == 0 and sum(summary["final_buffer_counts"]) == 40
     assert summary["method"] == {"filter": "knn_filter:knn_agreement", "buffer_policy": "fifo_buffer:FIFO",
-                                 "encoder": "convnet", "eval_loss": "cross_entropy"}
+                                 "encoder": "convnet", "eval_loss": "cross_entropy", "self_supervised_base": True}
 
 
 def test_knn_filter_keeps_samples_whose_neighbours_agree(monkeypatch):
@@ -289,3 +289,14 @@ def test_sl_loss_matches_a_numpy_transcription():
         got = losses.symmetric_cross_entropy(jnp.asarray(logits), jnp.asarray(labels), sl_alpha=alpha, sl_beta=beta)
         np.testing.assert_allclose(got, alpha * ce + beta * rce, rtol=1e-5)
     assert plugins.resolve("sl", settings.EVAL_LOSSES, "config.eval.loss") is losses.symmetric_cross_entropy
+
+
+def test_gdumb_with_sl_runs_as_a_memory_only_learner(tiny_config, tmp_path):
+    from spr_jax import outputs
+    c = tiny_config
+    c.filter.kind, c.buffer.policy, c.base.epochs, c.eval.loss = "none", "gdumb", 0, "sl"
+    summary = run_loop.run(c, str(tmp_path), progress=False)
+    chunks = [x for x in _lines(tmp_path) if x["type"] == "chunk"]
+    assert all(x["base_loss"] is None for x in chunks)  # the base is never trained
+    assert not summary["method"]["self_supervised_base"] and summary["method"]["eval_loss"] == "sl"
+    assert "memory-only" in outputs.method_name(summary["method"]) and 0 <= summary["final_accuracy"] <= 1
