@@ -28,6 +28,7 @@ MODES = {
     "experts": "only the expert phase, filling the expert cache",
     "stream": "only build the noisy stream and summarise it (WORKDIR/stream.json)",
     "config": "print the resolved config with each field's meaning (needs no --workdir)",
+    "compare": "run (or reuse) --methods x --rates x --seeds and write compare.json, compare.md, compare.png",
 }
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file; override fields as --config.a.b=v.")
@@ -35,6 +36,10 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where outputs (stream.json, met
 _MODE = flags.DEFINE_enum("mode", "train", list(MODES), "; ".join(f"{k}: {v}" for k, v in MODES.items()))
 _REDO = flags.DEFINE_bool("redo", False, "Run again from scratch in a WORKDIR that holds a run (its checkpoints, "
                           "metrics and summary are replaced; the expert cache is kept).")
+_METHODS = flags.DEFINE_list("methods", [], "--mode=compare: methods to run (default: all; spr, plain_replay, "
+                             "gdumb_ce, gdumb_sl).")
+_RATES = flags.DEFINE_list("rates", [], "--mode=compare: noise rates (default: the config's).")
+_SEEDS = flags.DEFINE_list("seeds", [], "--mode=compare: seeds (default: the config's).")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Join a multi-host run, detected from the environment "
                                  "(TPU pods, SLURM, ...).")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", "", "host:port of process 0 of a multi-host run.")
@@ -65,7 +70,8 @@ def help_text() -> str:
     lines += [f"  {path:34s} {doc}" for path, doc in bundled_configs()]
     lines += ["", "modes (--mode):"] + [f"  {k:8s} {v}" for k, v in MODES.items()]
     lines += ["", "flags:"]
-    for flag in (_CONFIG, _WORKDIR, _MODE, _REDO, _DISTRIBUTED, _COORDINATOR, _NUM_PROCESSES, _PROCESS_ID):
+    for flag in (_CONFIG, _WORKDIR, _MODE, _REDO, _METHODS, _RATES, _SEEDS, _DISTRIBUTED, _COORDINATOR,
+                 _NUM_PROCESSES, _PROCESS_ID):
         lines.append(f"  --{flag.name}: {flags.FLAGS[flag.name].help}")
     lines += ["", "Every config field can be overridden: --config.FIELD=VALUE (see --mode=config for the fields)."]
     return "\n".join(lines)
@@ -209,6 +215,13 @@ def main(argv) -> int:
         run_loop.write_stream(config, _WORKDIR.value)
     elif _MODE.value == "experts":
         run_loop.fill_expert_cache(config, _WORKDIR.value)
+    elif _MODE.value == "compare":
+        from spr_jax import compare
+        try:
+            rates, seeds = [float(r) for r in _RATES.value], [int(x) for x in _SEEDS.value]
+        except ValueError as e:
+            raise LaunchError(f"--rates / --seeds: {e}", "e.g. --rates=0.2,0.4 --seeds=1,2,3") from e
+        compare.run(config, _WORKDIR.value, _METHODS.value, rates, seeds)
     else:
         run_loop.run(config, _WORKDIR.value, redo=_REDO.value)
     return 0

@@ -197,3 +197,25 @@ def test_redo_runs_a_finished_run_again(finished_run, tmp_path):
     assert r.returncode == 0 and "final accuracy" in r.stdout, r.stderr[-2000:]
     old, new = (json.load(open(p / "summary.json")) for p in (finished_run, work))
     assert new["accuracy_matrix"] == old["accuracy_matrix"] and new["wall_time_s"] != old["wall_time_s"]
+
+
+def test_compare_runs_every_method_reuses_finished_runs_and_agrees_with_them(tmp_path):
+    work = tmp_path / "cmp"
+    r = launch("--config=configs/tiny.py", "--mode=compare", f"--workdir={work}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    doc = json.load(open(work / "compare.json"))
+    from spr_jax import compare
+    assert [row["method"] for row in doc["runs"]] == list(compare.METHODS)
+    for row in doc["runs"]:
+        summary = json.load(open(work / row["method"] / f"rate_{row['noise_rate']}" / f"seed_{row['seed']}" /
+                                 "summary.json"))
+        assert row["final_accuracy"] == summary["final_accuracy"] and row["final_purity"] == summary["final_purity"]
+    md = (work / "compare.md").read_text()
+    assert all(f"| {m} | 0.4 | 1 |" in md for m in compare.METHODS) and (work / "compare.png").exists()
+    # Rerun: every run is finished, so nothing is trained again and the rows are the same.
+    before = digest(work / "spr")
+    again = launch("--config=configs/tiny.py", "--mode=compare", "--methods=spr,gdumb_sl", f"--workdir={work}")
+    assert again.returncode == 0 and digest(work / "spr") == before
+    assert [row["method"] for row in json.load(open(work / "compare.json"))["runs"]] == ["spr", "gdumb_sl"]
+    bad = launch("--config=configs/tiny.py", "--mode=compare", "--methods=spr,nope", f"--workdir={work}")
+    assert_one_line_error(bad, "unknown method 'nope'")
