@@ -286,6 +286,15 @@ class ReservoirBuffer:
     seen: jax.Array  # int32 (): samples offered so far
 
 
+def _scan_candidates(one, state, c: Candidates, u):
+    """lax.scan of one(state, (index, label, corrupt, clean_p, keep, u)) over a chunk's candidates in chunk
+    order (clean_p made finite, as in the purified buffer)."""
+    clean = jnp.nan_to_num(jnp.asarray(c.clean_p, jnp.float32), nan=0.0, posinf=1.0, neginf=0.0)
+    xs = (jnp.asarray(c.index, jnp.int32), jnp.asarray(c.label, jnp.int32), jnp.asarray(c.corrupt, bool), clean,
+          jnp.asarray(c.keep, bool), u)
+    return jax.lax.scan(one, state, xs)[0]
+
+
 def reservoir_init(size: int, num_classes: int) -> ReservoirBuffer:
     del num_classes
     b = init_buffer(size, 1)
@@ -312,10 +321,7 @@ def reservoir_offer(state: ReservoirBuffer, key, c: Candidates) -> ReservoirBuff
                       seen=s.seen + keep.astype(jnp.int32))
         return s, None
 
-    clean = jnp.nan_to_num(jnp.asarray(c.clean_p, jnp.float32), nan=0.0, posinf=1.0, neginf=0.0)
-    xs = (jnp.asarray(c.index, jnp.int32), jnp.asarray(c.label, jnp.int32), jnp.asarray(c.corrupt, bool), clean,
-          jnp.asarray(c.keep, bool), u)
-    return jax.lax.scan(one, state, xs)[0]
+    return _scan_candidates(one, state, c, u)
 
 
 RESERVOIR = BufferPolicy(init=reservoir_init, offer=reservoir_offer, sample=sample_indices)
@@ -349,10 +355,7 @@ def gdumb_offer(state: PurifiedBuffer, key, c: Candidates) -> PurifiedBuffer:
                       entered=upd(s.entered, s.entries), entries=s.entries + write.astype(jnp.int32))
         return s, None
 
-    clean = jnp.nan_to_num(jnp.asarray(c.clean_p, jnp.float32), nan=0.0, posinf=1.0, neginf=0.0)
-    xs = (jnp.asarray(c.index, jnp.int32), jnp.asarray(c.label, jnp.int32), jnp.asarray(c.corrupt, bool), clean,
-          jnp.asarray(c.keep, bool), u)
-    return jax.lax.scan(one, state, xs)[0]
+    return _scan_candidates(one, state, c, u)
 
 
 GDUMB = BufferPolicy(init=init_buffer, offer=gdumb_offer, sample=sample_indices)
