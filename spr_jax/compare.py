@@ -26,6 +26,13 @@ METHODS = {
                  "every evaluation, with SPR's fine-tuning recipe (our choice, not GDumb's)"),
     "gdumb_sl": ({"filter.kind": "none", "buffer.policy": "gdumb", "base.epochs": 0, "eval.loss": "sl"},
                  "as gdumb_ce with symmetric cross-entropy (alpha 0.1, beta 1, A = -4)"),
+    "finetune": ({"protocol": "online", "online.replay": False, "filter.kind": "none", "buffer.policy": "reservoir"},
+                 "lower bound: a classifier trained online on the stream (Adam 1e-3, batches of 10), no memory"),
+    "reservoir_ce": ({"protocol": "online", "filter.kind": "none", "buffer.policy": "reservoir"},
+                     "experience replay: each stream batch of 10 plus 10 from a reservoir memory of the buffer's "
+                     "size, cross-entropy, online (Adam 1e-3)"),
+    "reservoir_sl": ({"protocol": "online", "filter.kind": "none", "buffer.policy": "reservoir", "eval.loss": "sl"},
+                     "as reservoir_ce with symmetric cross-entropy"),
 }
 
 

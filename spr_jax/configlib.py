@@ -18,6 +18,9 @@ def base_config() -> ml_collections.ConfigDict:
     # backend's: TF32 on recent GPUs) | bfloat16. The filter always runs at full precision. CPUs compute
     # float32 whatever this says.
     c.precision = "highest"
+    # spr: a self-supervised base, fine-tuned on the buffer at each evaluation | online: a supervised
+    # classifier trained on the stream as it arrives (the continual-learning baselines; settings in c.online).
+    c.protocol = "spr"
 
     c.dataset = ml_collections.ConfigDict()
     c.dataset.name = "mnist"  # see spr_jax.data.sources.DATASETS
@@ -83,6 +86,12 @@ def base_config() -> ml_collections.ConfigDict:
     # Deprecated: True is filter.kind=none + buffer.policy=class_balanced (removed in the next release).
     c.buffer.plain_replay = False
 
+    c.online = ml_collections.ConfigDict()  # protocol=online only (our choices for the baselines)
+    c.online.lr = 1e-3  # Adam
+    c.online.replay = True  # experience replay from the buffer policy's memory; False: plain fine-tuning
+    c.online.stream_batch = 10  # samples per step, as the stream is read
+    c.online.replay_batch = 10  # memory samples added to each step
+
     c.eval = ml_collections.ConfigDict()
     c.eval.epochs = 50
     c.eval.batch_size = 16
@@ -126,6 +135,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     need(c.expert.epochs >= 1, "config.expert.epochs must be >= 1")
     need(c.base.epochs >= 0, "config.base.epochs must be >= 0 (0: the base is never trained, e.g. GDumb)")
     need(c.expert.group_size >= 0, "config.expert.group_size must be >= 1, or 0 to choose it for the backend")
+    need(c.protocol in ("spr", "online"), f"config.protocol={c.protocol!r} is unknown; use 'spr' or 'online'")
+    need(c.online.stream_batch >= 1 and c.online.replay_batch >= 1, "config.online batch sizes must be >= 1")
     need(c.precision in PRECISIONS, f"config.precision={c.precision!r} is unknown; use one of {PRECISIONS}")
     need(c.eval.epochs >= 1, f"config.eval.epochs={c.eval.epochs}: the classifier must be fine-tuned on the buffer "
          f"for at least 1 epoch (the published setting is 50)")

@@ -107,6 +107,14 @@ def evaluation_record(s: EvalSettings, *, base, buffer, train_images, test_image
     idx = np.asarray(buf.index)[valid]
     preds = evaluate(s, base, train_images[jnp.asarray(idx)], jnp.asarray(np.asarray(buf.label)[valid]),
                      test_images, key)
+    return record_from_predictions(preds, buf, test_labels=test_labels, episodes=episodes, num_classes=num_classes,
+                                   noise_known=noise_known, after_task=after_task, chunks_processed=chunks_processed)
+
+
+def record_from_predictions(preds, buf, *, test_labels, episodes, num_classes, noise_known, after_task,
+                            chunks_processed) -> dict:
+    """metrics.jsonl's evaluation record from test predictions and the buffer's contents (host arrays)."""
+    valid = np.asarray(buf.valid)
     return {
         "type": "eval", "after_task": after_task, "chunks_processed": chunks_processed,
         "accuracy": metrics_lib.overall_accuracy(preds, test_labels, episodes),

@@ -21,6 +21,7 @@ from spr_jax import compilation
 from spr_jax import configlib
 from spr_jax import evaluate
 from spr_jax import expert_phase
+from spr_jax import online
 from spr_jax import outputs
 from spr_jax import replay_phase
 from spr_jax import rng
@@ -206,9 +207,12 @@ def _run(config, workdir, progress, redo, compiled) -> dict:
     walls["expert_phase_s"] = time.time() - t0
 
     t0 = time.time()
-    state = replay_phase.init_state(s.model, s.seed, ds.train.images.shape[1:], s.buffer_size, prepared.num_classes,
-                                    s.replay.policy)
-    if s.replay.data_parallel > 1:
+    if s.online is not None:  # protocol=online: a supervised classifier trained on the stream
+        state = online.init_state(s.online, s.seed, ds.train.images.shape[1:], s.buffer_size)
+    else:
+        state = replay_phase.init_state(s.model, s.seed, ds.train.images.shape[1:], s.buffer_size,
+                                        prepared.num_classes, s.replay.policy)
+    if s.replay.data_parallel > 1 and s.online is None:
         state = replay_phase.replicate(state, s.replay.data_parallel)
         data = replay_phase.replicate(data, s.replay.data_parallel)
     piece = max(1, int(config.checkpoint.every_chunks))
@@ -231,11 +235,17 @@ def _run(config, workdir, progress, redo, compiled) -> dict:
             if task < len(log.evals):
                 continue
             te = time.time()
-            record = evaluate.evaluation_record(
-                s.eval, base=state.base, buffer=state.buffer, train_images=data.images, test_images=test_images,
-                test_labels=test_labels, episodes=prepared.episodes, num_classes=prepared.num_classes,
-                noise_known=noisy.known, key=rng.chunk_key(s.seed, rng.EVAL, task), after_task=task,
-                chunks_processed=int(state.chunk))
+            if s.online is not None:
+                record = online.evaluation_record(
+                    s.online, state, test_images=test_images, test_labels=test_labels, episodes=prepared.episodes,
+                    num_classes=prepared.num_classes, noise_known=noisy.known, after_task=task,
+                    test_batch_size=s.eval.test_batch_size)
+            else:
+                record = evaluate.evaluation_record(
+                    s.eval, base=state.base, buffer=state.buffer, train_images=data.images, test_images=test_images,
+                    test_labels=test_labels, episodes=prepared.episodes, num_classes=prepared.num_classes,
+                    noise_known=noisy.known, key=rng.chunk_key(s.seed, rng.EVAL, task), after_task=task,
+                    chunks_processed=int(state.chunk))
             eval_time += time.time() - te
             log.write(record)
             if progress:
@@ -247,7 +257,10 @@ def _run(config, workdir, progress, redo, compiled) -> dict:
             xs = [np.concatenate([a[start:end], np.zeros((piece - n,) + a.shape[1:], a.dtype)])
                   for a in (stream.chunks, clean_p, keep)]
             with settings_lib.matmul_precision(s):
-                state, m = replay_phase.run_chunks(s.model, s.replay, state, data, *xs, np.arange(piece) < n)
+                if s.online is not None:
+                    state, m = online.run_chunks(s.online, state, data, *xs, np.arange(piece) < n)
+                else:
+                    state, m = replay_phase.run_chunks(s.model, s.replay, state, data, *xs, np.arange(piece) < n)
             m = jax.tree.map(np.asarray, m)
             for j in range(n):
                 c = start + j
@@ -266,7 +279,8 @@ def _run(config, workdir, progress, redo, compiled) -> dict:
 
     method = {"filter": config.filter.kind, "buffer_policy": config.buffer.policy,
               "encoder": config.model.encoder, "eval_loss": config.eval.loss,
-              "self_supervised_base": int(config.base.epochs) > 0}
+              "self_supervised_base": config.protocol == "spr" and int(config.base.epochs) > 0,
+              "protocol": config.protocol}
     summary = outputs.summary(log, num_chunks=stream.num_chunks, method=method, seed=s.seed, dataset=ds.name,
                               noise={"kind": config.noise.kind, "rate": float(config.noise.rate)}, walls=walls,
                               stream_clean_share=None if stream_info["noise_rate_in_chunks"] is None

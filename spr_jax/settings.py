@@ -84,6 +84,7 @@ class RunSettings:
     replay: ReplaySettings
     eval: EvalSettings
     identities: dict  # plug-in identities (spr_jax.plugins.identity), for cache keys and fingerprints
+    online: Any = None  # online.OnlineSettings when config.protocol == "online"
 
 
 class Plugins(NamedTuple):
@@ -170,7 +171,20 @@ def build(config, *, image_shape, num_classes: int, chunk_size: int, data_parall
                           lr=float(config.eval.lr), decay_every=int(config.eval.decay_every),
                           decay=float(config.eval.decay), clip=float(config.eval.clip),
                           test_batch_size=int(config.eval.test_batch_size), loss=loss),
-        identities=p.identities)
+        identities=p.identities, online=online_settings(config, classifier, loss, p.policy, num_classes, chunk_size))
+
+
+def online_settings(config, classifier, loss, policy, num_classes: int, chunk_size: int):
+    if config.protocol != "online":
+        return None
+    from spr_jax import online
+    if chunk_size % int(config.online.stream_batch):
+        raise ConfigError(f"config.online.stream_batch={config.online.stream_batch} must divide the chunk size "
+                          f"{chunk_size}")
+    return online.OnlineSettings(classifier=classifier, lr=float(config.online.lr), replay=bool(config.online.replay),
+                                 stream_batch=int(config.online.stream_batch),
+                                 replay_batch=int(config.online.replay_batch), loss=loss, policy=policy,
+                                 num_classes=num_classes)
 
 
 def expert_group_size(requested: int, model, image_shape, chunk_size: int, device=None) -> int:

@@ -201,7 +201,7 @@ def test_redo_runs_a_finished_run_again(finished_run, tmp_path):
 
 def test_compare_runs_every_method_reuses_finished_runs_and_agrees_with_them(tmp_path):
     work = tmp_path / "cmp"
-    r = launch("--config=configs/tiny.py", "--mode=compare", f"--workdir={work}")
+    r = launch("--config=configs/tiny.py", "--mode=compare", f"--workdir={work}")  # every method
     assert r.returncode == 0, r.stderr[-3000:]
     doc = json.load(open(work / "compare.json"))
     from spr_jax import compare

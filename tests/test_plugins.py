@@ -234,7 +234,8 @@ def test_the_examples_run_on_the_tiny_config(tiny_config, tmp_path, monkeypatch)
     # FIFO: the buffer holds the 40 most recent kept samples: none of the first three tasks (classes 0-5).
     assert sum(summary["final_buffer_counts"][:6]) == 0 and sum(summary["final_buffer_counts"]) == 40
     assert summary["method"] == {"filter": "knn_filter:knn_agreement", "buffer_policy": "fifo_buffer:FIFO",
-                                 "encoder": "convnet", "eval_loss": "cross_entropy", "self_supervised_base": True}
+                                 "encoder": "convnet", "eval_loss": "cross_entropy", "self_supervised_base": True,
+                                 "protocol": "spr"}
 
 
 def test_knn_filter_keeps_samples_whose_neighbours_agree(monkeypatch):
@@ -300,3 +301,19 @@ def test_gdumb_with_sl_runs_as_a_memory_only_learner(tiny_config, tmp_path):
     assert all(x["base_loss"] is None for x in chunks)  # the base is never trained
     assert not summary["method"]["self_supervised_base"] and summary["method"]["eval_loss"] == "sl"
     assert "memory-only" in outputs.method_name(summary["method"]) and 0 <= summary["final_accuracy"] <= 1
+
+
+def test_online_experience_replay_learns_and_fills_its_reservoir(tiny_config, tmp_path):
+    from spr_jax import outputs
+    c = tiny_config
+    c.protocol, c.filter.kind, c.buffer.policy = "online", "none", "reservoir"
+    summary = run_loop.run(c, str(tmp_path / "er"), progress=False)
+    chunks = [x for x in _lines(tmp_path / "er") if x["type"] == "chunk"]
+    assert all(x["replayed_buffer"] for x in chunks)  # from the second stream batch on
+    assert chunks[-1]["buffer_size"] == c.buffer.size and all(np.isfinite(x["base_loss"]) for x in chunks)
+    assert summary["final_accuracy"] > 0.3 and "online learner" in outputs.method_name(summary["method"])
+    # Without replay (fine-tuning) the memory is never used, and the run differs.
+    c.online.replay = False
+    plain = run_loop.run(c, str(tmp_path / "ft"), progress=False)
+    assert not any(x["replayed_buffer"] for x in _lines(tmp_path / "ft") if x["type"] == "chunk")
+    assert plain["accuracy_matrix"] != summary["accuracy_matrix"]
