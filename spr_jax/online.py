@@ -21,7 +21,7 @@ import numpy as np
 import optax
 
 from spr_jax import buffers, evaluate, rng, steps
-from spr_jax.replay_phase import TrainData
+from spr_jax.replay_phase import TrainData, scan_chunks
 
 
 class OnlineSettings(NamedTuple):
@@ -124,15 +124,7 @@ def run_chunks(settings: OnlineSettings, state: OnlineState, data: TrainData, ch
     def real(state, indices, cp, kp):
         return chunk_step(settings, data, state, indices, cp, kp)
 
-    def skip(state, indices, cp, kp):
-        shapes = jax.eval_shape(real, state, indices, cp, kp)[1]
-        return state, jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
-
-    def body(state, xs):
-        indices, cp, kp, on = xs
-        return jax.lax.cond(on, real, skip, state, indices, cp, kp)
-
-    return jax.lax.scan(body, state, (chunk_indices, clean_p, keep, active))
+    return scan_chunks(real, state, chunk_indices, clean_p, keep, active)
 
 
 def evaluation_record(s: OnlineSettings, state: OnlineState, *, test_images, test_labels, episodes, num_classes,

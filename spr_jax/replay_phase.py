@@ -156,6 +156,12 @@ def run_chunks(model, settings: ReplaySettings, state: SPRState, data: TrainData
             cp, kp = inline_filter(state.chunk, indices)
         return chunk_step(model, settings, data, state, indices, cp, kp)
 
+    return scan_chunks(real, state, chunk_indices, clean_p, keep, active)
+
+
+def scan_chunks(real, state, chunk_indices, clean_p, keep, active):
+    """lax.scan of real(state, indices, clean_p, keep) -> (state, metrics) over a segment of chunks; rows with
+    active=False are skipped with zero metrics (padding: every segment has one shape, so it compiles once)."""
     def skip(state, indices, cp, kp):
         shapes = jax.eval_shape(real, state, indices, cp, kp)[1]
         return state, jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
