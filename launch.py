@@ -22,6 +22,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from spr_jax.errors import UserError  # light: imports neither jax nor the rest of the package
+
 ROOT = os.path.dirname(os.path.abspath(__file__))
 MODES = {
     "train": "the whole run, resuming from WORKDIR's checkpoints (a finished run is left as it is)",
@@ -45,12 +47,6 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Join a multi-host run, d
 _COORDINATOR = flags.DEFINE_string("coordinator_address", "", "host:port of process 0 of a multi-host run.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Processes of a multi-host run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "This process's index in a multi-host run.")
-
-
-class LaunchError(Exception):
-    def __init__(self, message, hint=""):
-        super().__init__(message)
-        self.hint = hint
 
 
 def bundled_configs() -> list[tuple[str, str]]:
@@ -89,29 +85,29 @@ def _argument(argv, name):
 
 
 def load_config_file(path: str):
-    """The ConfigDict of a config file, or LaunchError in one line."""
+    """The ConfigDict of a config file, or UserError in one line."""
     import ml_collections
     hint = "bundled configs: " + ", ".join(p for p, _ in bundled_configs()) + " (python launch.py --help)"
     if path is None:
-        raise LaunchError("--config is required, e.g. --config=configs/digits.py", hint)
+        raise UserError("--config is required, e.g. --config=configs/digits.py", hint)
     if not os.path.isfile(path):
-        raise LaunchError(f"--config={path}: no such file", hint)
+        raise UserError(f"--config={path}: no such file", hint)
     try:
         spec = importlib.util.spec_from_file_location("launched_config", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     except SyntaxError as e:
-        raise LaunchError(f"--config={path}: syntax error at line {e.lineno}: {e.msg}") from e
+        raise UserError(f"--config={path}: syntax error at line {e.lineno}: {e.msg}") from e
     except Exception as e:
-        raise LaunchError(f"--config={path} fails to load: {type(e).__name__}: {_one_line(e)}") from e
+        raise UserError(f"--config={path} fails to load: {type(e).__name__}: {_one_line(e)}") from e
     if not callable(getattr(module, "get_config", None)):
-        raise LaunchError(f"--config={path} has no get_config() function")
+        raise UserError(f"--config={path} has no get_config() function")
     try:
         config = module.get_config()
     except Exception as e:
-        raise LaunchError(f"--config={path}: get_config() fails: {type(e).__name__}: {_one_line(e)}") from e
+        raise UserError(f"--config={path}: get_config() fails: {type(e).__name__}: {_one_line(e)}") from e
     if not isinstance(config, ml_collections.ConfigDict):
-        raise LaunchError(f"--config={path}: get_config() returns a {type(config).__name__}, not an "
+        raise UserError(f"--config={path}: get_config() returns a {type(config).__name__}, not an "
                           f"ml_collections.ConfigDict")
     return config
 
@@ -128,7 +124,7 @@ def check_overrides(argv, config) -> None:
             if part not in keys:
                 where = "config" + "".join(f".{w}" for w in walked)
                 close = difflib.get_close_matches(part, keys, n=1)
-                raise LaunchError(f"--config.{dotted}: {where} has no field {part!r}",
+                raise UserError(f"--config.{dotted}: {where} has no field {part!r}",
                                   f"did you mean --config.{'.'.join(walked + close + parts[i + 1:])}?" if close
                                   else f"fields of {where}: {', '.join(keys)}")
             walked.append(part)
@@ -138,20 +134,20 @@ def check_overrides(argv, config) -> None:
 def check_workdir(path: str) -> None:
     """The workdir exists as a writable folder, or can be created (nothing is created here)."""
     if not path:
-        raise LaunchError("--workdir is required, e.g. --workdir=/tmp/spr_run")
+        raise UserError("--workdir is required, e.g. --workdir=/tmp/spr_run")
     path = os.path.abspath(path)
     if os.path.exists(path) and not os.path.isdir(path):
-        raise LaunchError(f"--workdir={path} is a file, not a folder", "pass a folder path")
+        raise UserError(f"--workdir={path} is a file, not a folder", "pass a folder path")
     probe = path
     while not os.path.exists(probe):
         probe = os.path.dirname(probe)
     if not os.path.isdir(probe):
-        raise LaunchError(f"--workdir={path} cannot be created: {probe} is a file")
+        raise UserError(f"--workdir={path} cannot be created: {probe} is a file")
     try:  # a real write (access() says yes to root even where a write fails), removed at once
         os.rmdir(tempfile.mkdtemp(dir=probe, prefix=".spr_jax_probe_"))
     except OSError as e:
         what = "is not writable" if probe == path else "cannot be created"
-        raise LaunchError(f"--workdir={path} {what}: {probe}: {e.strerror}", "pass a folder you can write to") from e
+        raise UserError(f"--workdir={path} {what}: {probe}: {e.strerror}", "pass a folder you can write to") from e
 
 
 def _one_line(e) -> str:
@@ -201,7 +197,7 @@ def main(argv) -> int:
     try:
         flags.FLAGS(argv)
     except flags.Error as e:
-        raise LaunchError(_one_line(e), "python launch.py --help lists the flags") from e
+        raise UserError(_one_line(e), "python launch.py --help lists the flags") from e
     config = _CONFIG.value
     if _MODE.value == "config":
         print(format_config(config))
@@ -220,7 +216,7 @@ def main(argv) -> int:
         try:
             rates, seeds = [float(r) for r in _RATES.value], [int(x) for x in _SEEDS.value]
         except ValueError as e:
-            raise LaunchError(f"--rates / --seeds: {e}", "e.g. --rates=0.2,0.4 --seeds=1,2,3") from e
+            raise UserError(f"--rates / --seeds: {e}", "e.g. --rates=0.2,0.4 --seeds=1,2,3") from e
         compare.run(config, _WORKDIR.value, _METHODS.value, rates, seeds)
     else:
         run_loop.run(config, _WORKDIR.value, redo=_REDO.value)
@@ -229,16 +225,10 @@ def main(argv) -> int:
 
 def entry() -> None:
     try:
-        from spr_jax.errors import UserError
-    except ImportError:  # not installed: say how, in one line
-        print("error: the spr_jax package is not importable; run `pip install -e .` in this folder first",
-              file=sys.stderr)
-        sys.exit(2)
-    try:
         code = main(sys.argv)
     except BrokenPipeError:  # output piped into `head`
         os._exit(0)
-    except (LaunchError, UserError) as e:
+    except UserError as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)
         if getattr(e, "hint", ""):
             print(f"hint: {_one_line(e.hint)}", file=sys.stderr)

@@ -1,4 +1,6 @@
-"""Shared fixtures: the repository root on sys.path (so `configs.tiny` imports) and the tiny config."""
+"""Shared fixtures: the repository root on sys.path (so `configs.tiny` imports), the tiny config, and a
+folder digest."""
+import hashlib
 import os
 import sys
 
@@ -18,3 +20,16 @@ def tiny():
 @pytest.fixture
 def tiny_config():
     return tiny()
+
+
+def file_digests(folder):
+    """{relative path: sha256} of every file under folder (None if it does not exist): to show that a folder
+    was left untouched."""
+    if not os.path.exists(folder):
+        return None
+    out = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            out[os.path.relpath(path, folder)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    return out

@@ -1,6 +1,5 @@
 """Tests for spr_jax.checkpoint: round trip, keep-N, fingerprints, corruption, NaN guard, crashed saves."""
 import gc
-import hashlib
 import os
 import shutil
 
@@ -10,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import file_digests
 from spr_jax import checkpoint as ck
 
 FP = {"config": {"seed": 0, "noise": {"kind": "symmetric", "rate": 0.4}, "buffer": {"size": 500}},
@@ -48,16 +48,6 @@ def assert_same(a, b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def tree_digest(root):
-    """Every file under root with its bytes' hash, to show a folder was left untouched."""
-    out = {}
-    for d, _, files in os.walk(root):
-        for f in files:
-            p = os.path.join(d, f)
-            out[os.path.relpath(p, root)] = hashlib.sha256(open(p, "rb").read()).hexdigest()
-    return out
-
-
 def test_round_trip_and_latest_step(tmp_path):
     c = ck.RunCheckpointer(str(tmp_path), FP)
     assert c.latest_step() is None and c.restore(make_state()) is None
@@ -92,7 +82,7 @@ def test_keep_n(tmp_path):
 def test_different_fingerprint_is_refused(tmp_path):
     with ck.RunCheckpointer(str(tmp_path), FP) as c:
         c.save(1, make_state(1), {"s": 1})
-    before = tree_digest(tmp_path)
+    before = file_digests(tmp_path)
     other = {**FP, "config": {**FP["config"], "noise": {"kind": "symmetric", "rate": 0.2}}}
     with pytest.raises(ck.CheckpointMismatchError) as e:
         ck.RunCheckpointer(str(tmp_path), other)
@@ -101,7 +91,7 @@ def test_different_fingerprint_is_refused(tmp_path):
     assert "config.noise.rate" in msg and "0.4" in msg and "0.2" in msg and "--workdir" in msg
     with pytest.raises(ck.CheckpointMismatchError, match="code"):
         ck.RunCheckpointer(str(tmp_path), {**FP, "code": "def456"})
-    assert tree_digest(tmp_path) == before  # nothing deleted or overwritten
+    assert file_digests(tmp_path) == before  # nothing deleted or overwritten
     with ck.RunCheckpointer(str(tmp_path), FP) as c:  # the original run still resumes
         assert c.restore(make_state(0))[2] == 1
 

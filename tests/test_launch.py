@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from conftest import file_digests
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -53,19 +55,6 @@ def test_fashion_mnist_stream(tmp_path):
 
 # --- a run a user can trust: one-line errors, nothing written, finished runs left alone -------------------
 
-def digest(folder):
-    """{relative path: sha256} of every file under folder (None if it does not exist)."""
-    import hashlib
-    if not os.path.exists(folder):
-        return None
-    out = {}
-    for root, _, files in os.walk(folder):
-        for name in files:
-            path = os.path.join(root, name)
-            out[os.path.relpath(path, folder)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
-    return out
-
-
 def assert_one_line_error(r, *needles):
     assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
     lines = [line for line in r.stderr.splitlines() if line.strip()]
@@ -110,10 +99,10 @@ def test_bad_config_is_one_line_exit_2_and_writes_nothing(tmp_path, occupied, ca
         "no_eval_epochs": (["--config=configs/tiny.py", "--config.eval.epochs=0"], ["config.eval.epochs=0"]),
         "unknown_encoder": (["--config=configs/tiny.py", "--config.model.encoder=vit"], ["config.model.encoder='vit'"]),
     }[case]
-    before = digest(occupied)
+    before = file_digests(occupied)
     r = launch(*args, f"--workdir={occupied}")
     assert_one_line_error(r, *needles)
-    assert digest(occupied) == before
+    assert file_digests(occupied) == before
     fresh = tmp_path / "fresh"
     assert_one_line_error(launch(*args, f"--workdir={fresh}"), *needles)
     assert not fresh.exists()  # a refused run creates no workdir
@@ -158,18 +147,18 @@ def finished_run(tmp_path_factory):
 
 
 def test_a_finished_run_rerun_twice_changes_no_byte(finished_run):
-    before = digest(finished_run)
+    before = file_digests(finished_run)
     for _ in range(2):
         r = launch("--config=configs/tiny.py", f"--workdir={finished_run}")
         assert r.returncode == 0 and "finished" in r.stdout and "--redo" in r.stdout, r.stderr[-2000:]
-        assert digest(finished_run) == before
+        assert file_digests(finished_run) == before
 
 
 def test_a_run_of_another_config_is_refused_without_touching_the_workdir(finished_run):
-    before = digest(finished_run)
+    before = file_digests(finished_run)
     r = launch("--config=configs/tiny.py", "--config.noise.rate=0.2", f"--workdir={finished_run}")
     assert_one_line_error(r, "noise.rate", "0.4", "0.2", "--workdir")
-    assert digest(finished_run) == before  # stream.json included
+    assert file_digests(finished_run) == before  # stream.json included
 
 
 def test_a_damaged_checkpoint_is_a_one_line_error(finished_run, tmp_path):
@@ -183,10 +172,10 @@ def test_a_damaged_checkpoint_is_a_one_line_error(finished_run, tmp_path):
             if os.path.getsize(os.path.join(root, name)) > 1000:
                 with open(os.path.join(root, name), "r+b") as f:
                     f.truncate(100)
-    before = digest(work)
+    before = file_digests(work)
     r = launch("--config=configs/tiny.py", f"--workdir={work}")
     assert_one_line_error(r, f"checkpoint step {steps[-1]} cannot be read", "Delete")
-    assert digest(work) == before
+    assert file_digests(work) == before
 
 
 def test_redo_runs_a_finished_run_again(finished_run, tmp_path):
@@ -213,9 +202,9 @@ def test_compare_runs_every_method_reuses_finished_runs_and_agrees_with_them(tmp
     md = (work / "compare.md").read_text()
     assert all(f"| {m} | 0.4 | 1 |" in md for m in compare.METHODS) and (work / "compare.png").exists()
     # Rerun: every run is finished, so nothing is trained again and the rows are the same.
-    before = digest(work / "spr")
+    before = file_digests(work / "spr")
     again = launch("--config=configs/tiny.py", "--mode=compare", "--methods=spr,gdumb_sl", f"--workdir={work}")
-    assert again.returncode == 0 and digest(work / "spr") == before
+    assert again.returncode == 0 and file_digests(work / "spr") == before
     assert [row["method"] for row in json.load(open(work / "compare.json"))["runs"]] == ["spr", "gdumb_sl"]
     bad = launch("--config=configs/tiny.py", "--mode=compare", "--methods=spr,nope", f"--workdir={work}")
     assert_one_line_error(bad, "unknown method 'nope'")
