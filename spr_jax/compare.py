@@ -26,6 +26,14 @@ METHODS = {
                  "every evaluation, with SPR's fine-tuning recipe (our choice, not GDumb's)"),
     "gdumb_sl": ({"filter.kind": "none", "buffer.policy": "gdumb", "base.epochs": 0, "eval.loss": "sl"},
                  "as gdumb_ce with symmetric cross-entropy (alpha 0.1, beta 1, A = -4)"),
+    "gdumb_jocor": ({"filter.kind": "none", "buffer.policy": "gdumb", "base.epochs": 0, "eval.loss": "jocor"},
+                    "as gdumb_ce with JoCoR: two networks on one joint loss (lambda 0.1), small-loss selection with "
+                    "the forget rate ramped to the noise rate over 10 epochs; the first network is tested"),
+    "multitask": ({"filter.kind": "none", "buffer.policy": "reservoir", "buffer.size": 0, "base.epochs": 0,
+                   "eval.epochs": 20, "eval.decay_every": 3000},
+                  "upper bound: at each evaluation a classifier trained from scratch, offline, on every (noisy) "
+                  "sample of the stream so far (cross-entropy, SPR's recipe but 20 epochs and x0.1 every 3,000 "
+                  "steps, our choice)"),
     "finetune": ({"protocol": "online", "online.replay": False, "filter.kind": "none", "buffer.policy": "reservoir"},
                  "lower bound: a classifier trained online on the stream (Adam 1e-3, batches of 10), no memory"),
     "reservoir_ce": ({"protocol": "online", "filter.kind": "none", "buffer.policy": "reservoir"},

@@ -80,7 +80,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.filter.max_iter = 6000  # eigenvector-centrality power iterations (networkx's cap)
 
     c.buffer = ml_collections.ConfigDict()
-    c.buffer.size = 300  # P
+    c.buffer.size = 300  # P; 0 = a memory that holds the whole stream (the multitask upper bound)
     # purified (SPR) | class_balanced (uniform eviction: plain replay) | reservoir | 'package.module:policy'
     c.buffer.policy = "purified"
     # Deprecated: True is filter.kind=none + buffer.policy=class_balanced (removed in the next release).
@@ -130,7 +130,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     need(c.noise.kind in kinds, f"config.noise.kind={c.noise.kind!r} is unknown; use one of {kinds}")
     need(c.stream.batch >= 1, "config.stream.batch must be >= 1")
     need(c.stream.delayed_buffer_size >= 2, "config.stream.delayed_buffer_size (D) must be >= 2")
-    need(c.buffer.size >= 1, "config.buffer.size (P) must be >= 1")
+    need(c.buffer.size >= 0, "config.buffer.size (P) must be >= 1, or 0 for a memory of the whole stream")
     need(c.base.batch_size >= 2, "config.base.batch_size (B) must be >= 2")
     need(c.expert.epochs >= 1, "config.expert.epochs must be >= 1")
     need(c.base.epochs >= 0, "config.base.epochs must be >= 0 (0: the base is never trained, e.g. GDumb)")

@@ -1,5 +1,5 @@
 """Evaluation (docs/algorithm.md section 5): a copy of the base encoder with a fresh linear head, fine-tuned
-on the buffer (the learner's loss, cross-entropy for SPR; no augmentation, BatchNorm in train mode, Adam
+on the buffer (the learner's loss, cross-entropy for SPR, or a two-network learner as JoCoR; no augmentation, BatchNorm in train mode, Adam
 2e-3 with x0.1 every 300 steps, gradients clipped by value at 0.5, batch 16 with drop_last), then tested in
 eval mode, and the record of one evaluation (accuracies and the buffer's purity) for metrics.jsonl.
 
@@ -38,11 +38,15 @@ def classifier_variables(classifier, base: steps.TrainState, key, input_shape):
 
 
 @functools.partial(jax.jit, static_argnames=("classifier", "epochs", "batch_size", "lr", "decay_every", "decay",
-                                             "clip", "loss"))
+                                             "clip", "loss", "networks"))
 def finetune(classifier, variables, images, labels, key, *, epochs, batch_size, lr, decay_every, decay, clip,
-             loss=losses.cross_entropy):
+             loss=losses.cross_entropy, networks: int = 1):
     """Fine-tunes all of the classifier on (images uint8 [n, ...], labels [n]) with `loss(logits, labels)`;
-    returns the variables."""
+    returns the variables.
+
+    networks=2 (a two-network learner such as JoCoR): `variables` holds two classifiers stacked on a leading
+    axis, both are applied to every batch and trained together on `loss(logits [2, B, K], labels, epoch)`.
+    """
     tx = optim.finetune_optimizer(lr=lr, decay_every=decay_every, decay=decay, clip=clip)
     params = variables["params"]
     stats = variables.get("batch_stats", {})
@@ -50,22 +54,31 @@ def finetune(classifier, variables, images, labels, key, *, epochs, batch_size, 
     n = images.shape[0]
     per_epoch = n // batch_size
 
-    def loss_fn(params, stats, x, y):
+    def forward(params, stats, x):
         logits, updates = classifier.apply({"params": params, "batch_stats": stats}, _to_float(x), train=True,
                                            mutable=["batch_stats"])
-        return loss(logits, y), updates.get("batch_stats", stats)
+        return logits, updates.get("batch_stats", stats)
 
-    def step(carry, idx):
+    def loss_fn(params, stats, x, y, e):
+        if networks == 1:
+            logits, stats = forward(params, stats, x)
+            return loss(logits, y), stats
+        logits, stats = jax.vmap(forward, in_axes=(0, 0, None))(params, stats, x)
+        return loss(logits, y, e), stats
+
+    def step(carry, idx, e):
         params, stats, opt_state = carry
-        (_, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, stats, images[idx], labels[idx])
+        (_, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, stats, images[idx], labels[idx], e)
         updates, opt_state = tx.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), stats, opt_state), None
 
-    def epoch(carry, k):
+    def epoch(carry, xs):
+        k, e = xs
         order = jax.random.permutation(k, n)[:per_epoch * batch_size].reshape(per_epoch, batch_size)
-        return jax.lax.scan(step, carry, order)[0], None
+        return jax.lax.scan(functools.partial(step, e=e), carry, order)[0], None
 
-    (params, stats, _), _ = jax.lax.scan(epoch, (params, stats, opt_state), jax.random.split(key, epochs))
+    (params, stats, _), _ = jax.lax.scan(epoch, (params, stats, opt_state),
+                                         (jax.random.split(key, epochs), jnp.arange(epochs)))
     return {"params": params, "batch_stats": stats} if stats else {"params": params}
 
 
@@ -87,10 +100,17 @@ def evaluate(s: EvalSettings, base, buffer_images, buffer_labels, test_images, k
     """Fine-tunes a copy of the base on the buffer's (images, noisy labels) and returns test predictions."""
     k_init, k_tune = jax.random.split(key)
     variables = classifier_variables(s.classifier, base, k_init, test_images.shape[1:])
+    if s.networks == 2:  # the second network: its own head, and its own encoder when the base is untrained
+        k_second = jax.random.fold_in(k_init, 1)
+        second = (classifier_variables(s.classifier, base, k_second, test_images.shape[1:]) if s.pretrained_base
+                  else s.classifier.init(k_second, jnp.zeros((1,) + tuple(test_images.shape[1:])), train=False))
+        variables = jax.tree.map(lambda a, b: jnp.stack([a, b]), variables, dict(second))
     if buffer_images.shape[0] >= s.batch_size:
         variables = finetune(s.classifier, variables, buffer_images, buffer_labels, k_tune, epochs=s.epochs,
                              batch_size=s.batch_size, lr=s.lr, decay_every=s.decay_every, decay=s.decay,
-                             clip=s.clip, loss=s.loss)
+                             clip=s.clip, loss=s.loss, networks=s.networks)
+    if s.networks == 2:  # tested: the first network, as JoCoR reports
+        variables = jax.tree.map(lambda a: a[0], variables)
     preds = predict(s.classifier, variables, test_images, batch_size=min(s.test_batch_size, test_images.shape[0]))
     return np.asarray(preds)
 

@@ -1,5 +1,6 @@
 """Losses: SimCLR's NT-Xent (docs/algorithm.md section 4), and the learners' losses for fitting a
-classifier on a memory (`config.eval.loss`): cross-entropy (SPR's) and symmetric cross-entropy (SL)."""
+classifier on a memory (`config.eval.loss`): cross-entropy (SPR's), symmetric cross-entropy (SL) and JoCoR's
+joint loss of two networks with small-loss selection."""
 import jax
 import jax.numpy as jnp
 
@@ -41,3 +42,52 @@ def symmetric_cross_entropy(logits, labels, *, sl_alpha: float = 0.1, sl_beta: f
     p_y = jnp.take_along_axis(jax.nn.softmax(logits, axis=-1), labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
     rce = jnp.mean(-sl_log_zero * (1.0 - p_y))
     return sl_alpha * ce + sl_beta * rce
+
+
+def per_sample_cross_entropy(logits, labels):
+    """Softmax cross-entropy per sample: logits [..., N, K], int labels [N] -> [..., N]."""
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    labels = jnp.broadcast_to(labels.astype(jnp.int32), logits.shape[:-1])
+    return -jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]
+
+
+def small_loss_selection(per_sample, keep_share):
+    """Mask of the floor(keep_share * N) samples of lowest loss (ties broken by position, lower first), at
+    least one: the small-loss trick of Co-teaching and JoCoR, where small-loss samples are likely clean."""
+    n = per_sample.shape[0]
+    count = jnp.clip(jnp.floor(keep_share * n + 1e-6).astype(jnp.int32), 1, n)
+    rank = jnp.argsort(jnp.argsort(per_sample, stable=True), stable=True)
+    return rank < count
+
+
+def forget_rate_schedule(epoch, *, forget_rate, gradual_epochs: int = 10, exponent: float = 1.0):
+    """JoCoR's schedule of the share of each batch dropped: forget_rate**exponent * e / (T_k - 1) for epochs
+    e < T_k (linear from 0), then forget_rate."""
+    ramp = forget_rate ** exponent * epoch / max(gradual_epochs - 1, 1)
+    return jnp.where(epoch < gradual_epochs, ramp, forget_rate)
+
+
+def jocor(logits, labels, epoch, *, noise_rate: float, jocor_lambda: float = 0.1, jocor_forget_rate: float = -1.0,
+          jocor_gradual_epochs: int = 10, jocor_exponent: float = 1.0):
+    """JoCoR (Wei et al., CVPR 2020): two networks trained on one joint loss; a two-network learner.
+
+    logits [2, N, K] of the two networks on one batch, labels [N], `epoch` the fine-tuning epoch (from 0).
+    Per sample: (1 - lambda) (CE_1 + CE_2) + lambda (KL(p_1 || p_2) + KL(p_2 || p_1)); the mean is taken
+    over the samples of smallest joint loss, a share 1 - forget rate of the batch, where the forget rate
+    ramps linearly from 0 to its final value over the first `jocor_gradual_epochs` epochs. The final forget
+    rate is the run's noise rate (config.noise.rate) unless `eval.jocor_forget_rate` >= 0 sets it; lambda
+    0.1, T_k = 10 and exponent 1 are the paper's defaults.
+    """
+    rate = noise_rate if jocor_forget_rate < 0 else jocor_forget_rate
+    ce = per_sample_cross_entropy(logits, labels)  # [2, N]
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    p = jnp.exp(logp)
+    kl_12 = jnp.sum(p[1] * (logp[1] - logp[0]), axis=-1)  # KL(p_2 || p_1)
+    kl_21 = jnp.sum(p[0] * (logp[0] - logp[1]), axis=-1)  # KL(p_1 || p_2)
+    joint = (1.0 - jocor_lambda) * (ce[0] + ce[1]) + jocor_lambda * (kl_12 + kl_21)
+    keep = small_loss_selection(jax.lax.stop_gradient(joint), 1.0 - forget_rate_schedule(
+        epoch, forget_rate=rate, gradual_epochs=jocor_gradual_epochs, exponent=jocor_exponent))
+    return jnp.sum(jnp.where(keep, joint, 0.0)) / jnp.sum(keep)
+
+
+jocor.networks = 2  # the learner trains two networks: called as fn(logits [2, N, K], labels, epoch)

@@ -79,13 +79,14 @@ def prepare(config):
     resolved = settings_lib.resolve_plugins(config)  # before the data: a bad plug-in path fails at once
     prepared = prepare_inputs(config)
     offered = prepared.stream.chunks.size
-    if int(config.buffer.size) > offered:
+    if int(config.buffer.size) > offered:  # (0 means a memory of the whole stream: the multitask bound)
         raise configlib.ConfigError(
             f"config.buffer.size={config.buffer.size} is larger than the {offered} samples the stream offers, so "
             f"the buffer never fills and self-replay never mixes it in; use at most {offered}")
     run_settings = settings_lib.build(
         config, image_shape=prepared.dataset.train.images.shape[1:], num_classes=prepared.num_classes,
-        chunk_size=prepared.stream.chunk_size, data_parallel=data_parallel_devices(config), resolved=resolved)
+        chunk_size=prepared.stream.chunk_size, data_parallel=data_parallel_devices(config), resolved=resolved,
+        buffer_size=int(config.buffer.size) or offered)
     return prepared, run_settings
 
 

@@ -20,8 +20,10 @@ import numpy as np
 from spr_jax import augment, buffers, filters, models, plugins
 from spr_jax.configlib import ConfigError
 
-# Built-in names of config.eval.loss -> import paths. A loss is fn(logits [B, K], labels [B]) -> scalar.
-EVAL_LOSSES = {"cross_entropy": "spr_jax.losses:cross_entropy", "sl": "spr_jax.losses:symmetric_cross_entropy"}
+# Built-in names of config.eval.loss -> import paths. A loss is fn(logits [B, K], labels [B]) -> scalar; a
+# two-network learner (attribute networks = 2, as JoCoR) is fn(logits [2, B, K], labels [B], epoch) -> scalar.
+EVAL_LOSSES = {"cross_entropy": "spr_jax.losses:cross_entropy", "sl": "spr_jax.losses:symmetric_cross_entropy",
+               "jocor": "spr_jax.losses:jocor"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +72,9 @@ class EvalSettings:
     decay: float
     clip: float
     test_batch_size: int
-    loss: Callable  # fn(logits, labels) -> scalar
+    loss: Callable  # fn(logits, labels) -> scalar; with networks=2, fn(logits [2, B, K], labels, epoch)
+    networks: int = 1  # 2: a two-network learner (JoCoR)
+    pretrained_base: bool = True  # False: the base is never trained (GDumb), so a second network starts afresh
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,9 +135,11 @@ def resolve_plugins(config) -> Plugins:
 
 
 def build(config, *, image_shape, num_classes: int, chunk_size: int, data_parallel: int = 1,
-          resolved: Plugins = None) -> RunSettings:
-    """The run's settings; checks every plug-in on abstract inputs of these shapes (no training)."""
+          resolved: Plugins = None, buffer_size: int = None) -> RunSettings:
+    """The run's settings; checks every plug-in on abstract inputs of these shapes (no training).
+    `buffer_size` is the memory's size when config.buffer.size = 0 (the whole stream)."""
     p = resolved or resolve_plugins(config)
+    buffer_size = int(buffer_size or config.buffer.size)
     image_shape = tuple(int(d) for d in image_shape)
     model_block = {k: v for k, v in config.model.items() if k not in ("encoder", "proj_dim")}
     try:
@@ -151,14 +157,18 @@ def build(config, *, image_shape, num_classes: int, chunk_size: int, data_parall
 
     filter_fn = plugins.bind(p.filter, plugins.accepted_settings(p.filter, config.filter, exclude=("num_classes",)))
     filters.check(filter_fn, chunk_size=chunk_size, feature_dim=int(config.model.proj_dim), num_classes=num_classes)
-    _check_policy(p.policy, int(config.buffer.size), num_classes, chunk_size, config.buffer.policy)
-    loss = plugins.bind(p.loss, plugins.accepted_settings(p.loss, config.eval))
-    _check_loss(loss, num_classes, config.eval.loss)
+    _check_policy(p.policy, buffer_size, num_classes, chunk_size, config.buffer.policy)
+    loss_settings = plugins.accepted_settings(p.loss, config.eval)
+    if "noise_rate" in plugins.accepted_settings(p.loss, {"noise_rate": 0.0}):  # e.g. JoCoR's forget rate
+        loss_settings["noise_rate"] = float(config.noise.rate)
+    loss = plugins.bind(p.loss, loss_settings)
+    networks = loss_networks(p.loss, config)
+    _check_loss(loss, num_classes, config.eval.loss, networks)
 
     ssl = dict(base_lr=float(config.ssl.lr), warmup_epochs=int(config.ssl.warmup_epochs),
                temperature=float(config.ssl.temperature), views=views)
     return RunSettings(
-        seed=int(config.seed), precision=config.precision, buffer_size=int(config.buffer.size), model=model,
+        seed=int(config.seed), precision=config.precision, buffer_size=buffer_size, model=model,
         expert=ExpertSettings(model=model, epochs=int(config.expert.epochs),
                               group_size=expert_group_size(int(config.expert.group_size), model, image_shape,
                                                            chunk_size),
@@ -170,8 +180,21 @@ def build(config, *, image_shape, num_classes: int, chunk_size: int, data_parall
         eval=EvalSettings(classifier=classifier, epochs=int(config.eval.epochs), batch_size=int(config.eval.batch_size),
                           lr=float(config.eval.lr), decay_every=int(config.eval.decay_every),
                           decay=float(config.eval.decay), clip=float(config.eval.clip),
-                          test_batch_size=int(config.eval.test_batch_size), loss=loss),
+                          test_batch_size=int(config.eval.test_batch_size), loss=loss, networks=networks,
+                          pretrained_base=config.protocol == "spr" and int(config.base.epochs) > 0),
         identities=p.identities, online=online_settings(config, classifier, loss, p.policy, num_classes, chunk_size))
+
+
+def loss_networks(loss, config) -> int:
+    """How many networks the learner `loss` trains (its attribute `networks`, default 1)."""
+    networks = getattr(loss, "networks", 1)
+    if networks not in (1, 2):
+        raise ConfigError(f"config.eval.loss={config.eval.loss!r} declares networks={networks!r}; 1 or 2 are supported")
+    if networks == 2 and config.protocol == "online":
+        raise ConfigError(f"config.eval.loss={config.eval.loss!r} trains two networks, which protocol=online does "
+                          f"not support; use it with protocol=spr (e.g. GDumb: filter.kind=none, "
+                          f"buffer.policy=gdumb, base.epochs=0)")
+    return networks
 
 
 def online_settings(config, classifier, loss, policy, num_classes: int, chunk_size: int):
@@ -271,14 +294,17 @@ def _check_policy(policy: buffers.BufferPolicy, size: int, num_classes: int, chu
                           f"{slots.dtype}")
 
 
-def _check_loss(loss, num_classes: int, kind) -> None:
-    logits = jax.ShapeDtypeStruct((4, num_classes), jnp.float32)
+def _check_loss(loss, num_classes: int, kind, networks: int = 1) -> None:
     labels = jax.ShapeDtypeStruct((4,), jnp.int32)
+    if networks == 2:
+        shape, args, form = (2, 4, num_classes), (jax.ShapeDtypeStruct((), jnp.int32),), "fn(logits, labels, epoch)"
+    else:
+        shape, args, form = (4, num_classes), (), "fn(logits, labels)"
     try:
-        out = jax.eval_shape(loss, logits, labels)
+        out = jax.eval_shape(loss, jax.ShapeDtypeStruct(shape, jnp.float32), labels, *args)
     except Exception as e:
-        raise ConfigError(f"config.eval.loss={kind!r} fails on logits [4, {num_classes}] ({_first_line(e)}); "
-                          f"a loss is fn(logits, labels) -> scalar") from e
+        raise ConfigError(f"config.eval.loss={kind!r} fails on logits {list(shape)} ({_first_line(e)}); "
+                          f"a loss is {form} -> scalar") from e
     if getattr(out, "shape", None) != ():
         raise ConfigError(f"config.eval.loss={kind!r} returns {getattr(out, 'shape', type(out).__name__)}; "
                           f"it must return a scalar")

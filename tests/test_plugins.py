@@ -317,3 +317,64 @@ def test_online_experience_replay_learns_and_fills_its_reservoir(tiny_config, tm
     plain = run_loop.run(c, str(tmp_path / "ft"), progress=False)
     assert not any(x["replayed_buffer"] for x in _lines(tmp_path / "ft") if x["type"] == "chunk")
     assert plain["accuracy_matrix"] != summary["accuracy_matrix"]
+
+
+def test_small_loss_selection_keeps_exactly_the_lowest_loss_share():
+    from spr_jax import losses
+    rng = np.random.default_rng(3)
+    for n, share in [(16, 0.6), (16, 1.0), (10, 0.25), (7, 0.01), (300, 0.55)]:
+        loss = rng.normal(size=n).astype(np.float32)
+        keep = np.asarray(losses.small_loss_selection(jnp.asarray(loss), share))
+        count = max(1, int(np.floor(share * n + 1e-6)))
+        assert keep.sum() == count
+        assert set(np.flatnonzero(keep)) == set(np.argsort(loss, kind="stable")[:count])
+    # The forget rate ramps linearly from 0 to the noise rate over T_k epochs, then stays.
+    rates = [float(losses.forget_rate_schedule(e, forget_rate=0.4, gradual_epochs=5)) for e in range(8)]
+    np.testing.assert_allclose(rates, [0.0, 0.1, 0.2, 0.3, 0.4, 0.4, 0.4, 0.4], atol=1e-7)
+
+
+def test_jocor_loss_matches_a_numpy_transcription():
+    from spr_jax import losses
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(2, 16, 5)).astype(np.float32) * 2
+    labels = rng.integers(0, 5, 16)
+    lam, rate, epoch, tk = 0.3, 0.4, 2, 5
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    ce = -np.log(p[:, np.arange(16), labels])
+    kl = (p[0] * np.log(p[0] / p[1])).sum(-1) + (p[1] * np.log(p[1] / p[0])).sum(-1)
+    joint = (1 - lam) * ce.sum(0) + lam * kl
+    remember = int((1 - rate * epoch / (tk - 1)) * 16)  # JoCoR: int(remember_rate * batch)
+    want = np.sort(joint)[:remember].mean()
+    got = losses.jocor(jnp.asarray(logits), jnp.asarray(labels), epoch, noise_rate=rate, jocor_lambda=lam,
+                       jocor_gradual_epochs=tk)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert plugins.resolve("jocor", settings.EVAL_LOSSES, "config.eval.loss") is losses.jocor
+
+
+def test_gdumb_jocor_trains_two_networks_and_is_refused_online(tiny_config, tmp_path):
+    c = tiny_config
+    c.filter.kind, c.buffer.policy, c.base.epochs, c.eval.loss = "none", "gdumb", 0, "jocor"
+    s = run_loop.prepare(c)[1]
+    assert s.eval.networks == 2 and not s.eval.pretrained_base
+    assert s.eval.loss.keywords["noise_rate"] == c.noise.rate  # the forget rate defaults to the noise rate
+    summary = run_loop.run(c, str(tmp_path / "jocor"), progress=False)
+    assert summary["method"]["eval_loss"] == "jocor" and 0 <= summary["final_accuracy"] <= 1
+    c.eval.loss = "cross_entropy"
+    ce = run_loop.run(c, str(tmp_path / "ce"), progress=False)
+    assert ce["accuracy_matrix"] != summary["accuracy_matrix"]
+    c.protocol, c.buffer.policy, c.eval.loss = "online", "reservoir", "jocor"
+    with pytest.raises(configlib.ConfigError, match="two networks"):
+        run_loop.prepare(c)
+
+
+def test_buffer_size_zero_is_a_memory_of_the_whole_stream(tiny_config, tmp_path):
+    c = tiny_config
+    c.filter.kind, c.buffer.policy, c.buffer.size, c.base.epochs = "none", "reservoir", 0, 0
+    prepared, s = run_loop.prepare(c)
+    assert s.buffer_size == prepared.stream.chunks.size
+    run_loop.run(c, str(tmp_path), progress=False)
+    evals = [x for x in _lines(tmp_path) if x["type"] == "eval"]
+    offered = np.cumsum([np.sum(prepared.stream.chunk_task == t) for t in range(len(evals))]) * \
+        prepared.stream.chunk_size
+    assert [e["buffer_size"] for e in evals] == offered.tolist()  # every sample offered so far is held
