@@ -84,7 +84,7 @@ def main():
     p.add_argument("--override", action="append", default=[], help="config field=value (repeatable)")
     a = p.parse_args()
 
-    from spr_jax import run_loop
+    from spr_jax import compilation, run_loop
     config = load_config(a.config, a.seed, a.override)
     config.cache.compile_dir = os.path.expanduser(a.compile_cache) if a.compile_cache else tempfile.mkdtemp(
         prefix="spr_jax_xla_")
@@ -92,8 +92,10 @@ def main():
     workdir = a.workdir or tempfile.mkdtemp(prefix="spr_jax_e2e_")
     load_before = os.getloadavg()[0]
     t = time.perf_counter()
-    summary = run_loop.run(config, workdir, progress=False)
+    with compilation.compile_timer() as compiled:
+        summary = run_loop.run(config, workdir, progress=False)
     wall = time.perf_counter() - t
+    slowest = sorted(compiled["programs"].items(), key=lambda kv: -kv[1])[:6]
     counts = count_steps(workdir, config)
     timing = step_time(config, a.steps)
     total = counts["expert_steps"] + counts["base_steps"]
@@ -101,6 +103,7 @@ def main():
     out = {
         "config": a.config, "seed": a.seed, "overrides": a.override, "cold_compile_cache": cold,
         "wall_s": wall, "wall_time_s": summary["wall_time_s"], "compile_s": summary.get("compile_s"),
+        "xla_compile_s_by_program": {name: round(sec, 2) for name, sec in slowest},
         **counts, "steps": total, **timing,
         "step_limit_s": total * timing["step_ms"] / 1e3,
         "fraction_of_step_limit": total * timing["step_ms"] / 1e3 / wall,

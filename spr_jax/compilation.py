@@ -32,12 +32,16 @@ def use_persistent_cache(folder: str) -> str:
 
 @contextlib.contextmanager
 def compile_timer():
-    """Yields a dict whose "seconds" adds up the tracing, lowering and compiling done inside the block."""
-    total = {"seconds": 0.0}
+    """Yields a dict whose "seconds" adds up the tracing, lowering and compiling done inside the block, and
+    whose "programs" maps each program's name to its XLA compile seconds (summed over its compilations)."""
+    total = {"seconds": 0.0, "programs": {}}
 
     def listener(event, duration, **kwargs):
         if event in _COMPILE_EVENTS:
             total["seconds"] += duration
+        if event == _COMPILE_EVENTS[-1]:
+            name = str(kwargs.get("fun_name", "?"))
+            total["programs"][name] = total["programs"].get(name, 0.0) + duration
 
     monitoring.register_event_duration_secs_listener(listener)
     try:
