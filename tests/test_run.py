@@ -183,3 +183,25 @@ def test_the_expert_cache_is_hit_by_a_second_run_and_missed_on_other_noise(tiny_
     out = expert_phase.run(s, run_loop.expert_inputs(config, prepared), prepared,
                            jnp.asarray(prepared.dataset.train.images), config.cache.dir, progress=False)
     assert out["trained"] == prepared.stream.num_chunks == trained[0] and out["cache_hits"] == 0
+
+
+@pytest.mark.parametrize("method", ["gdumb_jocor", "multitask"])
+def test_a_baseline_is_deterministic_and_resumes_to_the_same_summary(method, tmp_path, monkeypatch):
+    from spr_jax import compare
+    config = lambda: compare.method_config(tiny_config(), method, 0.4, 3)  # noqa: E731
+    whole = run_loop.run(config(), str(tmp_path / "whole"), progress=False)
+    real_run_chunks, calls = replay_phase.run_chunks, []
+
+    def dying(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")
+        return real_run_chunks(*args, **kwargs)
+
+    monkeypatch.setattr(replay_phase, "run_chunks", dying)
+    with pytest.raises(KeyboardInterrupt):
+        run_loop.run(config(), str(tmp_path / "resumed"), progress=False)
+    monkeypatch.setattr(replay_phase, "run_chunks", real_run_chunks)
+    resumed = run_loop.run(config(), str(tmp_path / "resumed"), progress=False)
+    assert _without_walls(resumed) == _without_walls(whole)
+    assert resumed["final_purity"] is not None and 0 < whole["final_accuracy"] <= 1
