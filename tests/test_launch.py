@@ -132,6 +132,9 @@ def test_help_lists_configs_and_config_mode_explains_fields():
     r = launch("--help")
     assert r.returncode == 0 and "configs/digits.py" in r.stdout and "embedded demo" in r.stdout
     assert "--mode" in r.stdout and "--redo" in r.stdout
+    from spr_jax import compare
+    methods_help = next(line for line in r.stdout.splitlines() if line.strip().startswith("--methods:"))
+    assert all(m in methods_help for m in compare.METHODS), methods_help  # the help names every method
     r = launch("--config=configs/tiny.py", "--mode=config", "--config.noise.rate=0.3")
     assert r.returncode == 0, r.stderr
     assert "noise.rate = 0.3" in r.stdout
