@@ -128,10 +128,12 @@ def plot(rows, path, config):
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     for m in methods:
         rates = sorted({r["noise_rate"] for r in rows if r["method"] == m})
-        acc = [100 * np.mean([r["final_accuracy"] for r in rows if r["method"] == m and r["noise_rate"] == x])
+        acc = [100 * np.asarray([r["final_accuracy"] for r in rows if r["method"] == m and r["noise_rate"] == x])
                for x in rates]
-        a.plot([100 * x for x in rates], acc, marker="o", label=m)
-    a.set_xlabel("noise rate (%)"), a.set_ylabel("final accuracy (%)"), a.set_title("final accuracy")
+        a.errorbar([100 * x for x in rates], [v.mean() for v in acc], yerr=[v.std() for v in acc], marker="o",
+                   capsize=3, label=m)  # bars: std over seeds
+    a.set_xlabel("noise rate (%)"), a.set_ylabel("final accuracy (%)")
+    a.set_title("final accuracy (mean, std over seeds)")
     a.grid(alpha=0.3), a.legend(fontsize=8)
     purity = [[100 * r["final_purity"] for r in rows if r["method"] == m and r["final_purity"] is not None]
               for m in methods]

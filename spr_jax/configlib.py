@@ -110,6 +110,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.cache.dir = ""  # expert cache folder; "" = WORKDIR/expert_cache
     # JAX's persistent compilation cache (compiled programs reused by later runs); "" switches it off.
     c.cache.compile_dir = "~/.cache/spr_jax/xla"
+    # Compile the replay and evaluation programs in a background thread while the experts train (changes no
+    # result; False compiles each program when it is first called).
+    c.cache.warm_up = True
     return c
 
 

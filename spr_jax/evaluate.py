@@ -96,23 +96,51 @@ def predict(classifier, variables, images, *, batch_size):
     return jax.lax.map(one, batches).reshape(-1)[:n]
 
 
+def initial_variables(s: EvalSettings, base, k_init, input_shape):
+    """The classifier (two, stacked, for a two-network learner) that an evaluation starts from."""
+    variables = classifier_variables(s.classifier, base, k_init, input_shape)
+    if s.networks == 2:  # the second network: its own head, and its own encoder when the base is untrained
+        k_second = jax.random.fold_in(k_init, 1)
+        second = (classifier_variables(s.classifier, base, k_second, input_shape) if s.pretrained_base
+                  else s.classifier.init(k_second, jnp.zeros((1,) + tuple(input_shape)), train=False))
+        variables = jax.tree.map(lambda a, b: jnp.stack([a, b]), variables, dict(second))
+    return variables
+
+
+def _finetune_settings(s: EvalSettings) -> dict:
+    return dict(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, decay_every=s.decay_every, decay=s.decay,
+                clip=s.clip, loss=s.loss, networks=s.networks)
+
+
 def evaluate(s: EvalSettings, base, buffer_images, buffer_labels, test_images, key):
     """Fine-tunes a copy of the base on the buffer's (images, noisy labels) and returns test predictions."""
     k_init, k_tune = jax.random.split(key)
-    variables = classifier_variables(s.classifier, base, k_init, test_images.shape[1:])
-    if s.networks == 2:  # the second network: its own head, and its own encoder when the base is untrained
-        k_second = jax.random.fold_in(k_init, 1)
-        second = (classifier_variables(s.classifier, base, k_second, test_images.shape[1:]) if s.pretrained_base
-                  else s.classifier.init(k_second, jnp.zeros((1,) + tuple(test_images.shape[1:])), train=False))
-        variables = jax.tree.map(lambda a, b: jnp.stack([a, b]), variables, dict(second))
+    variables = initial_variables(s, base, k_init, test_images.shape[1:])
     if buffer_images.shape[0] >= s.batch_size:
-        variables = finetune(s.classifier, variables, buffer_images, buffer_labels, k_tune, epochs=s.epochs,
-                             batch_size=s.batch_size, lr=s.lr, decay_every=s.decay_every, decay=s.decay,
-                             clip=s.clip, loss=s.loss, networks=s.networks)
+        variables = finetune(s.classifier, variables, buffer_images, buffer_labels, k_tune, **_finetune_settings(s))
     if s.networks == 2:  # tested: the first network, as JoCoR reports
         variables = jax.tree.map(lambda a: a[0], variables)
     preds = predict(s.classifier, variables, test_images, batch_size=min(s.test_batch_size, test_images.shape[0]))
     return np.asarray(preds)
+
+
+def warm_up(s: EvalSettings, base, buffer_size: int, test_images) -> None:
+    """Compiles an evaluation's programs for a full buffer ahead of the first evaluation (base may be
+    abstract): the fine-tuning and the prediction (ahead-of-time compilation fills the cache their jit calls
+    look up), and the operations of the classifier's initialisation, run once eagerly. Changes no result;
+    run_loop calls it in a background thread while the experts train."""
+    input_shape = tuple(test_images.shape[1:])
+    key = jax.random.PRNGKey(0)
+    s.classifier.init(key, jnp.zeros((1,) + input_shape), train=False)  # eager ops compile on first use
+    variables = jax.eval_shape(lambda b, k: initial_variables(s, b, k, input_shape), base, key)
+    images = jax.ShapeDtypeStruct((buffer_size,) + input_shape, test_images.dtype)
+    labels = jax.ShapeDtypeStruct((buffer_size,), jnp.int32)
+    if buffer_size >= s.batch_size:
+        finetune.lower(s.classifier, variables, images, labels, key, **_finetune_settings(s)).compile()
+    if s.networks == 2:
+        variables = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), variables)
+    test = jax.ShapeDtypeStruct(test_images.shape, test_images.dtype)
+    predict.lower(s.classifier, variables, test, batch_size=min(s.test_batch_size, test_images.shape[0])).compile()
 
 
 def evaluation_record(s: EvalSettings, *, base, buffer, train_images, test_images, test_labels, episodes,

@@ -47,7 +47,7 @@ def expert_phase(train_images, chunks, seed: int, *, model: nn.Module, epochs: i
                  warmup_epochs: int, views: augment.Views = augment.Views(), group_size: int = 8,
                  temperature: float = 0.5, devices: Optional[Sequence[jax.Device]] = None,
                  post_fn: Optional[PostFn] = None, post_args: Any = None, keep_losses: bool = True,
-                 chunk_ids=None, progress: bool = True) -> dict:
+                 chunk_ids=None, progress: bool = True, on_running: Optional[Callable[[], None]] = None) -> dict:
     """Trains the expert of every chunk and returns its results as numpy arrays with a leading axis C.
 
     train_images: uint8 [N, H, W, C], all training images (put once on every device).
@@ -66,6 +66,8 @@ def expert_phase(train_images, chunks, seed: int, *, model: nn.Module, epochs: i
     (a new function object compiles anew; keep one per run to reuse the compiled round).
     group_size: experts vmapped together per device. On a 2-core CPU 1-2 is fastest (measured: 35 ms per
     expert-epoch at D = 300 for 1 and 2, 42 ms for 4); accelerators want larger groups.
+    on_running(), optional, is called once the first round has been compiled and dispatched (run_loop
+    compiles the replay programs meanwhile).
     Returns {"features": [C, D, proj_dim] float32, "final_loss": [C], "losses": [C, epochs] (if
     keep_losses), **post_fn outputs}.
     """
@@ -98,6 +100,8 @@ def expert_phase(train_images, chunks, seed: int, *, model: nn.Module, epochs: i
     results = []
     bar = _progress(num_chunks, progress)
     pending = dispatch(0) if rounds else None
+    if on_running is not None:  # the first round's program is compiled and running
+        on_running()
     for r in range(rounds):
         out, n_real = pending
         _ROUND.update(bar=bar, start=r * per_round, size=n_real, epochs=epochs)  # the round the host waits on

@@ -8,6 +8,7 @@ summary.png.
 import json
 import os
 import shutil
+import threading
 import time
 
 import jax
@@ -196,9 +197,14 @@ def _run(config, workdir, progress, redo, compiled) -> dict:
     walls["prepare_s"] = time.time() - t0
 
     t0 = time.time()
+    piece = max(1, int(config.checkpoint.every_chunks))
+    warm_up = _Warmup(s, prepared, data, test_images, piece) if config.cache.warm_up else None
     with settings_lib.matmul_precision(s):
         out = expert_phase.run(s, expert_inputs(config, prepared), prepared, data.images,
-                               expert_phase.cache_dir(config.cache.dir, workdir), progress)
+                               expert_phase.cache_dir(config.cache.dir, workdir), progress,
+                               on_running=warm_up.start if warm_up else None)
+    if warm_up is not None:
+        warm_up.join()
     clean_p, keep = out["clean_p"], out["keep"]
     if progress and out["cache_hits"]:
         print(f"expert cache: {out['cache_hits']} chunks reused, {out['trained']} trained")
@@ -216,7 +222,6 @@ def _run(config, workdir, progress, redo, compiled) -> dict:
     if s.replay.data_parallel > 1 and s.online is None:
         state = replay_phase.replicate(state, s.replay.data_parallel)
         data = replay_phase.replicate(data, s.replay.data_parallel)
-    piece = max(1, int(config.checkpoint.every_chunks))
     log = outputs.MetricsLog(workdir)
     restored = ckpt.restore(state)
     done_chunks, eval_time, earlier = 0, 0.0, {}
@@ -288,6 +293,45 @@ def _run(config, workdir, progress, redo, compiled) -> dict:
                               else 1.0 - stream_info["noise_rate_in_chunks"], compile_s=compile_s)
     outputs.write_summary(workdir, summary, prepared.episodes, progress)
     return summary
+
+
+class _Warmup:
+    """Compiles the replay and evaluation programs in a thread while the experts train (`config.cache.warm_up`).
+
+    Started once the expert program itself is compiled and running: on a CPU, XLA compiles mostly on one
+    core, and a training step leaves part of the cores idle. Ahead-of-time compilation fills the same
+    in-process cache (and the persistent one) that the replay phase's and the first evaluation's jit calls
+    look up, so they find their programs compiled. Result-neutral: the same programs; if the warm-up fails or
+    misses (e.g. a first evaluation on a buffer that is not yet full), a program compiles when it is first
+    called, as it would anyway. Only for the SPR protocol on one device, and only while experts train.
+    """
+
+    def __init__(self, s, prepared, data, test_images, piece: int):
+        self.args = (s, prepared, data, test_images, piece)
+        self.thread = None
+
+    def start(self):
+        s = self.args[0]
+        if self.thread is None and s.online is None and s.replay.data_parallel == 1:
+            self.thread = threading.Thread(target=self._work, name="spr_jax-warm-up", daemon=True)
+            self.thread.start()
+
+    def join(self):
+        if self.thread is not None:
+            self.thread.join()
+
+    def _work(self):
+        s, prepared, data, test_images, piece = self.args
+        ds = prepared.dataset
+        try:
+            state = jax.eval_shape(lambda: replay_phase.init_state(
+                s.model, s.seed, ds.train.images.shape[1:], s.buffer_size, prepared.num_classes, s.replay.policy))
+            abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), data)
+            with settings_lib.matmul_precision(s):
+                replay_phase.warm_up(s.model, s.replay, state, abstract, prepared.stream.chunk_size, piece)
+            evaluate.warm_up(s.eval, state.base, s.buffer_size, test_images)
+        except Exception:  # noqa: BLE001 - a failed warm-up only means the programs compile when first called
+            pass
 
 
 def _session_walls(walls, earlier, replay_start, eval_time, eval_before, compiled) -> dict:

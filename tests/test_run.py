@@ -205,3 +205,29 @@ def test_a_baseline_is_deterministic_and_resumes_to_the_same_summary(method, tmp
     resumed = run_loop.run(config(), str(tmp_path / "resumed"), progress=False)
     assert _without_walls(resumed) == _without_walls(whole)
     assert resumed["final_purity"] is not None and 0 < whole["final_accuracy"] <= 1
+
+
+def test_warm_up_compiles_the_replay_and_evaluation_programs_while_experts_train_and_changes_nothing(tmp_path):
+    import threading
+    from jax import monitoring
+    compiled = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiled.append((threading.current_thread().name, str(kwargs.get("fun_name"))))
+
+    c = tiny_config()
+    c.cache.compile_dir = ""
+    # Shapes and settings of their own, so that no earlier test in this process has compiled these programs.
+    c.model.proj_dim, c.eval.batch_size, c.eval.test_batch_size = 24, 5, 37
+    monitoring.register_event_duration_secs_listener(listener)
+    try:
+        warm = run_loop.run(c, str(tmp_path / "warm"), progress=False)
+    finally:
+        monitoring.unregister_event_duration_listener(listener)
+    by_thread = {name: {fun for thread, fun in compiled if thread == name} for name, _ in compiled}
+    assert {"jit(run_chunks)", "jit(finetune)", "jit(predict)"} <= by_thread["spr_jax-warm-up"], by_thread
+    assert not {"jit(run_chunks)", "jit(finetune)", "jit(predict)"} & by_thread["MainThread"], by_thread
+    c.cache.warm_up = False
+    cold = run_loop.run(c, str(tmp_path / "cold"), progress=False)
+    assert _without_walls(cold) == _without_walls(warm)
