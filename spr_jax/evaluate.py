@@ -1,7 +1,8 @@
 """Evaluation (docs/algorithm.md section 5): a copy of the base encoder with a fresh linear head, fine-tuned
-on the buffer (the learner's loss, cross-entropy for SPR, or a two-network learner as JoCoR; no augmentation, BatchNorm in train mode, Adam
-2e-3 with x0.1 every 300 steps, gradients clipped by value at 0.5, batch 16 with drop_last), then tested in
-eval mode, and the record of one evaluation (accuracies and the buffer's purity) for metrics.jsonl.
+on the buffer (the learner's loss: cross-entropy for SPR, or a two-network learner such as JoCoR; no
+augmentation, BatchNorm in train mode, Adam 2e-3 with x0.1 every 300 steps, gradients clipped by value at
+0.5, batch 16 with drop_last), then tested in eval mode, and the record of one evaluation (accuracies and
+the buffer's purity) for metrics.jsonl.
 
 Pure functions of (base state, buffer contents, key); the buffer's size is a static shape, so a run
 compiles the fine-tuning once per distinct buffer fill (in practice: once the buffer is full).
