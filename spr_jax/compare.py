@@ -135,11 +135,16 @@ def plot(rows, path, config):
     a.set_xlabel("noise rate (%)"), a.set_ylabel("final accuracy (%)")
     a.set_title("final accuracy (mean, std over seeds)")
     a.grid(alpha=0.3), a.legend(fontsize=8)
-    purity = [[100 * r["final_purity"] for r in rows if r["method"] == m and r["final_purity"] is not None]
-              for m in methods]
-    b.bar(methods, [np.mean(p) if p else 0 for p in purity])
-    b.set_ylabel("final buffer purity (%)"), b.set_title("buffer purity (mean over runs)")
-    b.tick_params(axis="x", rotation=20)
+    all_rates = sorted({r["noise_rate"] for r in rows})
+    width = 0.8 / len(all_rates)
+    for i, rate in enumerate(all_rates):  # one bar per method and noise rate: mean over seeds
+        purity = [[100 * r["final_purity"] for r in rows if r["method"] == m and r["noise_rate"] == rate
+                   and r["final_purity"] is not None] for m in methods]
+        b.bar(np.arange(len(methods)) + (i - (len(all_rates) - 1) / 2) * width,
+              [np.mean(p) if p else 0 for p in purity], width, label=f"{100 * rate:g}% noise")
+    b.set_xticks(np.arange(len(methods)), methods, rotation=30, ha="right")
+    b.set_ylabel("final buffer purity (%)"), b.set_title("buffer purity (mean over seeds)")
+    b.legend(fontsize=8)
     fig.suptitle(f"{config.dataset.name}, {config.noise.kind} noise")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
