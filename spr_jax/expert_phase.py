@@ -76,8 +76,8 @@ def train_missing_experts(settings: RunSettings, prepared, train_images_dev, mis
         out = experts.expert_phase(
             train_images_dev, s.chunks[mine], settings.seed, chunk_ids=mine,
             post_fn=_post_fn(settings.filter.fn, settings.filter.num_classes),
-            post_args=_filter_args(settings, prepared, mine), keep_losses=False, progress=progress, on_running=on_running,
-            **settings.expert.phase_kwargs())
+            post_args=_filter_args(settings, prepared, mine), keep_losses=False, progress=progress,
+            on_running=on_running, **settings.expert.phase_kwargs())
     if nproc == 1:
         return {int(c): {k: np.asarray(v[j]) for k, v in out.items()} for j, c in enumerate(mine)}
     from jax.experimental import multihost_utils
