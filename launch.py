@@ -39,7 +39,8 @@ _MODE = flags.DEFINE_enum("mode", "train", list(MODES), "; ".join(f"{k}: {v}" fo
 _REDO = flags.DEFINE_bool("redo", False, "Run again from scratch in a WORKDIR that holds a run (its checkpoints, "
                           "metrics and summary are replaced; the expert cache is kept).")
 _METHODS = flags.DEFINE_list("methods", [], "--mode=compare: methods to run (default: all; spr, plain_replay, "
-                             "gdumb_ce, gdumb_sl, gdumb_jocor, multitask, finetune, reservoir_ce, reservoir_sl).")
+                             "gdumb_ce, gdumb_sl, gdumb_jocor, multitask, finetune, reservoir_ce, reservoir_sl, "
+                             "reservoir_jocor).")
 _RATES = flags.DEFINE_list("rates", [], "--mode=compare: noise rates (default: the config's).")
 _SEEDS = flags.DEFINE_list("seeds", [], "--mode=compare: seeds (default: the config's).")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Join a multi-host run, detected from the environment "

@@ -41,6 +41,11 @@ METHODS = {
                      "size, cross-entropy, online (Adam 1e-3)"),
     "reservoir_sl": ({"protocol": "online", "filter.kind": "none", "buffer.policy": "reservoir", "eval.loss": "sl"},
                      "as reservoir_ce with symmetric cross-entropy"),
+    "reservoir_jocor": ({"protocol": "online", "filter.kind": "none", "buffer.policy": "reservoir",
+                         "eval.loss": "jocor"},
+                        "as reservoir_ce with JoCoR's two classifiers and joint loss on each step's batch of 20; "
+                        "the forget rate ramps to the noise rate over the first 10 chunks (our choice: no epochs "
+                        "online)"),
 }
 
 

@@ -10,6 +10,10 @@ task boundary the classifier itself is tested (no fine-tuning). Everything is a 
 seed, scanned like the replay phase, and checkpointed the same way.
 
 Hyperparameters (ours, stated in the config): Adam at `online.lr` (1e-3), one pass over the stream.
+A two-network learner (JoCoR, `eval.loss=jocor`) trains two classifiers on its joint loss of each step's
+batch (stream plus replay; while the memory is empty the stream batch stands in for the replay batch); its
+`epoch` is the chunk index, so the forget rate ramps over the first chunks of the stream (our choice: the
+online protocol has no epochs). The first classifier is tested.
 """
 import functools
 from typing import Any, Callable, NamedTuple
@@ -33,6 +37,7 @@ class OnlineSettings(NamedTuple):
     loss: Callable
     policy: buffers.BufferPolicy
     num_classes: int
+    networks: int = 1  # 2: a two-network learner (JoCoR): two classifiers, stacked, trained on its joint loss
 
 
 @flax.struct.dataclass
@@ -50,8 +55,12 @@ def optimizer(lr: float):
 
 
 def init_state(s: OnlineSettings, seed: int, input_shape, buffer_size: int) -> OnlineState:
-    variables = jax.jit(s.classifier.init, static_argnames=("train",))(
-        rng.purpose_key(seed, rng.BASE_INIT), jnp.zeros((2,) + tuple(input_shape), jnp.float32), train=False)
+    init = jax.jit(s.classifier.init, static_argnames=("train",))
+    key, x = rng.purpose_key(seed, rng.BASE_INIT), jnp.zeros((2,) + tuple(input_shape), jnp.float32)
+    variables = init(key, x, train=False)
+    if s.networks == 2:  # the second classifier from its own key, stacked on a leading axis
+        second = init(jax.random.fold_in(key, 1), x, train=False)
+        variables = jax.tree.map(lambda a, b: jnp.stack([a, b]), dict(variables), dict(second))
     learner = steps.TrainState.create(apply_fn=None, params=variables["params"], tx=optimizer(s.lr),
                                       batch_stats=variables.get("batch_stats", {}))
     return OnlineState(learner=learner, buffer=s.policy.init(buffer_size, s.num_classes),
@@ -62,16 +71,24 @@ def _key(state: OnlineState, purpose: int):
     return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(state.seed), purpose), state.chunk)
 
 
-def _update(s: OnlineSettings, learner, x, y, weight):
-    """One step on the weighted mean loss of (x, y); weight 0 drops a sample (replay from an empty memory)."""
+def _forward(s: OnlineSettings, params, batch_stats, x):
+    """Logits of x in train mode and the updated BatchNorm statistics."""
+    if batch_stats:
+        logits, updates = s.classifier.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
+                                             mutable=["batch_stats"])
+        return logits, updates["batch_stats"]
+    return s.classifier.apply({"params": params}, x, train=True), batch_stats
+
+
+def _update(s: OnlineSettings, learner, x, y, weight, epoch):
+    """One step on the weighted mean loss of (x, y); weight 0 drops a sample (replay from an empty memory).
+    A two-network learner takes the mean of its own joint loss over the batch, and `epoch` (see chunk_step)."""
     def loss_fn(params):
-        variables = {"params": params, "batch_stats": learner.batch_stats} if learner.batch_stats else {
-            "params": params}
-        if learner.batch_stats:
-            logits, updates = s.classifier.apply(variables, x, train=True, mutable=["batch_stats"])
-            stats = updates["batch_stats"]
-        else:
-            logits, stats = s.classifier.apply(variables, x, train=True), learner.batch_stats
+        if s.networks == 2:
+            logits, stats = jax.vmap(functools.partial(_forward, s), in_axes=(0, 0, None))(
+                params, learner.batch_stats, x)
+            return s.loss(logits, y, epoch), stats
+        logits, stats = _forward(s, params, learner.batch_stats, x)
         per_sample = jax.vmap(lambda lg, t: s.loss(lg[None], t[None]))(logits, y)
         return jnp.sum(per_sample * weight) / jnp.maximum(jnp.sum(weight), 1.0), stats
 
@@ -98,10 +115,16 @@ def chunk_step(s: OnlineSettings, data: TrainData, state: OnlineState, indices, 
             slots = s.policy.sample(buffer, k_replay, s.replay_batch)
             replayed = jnp.any(buffer.valid)
             slots = jnp.maximum(slots, 0)
-            x = jnp.concatenate([x, data.images[buffer.index[slots]].astype(jnp.float32) / 255.0])
-            y = jnp.concatenate([y, buffer.label[slots]])
+            x_replay = data.images[buffer.index[slots]].astype(jnp.float32) / 255.0
+            y_replay = buffer.label[slots]
+            if s.networks == 2:  # a joint loss has no weights: the stream batch stands in for an empty memory
+                take = jnp.arange(s.replay_batch) % s.stream_batch
+                x_replay = jnp.where(replayed, x_replay, x[take])
+                y_replay = jnp.where(replayed, y_replay, y[take])
+            x = jnp.concatenate([x, x_replay])
+            y = jnp.concatenate([y, y_replay])
             weight = jnp.concatenate([weight, jnp.full(s.replay_batch, replayed, jnp.float32)])
-        learner, loss = _update(s, learner, x, y, weight)
+        learner, loss = _update(s, learner, x, y, weight, state.chunk)
         cands = buffers.Candidates(index=idx, label=data.noisy[idx], corrupt=data.corrupt[idx], clean_p=cp, keep=kp)
         buffer = s.policy.offer(buffer, k_offer, cands)
         return (learner, buffer), (loss, replayed)
@@ -133,6 +156,8 @@ def evaluation_record(s: OnlineSettings, state: OnlineState, *, test_images, tes
     variables = {"params": state.learner.params}
     if state.learner.batch_stats:
         variables["batch_stats"] = state.learner.batch_stats
+    if s.networks == 2:  # tested: the first classifier, as JoCoR reports
+        variables = jax.tree.map(lambda a: a[0], variables)
     preds = np.asarray(evaluate.predict(s.classifier, variables, test_images,
                                         batch_size=min(test_batch_size, test_images.shape[0])))
     buf = jax.device_get(state.buffer)

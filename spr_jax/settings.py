@@ -182,7 +182,8 @@ def build(config, *, image_shape, num_classes: int, chunk_size: int, data_parall
                           decay=float(config.eval.decay), clip=float(config.eval.clip),
                           test_batch_size=int(config.eval.test_batch_size), loss=loss, networks=networks,
                           pretrained_base=config.protocol == "spr" and int(config.base.epochs) > 0),
-        identities=p.identities, online=online_settings(config, classifier, loss, p.policy, num_classes, chunk_size))
+        identities=p.identities,
+        online=online_settings(config, classifier, loss, p.policy, num_classes, chunk_size, networks))
 
 
 def loss_networks(loss, config) -> int:
@@ -190,14 +191,10 @@ def loss_networks(loss, config) -> int:
     networks = getattr(loss, "networks", 1)
     if networks not in (1, 2):
         raise ConfigError(f"config.eval.loss={config.eval.loss!r} declares networks={networks!r}; 1 or 2 are supported")
-    if networks == 2 and config.protocol == "online":
-        raise ConfigError(f"config.eval.loss={config.eval.loss!r} trains two networks, which protocol=online does "
-                          f"not support; use it with protocol=spr (e.g. GDumb: filter.kind=none, "
-                          f"buffer.policy=gdumb, base.epochs=0)")
     return networks
 
 
-def online_settings(config, classifier, loss, policy, num_classes: int, chunk_size: int):
+def online_settings(config, classifier, loss, policy, num_classes: int, chunk_size: int, networks: int = 1):
     if config.protocol != "online":
         return None
     from spr_jax import online
@@ -207,7 +204,7 @@ def online_settings(config, classifier, loss, policy, num_classes: int, chunk_si
     return online.OnlineSettings(classifier=classifier, lr=float(config.online.lr), replay=bool(config.online.replay),
                                  stream_batch=int(config.online.stream_batch),
                                  replay_batch=int(config.online.replay_batch), loss=loss, policy=policy,
-                                 num_classes=num_classes)
+                                 num_classes=num_classes, networks=networks)
 
 
 def expert_group_size(requested: int, model, image_shape, chunk_size: int, device=None) -> int:

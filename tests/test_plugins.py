@@ -352,7 +352,7 @@ def test_jocor_loss_matches_a_numpy_transcription():
     assert plugins.resolve("jocor", settings.EVAL_LOSSES, "config.eval.loss") is losses.jocor
 
 
-def test_gdumb_jocor_trains_two_networks_and_is_refused_online(tiny_config, tmp_path):
+def test_gdumb_jocor_trains_two_networks_and_so_does_online_replay(tiny_config, tmp_path):
     c = tiny_config
     c.filter.kind, c.buffer.policy, c.base.epochs, c.eval.loss = "none", "gdumb", 0, "jocor"
     s = run_loop.prepare(c)[1]
@@ -363,9 +363,18 @@ def test_gdumb_jocor_trains_two_networks_and_is_refused_online(tiny_config, tmp_
     c.eval.loss = "cross_entropy"
     ce = run_loop.run(c, str(tmp_path / "ce"), progress=False)
     assert ce["accuracy_matrix"] != summary["accuracy_matrix"]
+    # Experience replay with JoCoR: two classifiers, stacked, trained online; the first one is tested.
+    from spr_jax import online
     c.protocol, c.buffer.policy, c.eval.loss = "online", "reservoir", "jocor"
-    with pytest.raises(configlib.ConfigError, match="two networks"):
-        run_loop.prepare(c)
+    prepared, s = run_loop.prepare(c)
+    state = online.init_state(s.online, s.seed, prepared.dataset.train.images.shape[1:], s.buffer_size)
+    kernels = [a for a in jax.tree.leaves(state.learner.params) if a.ndim == 3]
+    assert s.online.networks == 2 and kernels and all(k.shape[0] == 2 for k in kernels)
+    assert not any(np.array_equal(k[0], k[1]) for k in kernels)  # two different initialisations
+    er_jocor = run_loop.run(c, str(tmp_path / "er_jocor"), progress=False)
+    c.eval.loss = "cross_entropy"
+    er_ce = run_loop.run(c, str(tmp_path / "er_ce"), progress=False)
+    assert er_jocor["accuracy_matrix"] != er_ce["accuracy_matrix"] and 0 < er_jocor["final_accuracy"] <= 1
 
 
 def test_buffer_size_zero_is_a_memory_of_the_whole_stream(tiny_config, tmp_path):
