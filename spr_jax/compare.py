@@ -130,7 +130,7 @@ def plot(rows, path, config):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 5))
     for m in methods:
         rates = sorted({r["noise_rate"] for r in rows if r["method"] == m})
         acc = [100 * np.asarray([r["final_accuracy"] for r in rows if r["method"] == m and r["noise_rate"] == x])
@@ -139,7 +139,7 @@ def plot(rows, path, config):
                    capsize=3, label=m)  # bars: std over seeds
     a.set_xlabel("noise rate (%)"), a.set_ylabel("final accuracy (%)")
     a.set_title("final accuracy (mean, std over seeds)")
-    a.grid(alpha=0.3), a.legend(fontsize=8)
+    a.grid(alpha=0.3)
     all_rates = sorted({r["noise_rate"] for r in rows})
     width = 0.8 / len(all_rates)
     for i, rate in enumerate(all_rates):  # one bar per method and noise rate: mean over seeds
@@ -149,8 +149,11 @@ def plot(rows, path, config):
               [np.mean(p) if p else 0 for p in purity], width, label=f"{100 * rate:g}% noise")
     b.set_xticks(np.arange(len(methods)), methods, rotation=30, ha="right")
     b.set_ylabel("final buffer purity (%)"), b.set_title("buffer purity (mean over seeds)")
-    b.legend(fontsize=8)
+    b.set_ylim(0, 118), b.legend(fontsize=8, ncol=len(all_rates), loc="upper right")
+    handles, labels = a.get_legend_handles_labels()
+    rows_of_legend = -(-len(methods) // 5)
+    fig.legend(handles, labels, loc="lower center", ncol=min(5, len(methods)), fontsize=8)
     fig.suptitle(f"{config.dataset.name}, {config.noise.kind} noise")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.05 * rows_of_legend + 0.02, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
