@@ -157,7 +157,8 @@ def _one_line(e) -> str:
 
 
 def field_meanings() -> dict:
-    """{'noise.rate': comment} from the comments in spr_jax/configlib.py's defaults."""
+    """{'noise.rate': comment} from the comments in spr_jax/configlib.py's defaults (base_config, first in
+    the file: a later assignment in a dataset's defaults does not replace them)."""
     src = open(os.path.join(ROOT, "spr_jax", "configlib.py")).read().splitlines()
     out, above = {}, []
     for line in src:
@@ -166,7 +167,7 @@ def field_meanings() -> dict:
             above.append(stripped.lstrip("# "))
             continue
         m = re.match(r"c\.([\w.]+)\s*=\s*(.*?)(?:\s+#\s*(.*))?$", stripped)
-        if m and not m.group(2).startswith("ml_collections.ConfigDict"):
+        if m and not m.group(2).startswith("ml_collections.ConfigDict") and m.group(1) not in out:
             out[m.group(1)] = " ".join(above + ([m.group(3)] if m.group(3) else []))
         above = []
     return out

@@ -139,6 +139,9 @@ def test_help_lists_configs_and_config_mode_explains_fields():
     assert r.returncode == 0, r.stderr
     assert "noise.rate = 0.3" in r.stdout
     assert any(line.startswith("filter.kind = 'centrality'") and "#" in line for line in r.stdout.splitlines())
+    # Fields that dataset defaults in configlib assign again keep base_config's explanation.
+    for field in ("buffer.size = 40", "expert.group_size = 4"):
+        assert any(line.startswith(field) and "#" in line for line in r.stdout.splitlines()), field
 
 
 @pytest.fixture(scope="module")
