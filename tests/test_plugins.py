@@ -382,6 +382,8 @@ def test_buffer_size_zero_is_a_memory_of_the_whole_stream(tiny_config, tmp_path)
     c.filter.kind, c.buffer.policy, c.buffer.size, c.base.epochs = "none", "reservoir", 0, 0
     prepared, s = run_loop.prepare(c)
     assert s.buffer_size == prepared.stream.chunks.size
+    with pytest.raises(ValueError, match="stream's length"):  # without the data, 0 cannot be resolved
+        settings.build(c, image_shape=(8, 8, 1), num_classes=10, chunk_size=40)
     run_loop.run(c, str(tmp_path), progress=False)
     evals = [x for x in _lines(tmp_path) if x["type"] == "eval"]
     offered = np.cumsum([np.sum(prepared.stream.chunk_task == t) for t in range(len(evals))]) * \
