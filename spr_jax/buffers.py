@@ -60,6 +60,8 @@ import flax
 import jax
 import jax.numpy as jnp
 
+from spr_jax import compilation
+
 
 @flax.struct.dataclass
 class PurifiedBuffer:
@@ -192,7 +194,7 @@ def _offer_one(carry, x, *, capacity_, k, plain_replay):
     return (index, label, corrupt, clean_p, valid, offers, counts, entered, entries), None
 
 
-@functools.partial(jax.jit, static_argnames=("plain_replay",))
+@functools.partial(compilation.jit, static_argnames=("plain_replay",))
 def offer(buf: PurifiedBuffer, draws: OfferDraws, index, label, corrupt, clean_p, mask, *,
           plain_replay: bool = False) -> PurifiedBuffer:
     """Offers a chunk's candidates ([D] arrays; mask = kept by the filter) to the buffer, in filter order.

@@ -25,6 +25,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from spr_jax import compilation
 from spr_jax.errors import UserError
 
 FINGERPRINT_FILE = "fingerprint.json"
@@ -125,7 +126,7 @@ def _host_inspect(x: np.ndarray) -> tuple[bool, int]:
     return finite, int(np.sum(w * weights, dtype=np.uint32))
 
 
-@jax.jit
+@compilation.jit
 def _device_inspect(x: jax.Array):
     if _is_key(x):
         x = jax.random.key_data(x)

@@ -113,6 +113,10 @@ def base_config() -> ml_collections.ConfigDict:
     # Compile the replay and evaluation programs in a background thread while the experts train (changes no
     # result; False compiles each program when it is first called).
     c.cache.warm_up = True
+    # XLA's LLVM optimisation level for programs compiled for a CPU: 1 compiles about a third faster than XLA's
+    # default 2 with the same step time and, in our measurements, identical results; -1 = XLA's default.
+    # Accelerators always keep XLA's defaults.
+    c.cache.cpu_opt_level = 1
     return c
 
 
@@ -144,6 +148,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     need(c.eval.epochs >= 1, f"config.eval.epochs={c.eval.epochs}: the classifier must be fine-tuned on the buffer "
          f"for at least 1 epoch (the published setting is 50)")
     need(c.eval.batch_size >= 1 and c.eval.test_batch_size >= 1, "config.eval.batch_size and test_batch_size must be >= 1")
+    need(-1 <= c.cache.cpu_opt_level <= 3, f"config.cache.cpu_opt_level={c.cache.cpu_opt_level} is not an LLVM "
+         f"optimisation level; use 0-3, or -1 for XLA's default")
     need(c.filter.num_graphs >= 1, "config.filter.num_graphs (E_max) must be >= 1")
     need(c.dataset.subset_per_class >= 0, "config.dataset.subset_per_class must be >= 0 (0 = all)")
     if c.superclass_episodes:

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from spr_jax import compilation
 from spr_jax import losses
 from spr_jax import metrics as metrics_lib
 from spr_jax import optim
@@ -38,7 +39,7 @@ def classifier_variables(classifier, base: steps.TrainState, key, input_shape):
     return out
 
 
-@functools.partial(jax.jit, static_argnames=("classifier", "epochs", "batch_size", "lr", "decay_every", "decay",
+@functools.partial(compilation.jit, static_argnames=("classifier", "epochs", "batch_size", "lr", "decay_every", "decay",
                                              "clip", "loss", "networks"))
 def finetune(classifier, variables, images, labels, key, *, epochs, batch_size, lr, decay_every, decay, clip,
              loss=losses.cross_entropy, networks: int = 1):
@@ -83,7 +84,7 @@ def finetune(classifier, variables, images, labels, key, *, epochs, batch_size, 
     return {"params": params, "batch_stats": stats} if stats else {"params": params}
 
 
-@functools.partial(jax.jit, static_argnames=("classifier", "batch_size"))
+@functools.partial(compilation.jit, static_argnames=("classifier", "batch_size"))
 def predict(classifier, variables, images, *, batch_size):
     """Argmax predictions in eval mode, in fixed-size batches (the last one padded)."""
     n = images.shape[0]

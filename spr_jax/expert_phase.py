@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from spr_jax import compilation
 from spr_jax import expert_cache
 from spr_jax import experts
 from spr_jax import rng
@@ -36,7 +37,7 @@ def _featureless(filter_fn, num_classes: int, feature_dim: int):
         features = jnp.zeros((labels.shape[0], feature_dim), jnp.float32)
         clean_p, keep = filter_fn(key, features, labels, num_classes=num_classes)
         return jnp.asarray(clean_p, jnp.float32), jnp.asarray(keep, bool)
-    return jax.jit(jax.vmap(one))
+    return compilation.jit(jax.vmap(one))
 
 
 def cache_dir(cache_dir_setting: str, workdir: str) -> str:

@@ -17,12 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from spr_jax import augment, rng, steps
+from spr_jax import augment, compilation, rng, steps
 
 AXIS = "chunks"
 
 
-@functools.partial(jax.jit, static_argnames=("model", "epochs", "warmup_epochs", "views", "temperature",
+@functools.partial(compilation.jit, static_argnames=("model", "epochs", "warmup_epochs", "views", "temperature",
                                              "on_epoch"))
 def train_expert(model: nn.Module, images_uint8, key, *, epochs: int, base_lr, warmup_epochs: int,
                  views: augment.Views = augment.Views(), temperature: float = 0.5, on_epoch=None):
@@ -145,7 +145,7 @@ def _round_fn(model, epochs, warmup_epochs, views, temperature, devices, post_fn
         return jax.vmap(one, in_axes=(0, 0, 0, None, None, None))(ids, idx, args, images, expert_key, base_lr)
 
     specs = (P(), P(), P(), P(AXIS), P(AXIS), P(AXIS))
-    return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=specs, out_specs=P(AXIS),
+    return compilation.jit(jax.shard_map(per_device, mesh=mesh, in_specs=specs, out_specs=P(AXIS),
                                  check_vma=False)), mesh
 
 

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from spr_jax import buffers, evaluate, rng, steps
+from spr_jax import buffers, compilation, evaluate, rng, steps
 from spr_jax.replay_phase import TrainData, scan_chunks
 
 
@@ -55,7 +55,7 @@ def optimizer(lr: float):
 
 
 def init_state(s: OnlineSettings, seed: int, input_shape, buffer_size: int) -> OnlineState:
-    init = jax.jit(s.classifier.init, static_argnames=("train",))
+    init = compilation.jit(s.classifier.init, static_argnames=("train",))
     key, x = rng.purpose_key(seed, rng.BASE_INIT), jnp.zeros((2,) + tuple(input_shape), jnp.float32)
     variables = init(key, x, train=False)
     if s.networks == 2:  # the second classifier from its own key, stacked on a leading axis
@@ -141,7 +141,7 @@ def chunk_step(s: OnlineSettings, data: TrainData, state: OnlineState, indices, 
     return state.replace(learner=learner, buffer=buffer, chunk=state.chunk + 1), metrics
 
 
-@functools.partial(jax.jit, static_argnames=("settings",), donate_argnames=("state",))
+@functools.partial(compilation.jit, static_argnames=("settings",), donate_argnames=("state",))
 def run_chunks(settings: OnlineSettings, state: OnlineState, data: TrainData, chunk_indices, clean_p, keep, active):
     """Scans `chunk_step` over a segment of chunks; rows with active=False are skipped (padding)."""
     def real(state, indices, cp, kp):

@@ -48,6 +48,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from spr_jax import compilation
+
 _HI = jax.lax.Precision.HIGHEST
 LOW_WEIGHT = 1e-5  # weight of a non-edge in a stochastic graph
 TOL = 1e-6  # networkx's per-node convergence tolerance
@@ -424,7 +426,7 @@ def _filter64(edges, labels, keep_u, num_classes, max_iter):
     return jnp.where(jnp.isnan(clean_p), UNDEFINED_P, clean_p).astype(jnp.float32), keep
 
 
-@functools.partial(jax.jit, static_argnames=("num_classes", "max_iter"))
+@functools.partial(compilation.jit, static_argnames=("num_classes", "max_iter"))
 def self_centered_filter(features, labels, graph_u, keep_u, *, num_classes: int, max_iter: int = 6000):
     """clean_p [D] float32 and keep [D] bool of one chunk, given its draws (see `filter_draws`).
 
@@ -438,7 +440,7 @@ def self_centered_filter(features, labels, graph_u, keep_u, *, num_classes: int,
     return _in_x64(fn)(edges, labels, keep_u)
 
 
-@functools.partial(jax.jit, static_argnames=("num_classes", "num_graphs", "max_iter"))
+@functools.partial(compilation.jit, static_argnames=("num_classes", "num_graphs", "max_iter"))
 def purify_chunk(key, features, labels, *, num_classes: int, num_graphs: int = 5, max_iter: int = 6000):
     """Draws (from `key`) plus the filter: clean_p [D] float32, keep [D] bool."""
     graph_u, keep_u = filter_draws(key, features.shape[0], num_graphs)

@@ -20,6 +20,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from spr_jax import buffers
+from spr_jax import compilation
 from spr_jax import optim
 from spr_jax import rng
 from spr_jax import steps
@@ -142,7 +143,7 @@ def chunk_step(model, s: ReplaySettings, data: TrainData, state: SPRState, indic
     return state.replace(base=base, buffer=buffer, chunk=state.chunk + 1), metrics
 
 
-@functools.partial(jax.jit, static_argnames=("model", "settings", "inline_filter"), donate_argnames=("state",))
+@functools.partial(compilation.jit, static_argnames=("model", "settings", "inline_filter"), donate_argnames=("state",))
 def run_chunks(model, settings: ReplaySettings, state: SPRState, data: TrainData, chunk_indices, clean_p, keep,
                active, inline_filter: Optional[Callable] = None):
     """Scans `chunk_step` over a segment of chunks ([n, D] inputs); rows with active=False are skipped

@@ -118,6 +118,7 @@ def fill_expert_cache(config, workdir: str, progress: bool = True) -> dict:
     t0 = time.time()
     compilation.use_persistent_cache(config.cache.compile_dir)
     prepared, s = prepare(config)
+    compilation.set_cpu_opt_level(config.cache.cpu_opt_level)
     os.makedirs(workdir, exist_ok=True)
     folder = expert_phase.cache_dir(config.cache.dir, workdir)
     with settings_lib.matmul_precision(s):
@@ -169,6 +170,7 @@ def _run(config, workdir, progress, redo, compiled) -> dict:
     walls = {}
     t0 = time.time()
     prepared, s = prepare(config)
+    compilation.set_cpu_opt_level(config.cache.cpu_opt_level)
     if redo and jax.process_index() == 0:
         for name in RUN_FILES:
             path = os.path.join(workdir, name)

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax.training import train_state
 
-from spr_jax import augment, losses, optim
+from spr_jax import augment, compilation, losses, optim
 
 
 class TrainState(train_state.TrainState):
@@ -30,7 +30,7 @@ def init_state(model: nn.Module, key, input_shape) -> TrainState:
     return _init_state(model, key, tuple(int(d) for d in input_shape))
 
 
-@functools.partial(jax.jit, static_argnames=("model", "input_shape"))
+@functools.partial(compilation.jit, static_argnames=("model", "input_shape"))
 def _init_state(model: nn.Module, key, input_shape) -> TrainState:
     # Compiled once per (model, shape): eager init runs and compiles op by op, which is slower on CPU.
     variables = model.init(key, jnp.zeros((2,) + input_shape, jnp.float32), train=False)
@@ -72,7 +72,7 @@ def contrastive_update(model: nn.Module, state: TrainState, x, lr, temperature: 
     return state.apply_gradients(grads=grads, batch_stats=batch_stats), loss
 
 
-@functools.partial(jax.jit, static_argnames=("model", "views", "temperature"), donate_argnames=("state",))
+@functools.partial(compilation.jit, static_argnames=("model", "views", "temperature"), donate_argnames=("state",))
 def contrastive_step(model: nn.Module, state: TrainState, images_uint8, key, lr, *,
                      views: augment.Views = augment.Views(), temperature: float = 0.5):
     """Two views of the batch images_uint8 [B, H, W, C] (made and forwarded as `views` says), NT-Xent, Adam
@@ -82,7 +82,7 @@ def contrastive_step(model: nn.Module, state: TrainState, images_uint8, key, lr,
     return contrastive_update(model, state, x, lr, temperature, views.separate_batches)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "epochs", "warmup_epochs", "views", "temperature",
+@functools.partial(compilation.jit, static_argnames=("model", "epochs", "warmup_epochs", "views", "temperature",
                                              "on_epoch"), donate_argnames=("state",))
 def contrastive_fit(model: nn.Module, state: TrainState, images_uint8, key, *, epochs: int, base_lr,
                     warmup_epochs: int, views: augment.Views = augment.Views(), temperature: float = 0.5,
@@ -103,7 +103,7 @@ def contrastive_fit(model: nn.Module, state: TrainState, images_uint8, key, *, e
     return jax.lax.scan(epoch, state, jnp.arange(epochs, dtype=jnp.int32))
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
+@functools.partial(compilation.jit, static_argnames=("model",))
 def embed(model: nn.Module, params, batch_stats, images_uint8):
     """L2-normalised projections [N, proj_dim] of un-augmented images, BatchNorm in eval mode."""
     x = images_uint8.astype(jnp.float32) * (1.0 / 255.0)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny as tiny_config
-from spr_jax import checkpoint, expert_phase, experts, purify, replay_phase, rng, run_loop
+from spr_jax import checkpoint, compilation, configlib, expert_phase, experts, purify, replay_phase, rng, run_loop
 
 
 def _lines(workdir):
@@ -229,5 +229,10 @@ def test_warm_up_compiles_the_replay_and_evaluation_programs_while_experts_train
     assert {"jit(run_chunks)", "jit(finetune)", "jit(predict)"} <= by_thread["spr_jax-warm-up"], by_thread
     assert not {"jit(run_chunks)", "jit(finetune)", "jit(predict)"} & by_thread["MainThread"], by_thread
     c.cache.warm_up = False
-    cold = run_loop.run(c, str(tmp_path / "cold"), progress=False)
+    # Also result-neutral: XLA's default LLVM level (2) in place of the CPU's 1 (config.cache.cpu_opt_level).
+    c.cache.cpu_opt_level = -1
+    try:
+        cold = run_loop.run(c, str(tmp_path / "cold"), progress=False)
+    finally:
+        compilation.set_cpu_opt_level(configlib.base_config().cache.cpu_opt_level)  # the level is process-wide
     assert _without_walls(cold) == _without_walls(warm)

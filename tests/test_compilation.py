@@ -1,0 +1,57 @@
+"""spr_jax's programs on a CPU compile with XLA's LLVM optimisation level config.cache.cpu_opt_level."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from spr_jax import compilation, configlib
+
+
+@pytest.fixture
+def level():
+    """Restores the process-wide level after a test changes it."""
+    yield compilation.set_cpu_opt_level
+    compilation.set_cpu_opt_level(configlib.base_config().cache.cpu_opt_level)
+
+
+def _recording_jit(monkeypatch):
+    seen = []
+    real = jax.jit
+
+    def recording(fun, **kwargs):
+        seen.append(kwargs.get("compiler_options"))
+        return real(fun, **kwargs)
+
+    monkeypatch.setattr(jax, "jit", recording)
+    return seen
+
+
+def test_programs_get_the_configured_level_on_a_cpu_and_xla_defaults_when_switched_off(monkeypatch, level):
+    seen = _recording_jit(monkeypatch)
+    program = compilation.jit(lambda x: jnp.tanh(x) * 2.0)
+    x = jnp.linspace(-1.0, 1.0, 8)
+    level(1)
+    expected = program(x)
+    level(-1)
+    default = program(x)
+    level(0)
+    program.lower(x).compile()
+    assert seen == [{"xla_backend_optimization_level": 1}, None, {"xla_backend_optimization_level": 0}]
+    np.testing.assert_array_equal(np.asarray(default), np.asarray(expected))
+    assert compilation.compiler_options("gpu") is None and compilation.compiler_options("tpu") is None
+
+
+def test_a_program_called_inside_another_compiles_as_part_of_it(monkeypatch, level):
+    level(1)
+    inner = compilation.jit(lambda x: x * 3.0)
+    outer = compilation.jit(lambda x: inner(x) + 1.0)  # jax refuses compiler options on a nested jit
+    assert float(outer(jnp.float32(2.0))) == 7.0
+
+
+def test_an_opt_level_outside_llvms_range_is_refused():
+    c = configlib.base_config()
+    c.cache.cpu_opt_level = 4
+    with pytest.raises(configlib.ConfigError, match="cpu_opt_level=4"):
+        configlib.validate(c)
+    with pytest.raises(ValueError, match="0-3"):
+        compilation.set_cpu_opt_level(7)
