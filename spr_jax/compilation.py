@@ -5,10 +5,10 @@ The cache (on by default, `config.cache.compile_dir`, "" switches it off) keeps 
 so a resumed or repeated run with the same shapes does not compile them again; it changes no result.
 
 `jit` is jax.jit, plus one compiler option on a CPU: XLA's LLVM optimisation level 1 instead of its default
-2 (`config.cache.cpu_opt_level`). On a CPU the heavy work runs in library matmuls and convolutions whose code
-LLVM does not generate, so the level-2 passes cost compile time (about a third of it for the SimCLR
-programs) and buy no step time; in our measurements the results are bit-identical. GPUs and TPUs keep XLA's
-defaults.
+3 (`config.cache.cpu_opt_level`). On a CPU the heavy work runs in library matmuls and convolutions whose code
+LLVM does not generate, so the higher levels cost compile time (about a third of it for the SimCLR
+programs) and buy no step time; in our measurements the results are bit-identical (level 0 is slower and
+changes them). GPUs and TPUs keep XLA's defaults.
 """
 import contextlib
 import functools

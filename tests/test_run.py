@@ -229,7 +229,7 @@ def test_warm_up_compiles_the_replay_and_evaluation_programs_while_experts_train
     assert {"jit(run_chunks)", "jit(finetune)", "jit(predict)"} <= by_thread["spr_jax-warm-up"], by_thread
     assert not {"jit(run_chunks)", "jit(finetune)", "jit(predict)"} & by_thread["MainThread"], by_thread
     c.cache.warm_up = False
-    # Also result-neutral: XLA's default LLVM level (2) in place of the CPU's 1 (config.cache.cpu_opt_level).
+    # Also result-neutral: XLA's default LLVM level (3) in place of the CPU's 1 (config.cache.cpu_opt_level).
     c.cache.cpu_opt_level = -1
     try:
         cold = run_loop.run(c, str(tmp_path / "cold"), progress=False)
