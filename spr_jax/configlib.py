@@ -101,8 +101,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.clip = 0.5  # gradient clipping by value
     c.eval.test_batch_size = 1000
     c.eval.loss = "cross_entropy"  # the fine-tuning loss: a built-in or 'package.module:fn(logits, labels)'
-    # Run each evaluation in a thread beside the next task's replay (changes no result; False waits for it).
-    c.eval.background = True
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_chunks = 10

@@ -5,7 +5,6 @@ This is the edge: it reads the config once (data preparation, `settings.build`),
 device once, calls the compiled phases and writes WORKDIR/stream.json, metrics.jsonl, summary.json and
 summary.png.
 """
-import concurrent.futures
 import json
 import os
 import shutil
@@ -46,7 +45,6 @@ def run_fingerprint(config, identities: dict) -> dict:
         d.pop(k, None)
     d["expert"].pop("group_size", None)
     d["eval"].pop("test_batch_size", None)
-    d["eval"].pop("background", None)
     return {"config": d, "code_version": spr_jax.__version__, "plugins": identities}
 
 
@@ -240,48 +238,27 @@ def _run(config, workdir, progress, redo, compiled) -> dict:
     log.rewrite()
     bar = tqdm(total=stream.num_chunks, initial=done_chunks, desc="replay", unit="chunk", disable=not progress)
     plan = segments(stream, piece)
-
-    def evaluation(snapshot, task: int) -> dict:  # metrics.jsonl's record of the evaluation after `task`
-        if s.online is not None:
-            return online.evaluation_record(
-                s.online, snapshot, test_images=test_images, test_labels=test_labels, episodes=prepared.episodes,
-                num_classes=prepared.num_classes, noise_known=noisy.known, after_task=task,
-                test_batch_size=s.eval.test_batch_size)
-        return evaluate.evaluation_record(
-            s.eval, base=snapshot.base, buffer=snapshot.buffer, train_images=data.images, test_images=test_images,
-            test_labels=test_labels, episodes=prepared.episodes, num_classes=prepared.num_classes,
-            noise_known=noisy.known, key=rng.chunk_key(s.seed, rng.EVAL, task), after_task=task,
-            chunks_processed=int(snapshot.chunk))
-
-    def save(at_state):
-        ckpt.save(int(at_state.chunk), at_state, {"chunks": log.chunks, "evals": log.evals,
-                                                  "walls": _session_walls(walls, earlier, t0, eval_time,
-                                                                          eval_before, compiled)})
-
-    def finish(job):  # waits for an evaluation, then writes its record and the checkpoint after it
-        nonlocal eval_time
-        te = time.time()
-        record = job.result()
-        eval_time += time.time() - te  # the time the run waited for it
-        log.write(record)
-        if progress:
-            bar.write(outputs.eval_line(record))
-        save(job.state)
-
-    evaluations = _Evaluations(background=bool(config.eval.background))
-    pending = None  # an evaluation running beside the next segment's replay
-    try:
-        for i, (task, start, end) in enumerate(plan):
-            if start is None:  # evaluation at the boundary after `task`
-                if task < len(log.evals):
-                    continue
-                if pending is not None:
-                    finish(pending)
-                pending = evaluations.start(evaluation, state, task, beside_more=i + 1 < len(plan))
-                if not pending.running:
-                    finish(pending)
-                    pending = None
+    for i, (task, start, end) in enumerate(plan):
+        if start is None:  # evaluation at the boundary after `task`
+            if task < len(log.evals):
                 continue
+            te = time.time()
+            if s.online is not None:
+                record = online.evaluation_record(
+                    s.online, state, test_images=test_images, test_labels=test_labels, episodes=prepared.episodes,
+                    num_classes=prepared.num_classes, noise_known=noisy.known, after_task=task,
+                    test_batch_size=s.eval.test_batch_size)
+            else:
+                record = evaluate.evaluation_record(
+                    s.eval, base=state.base, buffer=state.buffer, train_images=data.images, test_images=test_images,
+                    test_labels=test_labels, episodes=prepared.episodes, num_classes=prepared.num_classes,
+                    noise_known=noisy.known, key=rng.chunk_key(s.seed, rng.EVAL, task), after_task=task,
+                    chunks_processed=int(state.chunk))
+            eval_time += time.time() - te
+            log.write(record)
+            if progress:
+                bar.write(outputs.eval_line(record))
+        else:
             if end <= done_chunks:
                 continue
             n = end - start
@@ -293,9 +270,6 @@ def _run(config, workdir, progress, redo, compiled) -> dict:
                 else:
                     state, m = replay_phase.run_chunks(s.model, s.replay, state, data, *xs, np.arange(piece) < n)
             m = jax.tree.map(np.asarray, m)
-            if pending is not None:  # the evaluation before these chunks: its record comes first
-                finish(pending)
-                pending = None
             for j in range(n):
                 c = start + j
                 log.write(outputs.chunk_record(c, int(stream.chunk_task[c]), {k: v[j] for k, v in m.items()},
@@ -303,9 +277,9 @@ def _run(config, workdir, progress, redo, compiled) -> dict:
             bar.update(n)
             if i + 1 < len(plan) and plan[i + 1][1] is None:
                 continue  # an evaluation follows at this chunk: checkpoint after it, with its record
-            save(state)
-    finally:
-        evaluations.close()
+        ckpt.save(int(state.chunk), state, {"chunks": log.chunks, "evals": log.evals,
+                                            "walls": _session_walls(walls, earlier, t0, eval_time, eval_before,
+                                                                    compiled)})
     bar.close()
     ckpt.close()
     walls = _session_walls(walls, earlier, t0, eval_time, eval_before, compiled)
@@ -321,41 +295,6 @@ def _run(config, workdir, progress, redo, compiled) -> dict:
                               else 1.0 - stream_info["noise_rate_in_chunks"], compile_s=compile_s)
     outputs.write_summary(workdir, summary, prepared.episodes, progress)
     return summary
-
-
-class _Evaluations:
-    """Evaluations, each on its own copy of the state (`config.eval.background`).
-
-    In the background, an evaluation runs in a thread while the main thread replays the next task: its
-    fine-tuning runs small batches that leave part of the device idle (on a 2-core CPU, 5 evaluations
-    beside the replay cost about 2 s less than in a row). It reads a copy of the state, because the replay
-    program donates (reuses) the state's buffers; its record and the checkpoint after it are written once it
-    is done, before the next chunks' records, so metrics.jsonl and the checkpoints are what they are without
-    it. Otherwise an evaluation runs when its result is asked for.
-    """
-
-    class _Job:
-        def __init__(self, state, compute=None, future=None):
-            self.state, self._compute, self._future = state, compute, future
-            self.running = future is not None
-
-        def result(self) -> dict:
-            return self._future.result() if self._future is not None else self._compute()
-
-    def __init__(self, background: bool):
-        self._pool = (concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="spr_jax-evaluation")
-                      if background else None)
-
-    def start(self, evaluation, state, task: int, beside_more: bool) -> "_Evaluations._Job":
-        """`evaluation(state, task)`, started in the background if more of the run follows it to run beside."""
-        if self._pool is None or not beside_more:
-            return self._Job(state, compute=lambda: evaluation(state, task))
-        snapshot = jax.block_until_ready(jax.tree.map(jnp.copy, state))
-        return self._Job(snapshot, future=self._pool.submit(evaluation, snapshot, task))
-
-    def close(self):
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 class _Warmup:

@@ -207,27 +207,17 @@ def test_a_baseline_is_deterministic_and_resumes_to_the_same_summary(method, tmp
     assert resumed["final_purity"] is not None and 0 < whole["final_accuracy"] <= 1
 
 
-def test_the_speed_switches_overlap_compilation_and_evaluations_with_training_and_change_nothing(tmp_path,
-                                                                                               monkeypatch):
-    """cache.warm_up compiles the replay and evaluation programs while the experts train, eval.background
-    evaluates beside the next task's replay, cache.cpu_opt_level lowers XLA's LLVM level: the same run with
-    all three off has the same summary and metrics.jsonl."""
+def test_the_compile_speed_switches_change_nothing(tmp_path):
+    """cache.warm_up compiles the replay and evaluation programs while the experts train, cache.cpu_opt_level
+    lowers XLA's LLVM level: the same run with both off has the same summary and metrics.jsonl."""
     import threading
     from jax import monitoring
-    from spr_jax import evaluate
-    compiled, evaluated = [], []
+    compiled = []
 
     def listener(event, duration, **kwargs):
         if event == "/jax/core/compile/backend_compile_duration":
             compiled.append((threading.current_thread().name, str(kwargs.get("fun_name"))))
 
-    real_record = evaluate.evaluation_record
-
-    def recording(*args, **kwargs):
-        evaluated.append(threading.current_thread().name)
-        return real_record(*args, **kwargs)
-
-    monkeypatch.setattr(evaluate, "evaluation_record", recording)
     c = tiny_config()
     c.cache.compile_dir = ""
     # Shapes and settings of their own, so that no earlier test in this process has compiled these programs.
@@ -240,16 +230,11 @@ def test_the_speed_switches_overlap_compilation_and_evaluations_with_training_an
     by_thread = {name: {fun for thread, fun in compiled if thread == name} for name, _ in compiled}
     assert {"jit(run_chunks)", "jit(finetune)", "jit(predict)"} <= by_thread["spr_jax-warm-up"], by_thread
     assert not {"jit(run_chunks)", "jit(finetune)", "jit(predict)"} & by_thread["MainThread"], by_thread
-    # Every evaluation but the last (nothing follows it) ran beside the replay.
-    tasks = len(c.episodes)
-    assert evaluated[:-1] == ["spr_jax-evaluation_0"] * (tasks - 1) and evaluated[-1] == "MainThread", evaluated
-    c.cache.warm_up, c.eval.background, c.cache.cpu_opt_level = False, False, -1  # -1: XLA's default level, 3
-    evaluated.clear()
+    c.cache.warm_up, c.cache.cpu_opt_level = False, -1  # -1: XLA's default LLVM level, 3
     try:
         plain = run_loop.run(c, str(tmp_path / "plain"), progress=False)
     finally:
         compilation.set_cpu_opt_level(configlib.base_config().cache.cpu_opt_level)  # the level is process-wide
-    assert evaluated == ["MainThread"] * tasks
     assert _without_walls(plain) == _without_walls(fast)
     # metrics.jsonl: the same records in the same order. The LLVM level can move the logged base_loss (not
     # the training: the weights are bit-identical) in its last bit.
