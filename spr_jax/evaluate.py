@@ -26,16 +26,27 @@ def _to_float(images):
     return images.astype(jnp.float32) / 255.0
 
 
+@functools.lru_cache(maxsize=None)
+def _feature_shape(classifier, input_shape: tuple) -> tuple:
+    """The encoder's output shape for one input (traced abstractly, once per classifier and input shape)."""
+    variables = jax.eval_shape(lambda k: classifier.init(k, jnp.zeros((1,) + input_shape, jnp.float32),
+                                                         train=False), jax.random.PRNGKey(0))
+    return jax.eval_shape(lambda v: classifier.apply(v, jnp.zeros((1,) + input_shape, jnp.float32), train=False,
+                                                     method=lambda m, x, train: m.encoder(x, train=train)),
+                          variables).shape
+
+
 def classifier_variables(classifier, base: steps.TrainState, key, input_shape):
-    """A fresh classifier whose encoder (params and BatchNorm statistics) is a copy of the base's."""
-    variables = classifier.init(key, jnp.zeros((1,) + tuple(input_shape), jnp.float32), train=False)
-    params = dict(variables["params"])
-    params["encoder"] = base.params["encoder"]
-    out = {"params": params}
-    if "batch_stats" in variables:
-        stats = dict(variables["batch_stats"])
-        stats["encoder"] = base.batch_stats["encoder"]
-        out["batch_stats"] = stats
+    """A fresh classifier whose encoder (params and BatchNorm statistics) is a copy of the base's.
+
+    Only the head is initialised (eagerly: jitting the init would move its values by float rounding), to the
+    values a whole init would give it; the encoder a whole init would draw is replaced anyway, and drawing and
+    compiling it cost about 2 s of a CPU run."""
+    features = jnp.zeros(_feature_shape(classifier, tuple(input_shape)), jnp.float32)
+    head = classifier.init(key, features, method=type(classifier).head_only)
+    out = {"params": {"encoder": base.params["encoder"], **head["params"]}}
+    if "encoder" in (base.batch_stats or {}):
+        out["batch_stats"] = {"encoder": base.batch_stats["encoder"]}
     return out
 
 
@@ -133,8 +144,9 @@ def warm_up(s: EvalSettings, base, buffer_size: int, test_images) -> None:
     run_loop calls it in a background thread while the experts train."""
     input_shape = tuple(test_images.shape[1:])
     key = jax.random.PRNGKey(0)
-    s.classifier.init(key, jnp.zeros((1,) + input_shape), train=False)  # eager ops compile on first use
     variables = jax.eval_shape(lambda b, k: initial_variables(s, b, k, input_shape), base, key)
+    features = jnp.zeros(_feature_shape(s.classifier, input_shape), jnp.float32)
+    s.classifier.init(key, features, method=type(s.classifier).head_only)  # eager ops compile on first use
     images = jax.ShapeDtypeStruct((buffer_size,) + input_shape, test_images.dtype)
     labels = jax.ShapeDtypeStruct((buffer_size,), jnp.int32)
     if buffer_size >= s.batch_size:

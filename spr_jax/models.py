@@ -159,14 +159,23 @@ class SimCLRModel(nn.Module):
 
 
 class Classifier(nn.Module):
-    """Encoder plus a linear head, for evaluation; the encoder's params sit under "encoder" as in SimCLRModel."""
+    """Encoder plus a linear head, for evaluation; the encoder's params sit under "encoder" as in SimCLRModel.
+
+    `init(key, features, method=Classifier.head_only)` initialises the head alone, to the same values as a
+    whole `init(key, images)` gives it (flax derives a submodule's key from its name, not from the order of
+    initialisation): an evaluation replaces the encoder with the base's anyway.
+    """
     encoder: nn.Module
     num_classes: int
 
-    @nn.compact
+    def setup(self):
+        self.head = TorchDense(self.num_classes)
+
     def __call__(self, x, train: bool = False):
-        h = self.encoder(x, train=train)
-        return TorchDense(self.num_classes, name="head")(h)
+        return self.head(self.encoder(x, train=train))
+
+    def head_only(self, features):
+        return self.head(features)
 
 
 class ConvNet(nn.Module):

@@ -1,0 +1,99 @@
+"""XLA compile time of a run's main programs at each CPU LLVM level; prints one JSON object.
+
+    python benchmarks/compile_time.py                       # configs/fashion_mnist_cpu.py, levels 1 and -1
+    python benchmarks/compile_time.py --levels 1 -1 0 --repeats 5
+
+For every level in turn (interleaved, `--repeats` times, in one process, in-memory caches cleared and no
+persistent cache, so every compilation is cold), compiles ahead of time: one SimCLR step at the run's batch,
+an expert's training on one chunk (`experts.train_expert`), a replay segment (`replay_phase.run_chunks`) and
+an evaluation's fine-tuning and prediction. Reports the median XLA compile seconds per program and level
+(`config.cache.cpu_opt_level`; -1 is XLA's default, 3). Compiling one program at a time on an otherwise idle
+machine, this isolates the level's effect from the run-to-run noise of a whole run.
+"""
+import argparse
+import json
+import os
+import platform
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from benchmarks.end_to_end import load_config  # noqa: E402
+
+
+def compile_programs(config) -> dict:
+    """XLA compile seconds of each program, compiled once, cold."""
+    from spr_jax import compilation, evaluate, experts, replay_phase, run_loop, settings as settings_lib, steps
+    jax.config.update("jax_enable_compilation_cache", False)
+    prepared, s = run_loop.prepare(config)
+    ds, d = prepared.dataset, prepared.stream.chunk_size
+    shape = ds.train.images.shape[1:]
+    image = lambda n: jax.ShapeDtypeStruct((n,) + shape, jnp.uint8)  # noqa: E731
+    key = jax.random.PRNGKey(0)
+    state = jax.eval_shape(lambda: replay_phase.init_state(s.model, s.seed, shape, s.buffer_size,
+                                                           prepared.num_classes, s.replay.policy))
+    data = replay_phase.TrainData(images=image(ds.train.images.shape[0]),
+                                  noisy=jax.ShapeDtypeStruct(ds.train.labels.shape, jnp.int32),
+                                  corrupt=jax.ShapeDtypeStruct(ds.train.labels.shape, jnp.bool_))
+    batch = min(int(config.base.batch_size), d)
+    lr = jax.ShapeDtypeStruct((), jnp.float32)
+    programs = {
+        "contrastive_step": lambda: steps.contrastive_step.lower(
+            s.model, state.base, image(batch), key, lr, views=s.replay.views, temperature=s.replay.temperature),
+        "train_expert": lambda: experts.train_expert.lower(
+            s.expert.model, image(d), key, epochs=s.expert.epochs, base_lr=lr, warmup_epochs=s.expert.warmup_epochs,
+            views=s.expert.views, temperature=s.expert.temperature),
+        "run_chunks": lambda: replay_phase.run_chunks.lower(
+            s.model, s.replay, state, data, jax.ShapeDtypeStruct((10, d), jnp.int32),
+            jax.ShapeDtypeStruct((10, d), jnp.float32), jax.ShapeDtypeStruct((10, d), jnp.bool_),
+            jax.ShapeDtypeStruct((10,), jnp.bool_)),
+    }
+    variables = jax.eval_shape(lambda b: evaluate.initial_variables(s.eval, b, key, shape), state.base)
+    tune = dict(epochs=s.eval.epochs, batch_size=s.eval.batch_size, lr=s.eval.lr, decay_every=s.eval.decay_every,
+                decay=s.eval.decay, clip=s.eval.clip, loss=s.eval.loss, networks=s.eval.networks)
+    programs["finetune"] = lambda: evaluate.finetune.lower(
+        s.eval.classifier, variables, image(s.buffer_size), jax.ShapeDtypeStruct((s.buffer_size,), jnp.int32), key,
+        **tune)
+    programs["predict"] = lambda: evaluate.predict.lower(
+        s.eval.classifier, variables, image(ds.test.images.shape[0]), batch_size=s.eval.test_batch_size)
+    out = {}
+    with settings_lib.matmul_precision(s):
+        for name, lower in programs.items():
+            lowered = lower()
+            with compilation.compile_timer() as timed:
+                lowered.compile()
+            out[name] = sum(timed["programs"].values())
+    return out
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="configs/fashion_mnist_cpu.py")
+    p.add_argument("--levels", type=int, nargs="+", default=[1, -1])
+    p.add_argument("--repeats", type=int, default=3)
+    a = p.parse_args()
+    from spr_jax import compilation
+    config = load_config(a.config, 1, [])
+    times = {level: [] for level in a.levels}
+    for _ in range(a.repeats):
+        for level in a.levels:
+            compilation.set_cpu_opt_level(level)
+            jax.clear_caches()
+            times[level].append(compile_programs(config))
+    median = {str(level): {name: round(float(np.median([r[name] for r in runs])), 3) for name in runs[0]}
+              for level, runs in times.items()}
+    for level in median.values():
+        level["total"] = round(sum(level.values()), 3)
+    dev = jax.devices()[0]
+    print(json.dumps({"config": a.config, "repeats": a.repeats, "xla_compile_s_median": median,
+                      "device": f"{dev.platform}:{dev.device_kind} ({platform.processor() or platform.machine()}, "
+                                f"{os.cpu_count()} cores)", "jax": jax.__version__,
+                      "load_avg_1min": os.getloadavg()[0]}))
+
+
+if __name__ == "__main__":
+    main()
