@@ -85,3 +85,20 @@ def test_resnet18_forward_init_and_batchnorm_momentum():
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
     np.testing.assert_allclose(upd["batch_stats"]["encoder"]["bn1"]["mean"], 0.1 * conv.mean(axis=(0, 1, 2)),
                                rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("encoder,shape", [("mlp", (28, 28, 1)), ("convnet", (16, 16, 3))])
+def test_an_evaluation_classifier_is_the_base_encoder_plus_the_head_a_whole_init_draws(encoder, shape):
+    from spr_jax import evaluate, steps
+    base = steps.init_state(models.make_simclr(encoder, 32), jax.random.PRNGKey(1), shape)
+    clf = models.make_classifier(encoder, 10)
+    got = evaluate.classifier_variables(clf, base, jax.random.PRNGKey(2), shape)
+    whole = clf.init(jax.random.PRNGKey(2), jnp.zeros((1,) + shape), train=False)  # head drawn with the encoder
+    assert jax.tree.structure(got) == jax.tree.structure(whole)
+    for a, b in zip(jax.tree.leaves(got["params"]["head"]), jax.tree.leaves(whole["params"]["head"])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for a, b in zip(jax.tree.leaves(got["params"]["encoder"]), jax.tree.leaves(base.params["encoder"])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    if "batch_stats" in whole:
+        for a, b in zip(jax.tree.leaves(got["batch_stats"]), jax.tree.leaves(base.batch_stats["encoder"])):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
