@@ -30,3 +30,15 @@ def test_end_to_end_benchmark_runs_on_the_tiny_config():
     res = json.loads(r.stdout.strip().splitlines()[-1])
     assert res["steps"] == res["expert_steps"] + res["base_steps"] > 0
     assert 0 < res["fraction_of_step_limit"] < 1 and res["compile_s"] > 0
+
+
+@pytest.mark.slow
+def test_compile_time_benchmark_runs_on_the_tiny_config():
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "compile_time.py"), "--config=configs/tiny.py",
+                        "--repeats=1"], cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert set(res["xla_compile_s_median"]) == {"1", "-1"}
+    for programs in res["xla_compile_s_median"].values():
+        assert set(programs) == {"contrastive_step", "train_expert", "run_chunks", "finetune", "predict", "total"}
+        assert all(v > 0 for v in programs.values())
