@@ -102,3 +102,10 @@ def test_an_evaluation_classifier_is_the_base_encoder_plus_the_head_a_whole_init
     if "batch_stats" in whole:
         for a, b in zip(jax.tree.leaves(got["batch_stats"]), jax.tree.leaves(base.batch_stats["encoder"])):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # The head's init is compiled, the whole init runs op by op: the same bits for other keys too.
+    features = jnp.zeros((1, models.make_encoder(encoder).features))
+    for seed in range(3, 13):
+        head = evaluate.classifier_variables(clf, base, jax.random.PRNGKey(seed), shape)["params"]["head"]
+        eager = clf.init(jax.random.PRNGKey(seed), features, method=models.Classifier.head_only)["params"]["head"]
+        for a, b in zip(jax.tree.leaves(head), jax.tree.leaves(eager)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
