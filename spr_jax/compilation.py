@@ -14,6 +14,7 @@ is slower and changes results. GPUs and TPUs keep XLA's defaults.
 import contextlib
 import functools
 import os
+import threading
 
 import jax
 from jax import monitoring
@@ -46,6 +47,7 @@ class _Program:
     def __init__(self, fun, jit_kwargs):
         functools.update_wrapper(self, fun)
         self._fun, self._jit_kwargs, self._jitted = fun, jit_kwargs, {}
+        self._lock = threading.Lock()  # the warm-up thread and the main thread share one jitted function
 
     def _for_now(self, args=(), kwargs=None):
         # Inside another program's trace the options belong to that program (jax refuses them on a nested jit).
@@ -54,7 +56,10 @@ class _Program:
         key = tuple(sorted(options.items())) if options else ()
         jitted = self._jitted.get(key)
         if jitted is None:
-            jitted = self._jitted[key] = jax.jit(self._fun, compiler_options=options, **self._jit_kwargs)
+            with self._lock:
+                jitted = self._jitted.get(key)
+                if jitted is None:
+                    jitted = self._jitted[key] = jax.jit(self._fun, compiler_options=options, **self._jit_kwargs)
         return jitted
 
     def __call__(self, *args, **kwargs):
