@@ -29,11 +29,10 @@ def _to_float(images):
 @functools.lru_cache(maxsize=None)
 def _feature_shape(classifier, input_shape: tuple) -> tuple:
     """The encoder's output shape for one input (traced abstractly, once per classifier and input shape)."""
-    variables = jax.eval_shape(lambda k: classifier.init(k, jnp.zeros((1,) + input_shape, jnp.float32),
-                                                         train=False), jax.random.PRNGKey(0))
-    return jax.eval_shape(lambda v: classifier.apply(v, jnp.zeros((1,) + input_shape, jnp.float32), train=False,
-                                                     method=lambda m, x, train: m.encoder(x, train=train)),
-                          variables).shape
+    features, _ = jax.eval_shape(lambda k: classifier.init_with_output(
+        k, jnp.zeros((1,) + input_shape, jnp.float32), train=False,
+        method=lambda m, x, train: m.encoder(x, train=train)), jax.random.PRNGKey(0))
+    return features.shape
 
 
 @functools.partial(compilation.jit, static_argnames=("classifier",))
