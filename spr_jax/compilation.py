@@ -19,8 +19,10 @@ import threading
 import jax
 from jax import monitoring
 
-# XLA's LLVM optimisation level for programs compiled for a CPU; None leaves XLA's default (run_loop sets it
-# from config.cache.cpu_opt_level).
+from spr_jax import configlib
+
+# XLA's LLVM optimisation level for programs compiled for a CPU; None leaves XLA's default (a run sets it
+# from config.cache.cpu_opt_level for its duration).
 _cpu_opt_level = 1
 
 
@@ -29,9 +31,21 @@ def set_cpu_opt_level(level) -> None:
     negative level leaves XLA's default."""
     global _cpu_opt_level
     if level is not None and int(level) > 3:
-        raise ValueError(f"cpu_opt_level={level} is not an LLVM optimisation level; use 0-3, or -1 for XLA's "
-                         f"default")
+        raise configlib.ConfigError(f"config.cache.cpu_opt_level={level} is not an LLVM optimisation level; use "
+                                    f"0-3, or -1 for XLA's default")
     _cpu_opt_level = None if level is None or int(level) < 0 else int(level)
+
+
+@contextlib.contextmanager
+def cpu_opt_level(level):
+    """set_cpu_opt_level(level) inside the block, the level before it afterwards (a run's setting does not
+    outlive the run)."""
+    before = _cpu_opt_level
+    set_cpu_opt_level(level)
+    try:
+        yield
+    finally:
+        set_cpu_opt_level(before)
 
 
 def compiler_options(backend: str | None = None) -> dict | None:
@@ -67,9 +81,6 @@ class _Program:
 
     def lower(self, *args, **kwargs):
         return self._for_now().lower(*args, **kwargs)
-
-    def trace(self, *args, **kwargs):
-        return self._for_now().trace(*args, **kwargs)
 
 
 def jit(fun=None, **jit_kwargs):

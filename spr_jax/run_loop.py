@@ -118,10 +118,9 @@ def fill_expert_cache(config, workdir: str, progress: bool = True) -> dict:
     t0 = time.time()
     compilation.use_persistent_cache(config.cache.compile_dir)
     prepared, s = prepare(config)
-    compilation.set_cpu_opt_level(config.cache.cpu_opt_level)
     os.makedirs(workdir, exist_ok=True)
     folder = expert_phase.cache_dir(config.cache.dir, workdir)
-    with settings_lib.matmul_precision(s):
+    with settings_lib.matmul_precision(s), compilation.cpu_opt_level(config.cache.cpu_opt_level):
         out = expert_phase.run(s, expert_inputs(config, prepared), prepared,
                                jnp.asarray(prepared.dataset.train.images), folder, progress)
     info = {"chunks": prepared.stream.num_chunks, "cache_hits": out["cache_hits"], "trained": out["trained"],
@@ -162,7 +161,7 @@ def run(config, workdir: str, progress: bool = True, redo: bool = False) -> dict
     from scratch, keeping the expert cache). summary.json's compile_s is the time spent tracing and
     compiling (JAX's persistent cache, config.cache.compile_dir, saves most of it on a later run)."""
     compilation.use_persistent_cache(config.cache.compile_dir)
-    with compilation.compile_timer() as compiled:
+    with compilation.cpu_opt_level(config.cache.cpu_opt_level), compilation.compile_timer() as compiled:
         return _run(config, workdir, progress, redo, compiled)
 
 
@@ -170,7 +169,6 @@ def _run(config, workdir, progress, redo, compiled) -> dict:
     walls = {}
     t0 = time.time()
     prepared, s = prepare(config)
-    compilation.set_cpu_opt_level(config.cache.cpu_opt_level)
     if redo and jax.process_index() == 0:
         for name in RUN_FILES:
             path = os.path.join(workdir, name)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny as tiny_config
-from spr_jax import checkpoint, compilation, configlib, expert_phase, experts, purify, replay_phase, rng, run_loop
+from spr_jax import checkpoint, compilation, expert_phase, experts, purify, replay_phase, rng, run_loop
 
 
 def _lines(workdir):
@@ -231,10 +231,8 @@ def test_the_compile_speed_switches_change_nothing(tmp_path):
     assert {"jit(run_chunks)", "jit(finetune)", "jit(predict)"} <= by_thread["spr_jax-warm-up"], by_thread
     assert not {"jit(run_chunks)", "jit(finetune)", "jit(predict)"} & by_thread["MainThread"], by_thread
     c.cache.warm_up, c.cache.cpu_opt_level = False, -1  # -1: XLA's default LLVM level, 3
-    try:
-        plain = run_loop.run(c, str(tmp_path / "plain"), progress=False)
-    finally:
-        compilation.set_cpu_opt_level(configlib.base_config().cache.cpu_opt_level)  # the level is process-wide
+    plain = run_loop.run(c, str(tmp_path / "plain"), progress=False)
+    assert compilation.compiler_options("cpu") == {"xla_backend_optimization_level": 1}  # the run's level ended
     assert _without_walls(plain) == _without_walls(fast)
     # metrics.jsonl: the same records in the same order. The LLVM level can move the logged base_loss (not
     # the training: the weights are bit-identical) in its last bit.
