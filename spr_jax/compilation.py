@@ -6,10 +6,10 @@ so a resumed or repeated run with the same shapes does not compile them again; i
 
 `jit` is jax.jit, plus one compiler option on a CPU: XLA's LLVM optimisation level 1 instead of its default
 3 (`config.cache.cpu_opt_level`). On a CPU the heavy work runs in library matmuls and convolutions whose code
-LLVM does not generate, so the higher levels cost compile time (about a fifth of it for a run's main
-programs: benchmarks/compile_time.py) and buy no step time. In our checks training is bit-identical (the
-weights after a whole run, and every accuracy and purity); a logged loss can differ in its last bit. Level 0
-is slower and changes results. GPUs and TPUs keep XLA's defaults.
+LLVM does not generate, so the higher levels cost compile time (20-25% of it for a run's main programs:
+benchmarks/compile_time.py) and buy no step time. In our checks training is bit-identical (the weights after
+a whole run, and every accuracy and purity); a logged loss can differ in its last bit. Level 0 is slower and
+changes results. GPUs and TPUs keep XLA's defaults.
 """
 import contextlib
 import functools
