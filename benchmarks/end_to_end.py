@@ -7,8 +7,8 @@
 It runs the config in this process into a fresh workdir (cold: an empty compilation cache of its own), then,
 in the same process, times the SimCLR step of the run's model at the run's batch size as the run executes
 it (steps scanned in one program, 20 per timed call; median of the calls) and counts the SimCLR steps the
-run executed: expert steps (chunks trained x expert epochs, one batch of the whole chunk per epoch) and base steps (per chunk, epochs x batches: D // min(B, D) before
-the buffer is full, D // (B / 2) after). fraction_of_step_limit = steps x step time / wall time: how close
+run executed: expert steps (chunks trained x expert epochs, one batch of the whole chunk per epoch) and
+base steps (per chunk, epochs x batches: D // min(B, D) before the buffer is full, D // (B / 2) after). fraction_of_step_limit = steps x step time / wall time: how close
 the run comes to doing nothing but SimCLR steps at the measured speed. (Timing the step jitted alone, one
 call per step, adds dispatch and a host sync to every step; it is reported as step_call_ms, not used.)
 """
