@@ -10,6 +10,9 @@ LLVM does not generate, so the higher levels cost compile time (20-25% of it for
 benchmarks/compile_time.py) and buy no step time. In our checks training is bit-identical (the weights after
 a whole run, and every accuracy and purity); a logged loss can differ in its last bit. Level 0 is slower and
 changes results. GPUs and TPUs keep XLA's defaults.
+
+A program may add CPU options of its own (`jit(..., cpu_options=...)`), used with the level and likewise only
+on a CPU; the evaluation's fine-tuning asks for 512-bit vectors (see evaluate.finetune).
 """
 import contextlib
 import functools
@@ -48,25 +51,23 @@ def cpu_opt_level(level):
         set_cpu_opt_level(before)
 
 
-def compiler_options(backend: str | None = None) -> dict | None:
-    """The compiler options spr_jax's programs get on `backend` (default: JAX's default backend)."""
+def compiler_options(backend: str | None = None, cpu_options: dict | None = None) -> dict | None:
+    """The compiler options spr_jax's programs get on `backend` (default: JAX's default backend); a program's
+    own `cpu_options` come with the level (none when the level is XLA's default: -1 keeps every default)."""
     if (backend or jax.default_backend()) != "cpu" or _cpu_opt_level is None:
         return None
-    return {"xla_backend_optimization_level": _cpu_opt_level}
+    return {"xla_backend_optimization_level": _cpu_opt_level, **(cpu_options or {})}
 
 
 class _Program:
     """A function jitted on first use with the compiler options of the backend it then runs on."""
 
-    def __init__(self, fun, jit_kwargs):
+    def __init__(self, fun, jit_kwargs, cpu_options):
         functools.update_wrapper(self, fun)
-        self._fun, self._jit_kwargs, self._jitted = fun, jit_kwargs, {}
+        self._fun, self._jit_kwargs, self._cpu_options, self._jitted = fun, jit_kwargs, cpu_options, {}
         self._lock = threading.Lock()  # the warm-up thread and the main thread share one jitted function
 
-    def _for_now(self, args=(), kwargs=None):
-        # Inside another program's trace the options belong to that program (jax refuses them on a nested jit).
-        nested = any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((args, kwargs)))
-        options = None if nested else compiler_options()
+    def _with(self, options):
         key = tuple(sorted(options.items())) if options else ()
         jitted = self._jitted.get(key)
         if jitted is None:
@@ -76,20 +77,33 @@ class _Program:
                     jitted = self._jitted[key] = jax.jit(self._fun, compiler_options=options, **self._jit_kwargs)
         return jitted
 
+    def _for_now(self, args=(), kwargs=None):
+        # Inside another program's trace the options belong to that program (jax refuses them on a nested jit).
+        nested = any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((args, kwargs)))
+        return self._with(None if nested else compiler_options(cpu_options=self._cpu_options))
+
     def __call__(self, *args, **kwargs):
-        return self._for_now(args, kwargs)(*args, **kwargs)
+        jitted = self._for_now(args, kwargs)
+        try:
+            return jitted(*args, **kwargs)
+        except ValueError as e:
+            # Traced without a tracer among the arguments (e.g. inside jax.eval_shape of a closure): nested
+            # all the same, so the options go.
+            if "compiler_options" not in str(e) or "top-level" not in str(e):
+                raise
+            return self._with(None)(*args, **kwargs)
 
     def lower(self, *args, **kwargs):
         return self._for_now().lower(*args, **kwargs)
 
 
-def jit(fun=None, **jit_kwargs):
+def jit(fun=None, *, cpu_options: dict | None = None, **jit_kwargs):
     """jax.jit (usable as `@jit`, `@functools.partial(jit, static_argnames=...)` or `jit(fn)`) with the
-    backend's compiler options (see the module's docstring); the backend is looked up at the first call, so
-    importing spr_jax initialises no backend."""
+    backend's compiler options (see the module's docstring), plus `cpu_options` of this program's own on a
+    CPU; the backend is looked up at the first call, so importing spr_jax initialises no backend."""
     if fun is None:
-        return functools.partial(jit, **jit_kwargs)
-    return _Program(fun, jit_kwargs)
+        return functools.partial(jit, cpu_options=cpu_options, **jit_kwargs)
+    return _Program(fun, jit_kwargs, cpu_options)
 
 
 # jax's own event names (jax._src.dispatch): tracing, lowering and XLA compilation of a program.

@@ -53,8 +53,15 @@ def classifier_variables(classifier, base: steps.TrainState, key, input_shape):
     return out
 
 
-@functools.partial(compilation.jit, static_argnames=("classifier", "epochs", "batch_size", "lr", "decay_every", "decay",
-                                             "clip", "loss", "networks"))
+# 512-bit vectors (XLA's CPU default is 256): the fine-tuning's small batches leave it bound by Adam's
+# elementwise updates, which run ~17% faster so on an AVX-512 CPU (benchmarks/finetune.py), bit-identically
+# (tested); a CPU without AVX-512 keeps 256.
+_FINETUNE_CPU_OPTIONS = {"xla_cpu_prefer_vector_width": 512}
+
+
+@functools.partial(compilation.jit, cpu_options=_FINETUNE_CPU_OPTIONS,
+                   static_argnames=("classifier", "epochs", "batch_size", "lr", "decay_every", "decay", "clip", "loss",
+                                    "networks"))
 def finetune(classifier, variables, images, labels, key, *, epochs, batch_size, lr, decay_every, decay, clip,
              loss=losses.cross_entropy, networks: int = 1):
     """Fine-tunes all of the classifier on (images uint8 [n, ...], labels [n]) with `loss(logits, labels)`;
@@ -128,9 +135,19 @@ def _finetune_settings(s: EvalSettings) -> dict:
                 clip=s.clip, loss=s.loss, networks=s.networks)
 
 
+@compilation.jit
+def _split(key):
+    return jax.random.split(key)
+
+
+@compilation.jit
+def _rows(images, index):
+    return images[index]
+
+
 def evaluate(s: EvalSettings, base, buffer_images, buffer_labels, test_images, key):
     """Fine-tunes a copy of the base on the buffer's (images, noisy labels) and returns test predictions."""
-    k_init, k_tune = jax.random.split(key)
+    k_init, k_tune = _split(key)  # (one compiled program, warmed up, instead of jax's op-by-op compiles)
     variables = initial_variables(s, base, k_init, test_images.shape[1:])
     if buffer_images.shape[0] >= s.batch_size:
         variables = finetune(s.classifier, variables, buffer_images, buffer_labels, k_tune, **_finetune_settings(s))
@@ -140,13 +157,18 @@ def evaluate(s: EvalSettings, base, buffer_images, buffer_labels, test_images, k
     return np.asarray(preds)
 
 
-def warm_up(s: EvalSettings, base, buffer_size: int, test_images) -> None:
-    """Compiles an evaluation's programs for a full buffer ahead of the first evaluation (base may be
-    abstract): the fine-tuning and the prediction (ahead-of-time compilation fills the cache their jit calls
-    look up), and the initialisation of the classifier's head. Changes no result;
-    run_loop calls it in a background thread while the experts train."""
+def warm_up(s: EvalSettings, base, buffer_size: int, test_images, train_images=None) -> None:
+    """Compiles an evaluation's programs for a full buffer ahead of the first evaluation (base and
+    train_images may be abstract): the fine-tuning and the prediction (ahead-of-time compilation fills the
+    cache their jit calls look up), the initialisation of the classifier's head, the key's split and (given
+    train_images) the buffer's gather. Changes no result; run_loop calls it in a background thread while the
+    experts train."""
     input_shape = tuple(test_images.shape[1:])
     key = jax.random.PRNGKey(0)
+    _split.lower(key).compile()
+    if train_images is not None:
+        _rows.lower(jax.ShapeDtypeStruct(train_images.shape, train_images.dtype),
+                    jax.ShapeDtypeStruct((buffer_size,), jnp.int32)).compile()
     variables = jax.eval_shape(lambda b, k: initial_variables(s, b, k, input_shape), base, key)
     features = jax.ShapeDtypeStruct(_feature_shape(s.classifier, input_shape), jnp.float32)
     _init_head.lower(s.classifier, key, features).compile()
@@ -170,7 +192,7 @@ def evaluation_record(s: EvalSettings, *, base, buffer, train_images, test_image
     buf = jax.device_get(buffer)
     valid = np.asarray(buf.valid)
     idx = np.asarray(buf.index)[valid]
-    preds = evaluate(s, base, train_images[jnp.asarray(idx)], jnp.asarray(np.asarray(buf.label)[valid]),
+    preds = evaluate(s, base, _rows(train_images, jnp.asarray(idx, jnp.int32)), jnp.asarray(np.asarray(buf.label)[valid]),
                      test_images, key)
     return record_from_predictions(preds, buf, test_labels=test_labels, episodes=episodes, num_classes=num_classes,
                                    noise_known=noise_known, after_task=after_task, chunks_processed=chunks_processed)
