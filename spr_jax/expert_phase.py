@@ -62,7 +62,7 @@ def _filter_args(settings: RunSettings, prepared, ids):
 
 
 def train_missing_experts(settings: RunSettings, prepared, train_images_dev, misses, progress,
-                          on_running=None) -> dict:
+                          on_compiling=None) -> dict:
     """{chunk: outputs} for the chunks in `misses`: clean_p and keep (plus features and final_loss with one
     process; features stay on the host that trained them).
 
@@ -78,7 +78,7 @@ def train_missing_experts(settings: RunSettings, prepared, train_images_dev, mis
             train_images_dev, s.chunks[mine], settings.seed, chunk_ids=mine,
             post_fn=_post_fn(settings.filter.fn, settings.filter.num_classes),
             post_args=_filter_args(settings, prepared, mine), keep_losses=False, progress=progress,
-            on_running=on_running, **settings.expert.phase_kwargs())
+            on_compiling=on_compiling, **settings.expert.phase_kwargs())
     if nproc == 1:
         return {int(c): {k: np.asarray(v[j]) for k, v in out.items()} for j, c in enumerate(mine)}
     from jax.experimental import multihost_utils
@@ -97,10 +97,11 @@ def train_missing_experts(settings: RunSettings, prepared, train_images_dev, mis
 
 
 def run(settings: RunSettings, run_inputs: dict, prepared, train_images_dev, cache_folder: str,
-        progress=True, on_running=None) -> dict:
+        progress=True, on_compiling=None) -> dict:
     """clean_p and keep [C, D] of every chunk: read from the expert cache, the missing ones trained (in
     parallel over chunk groups and devices) and written to it. Returns them with hit/trained counts.
-    on_running(), optional, is called once experts are training (not at all when none is)."""
+    on_compiling(), optional, is called once the experts' program is traced, as XLA starts compiling it (not at
+    all when no expert trains)."""
     s = prepared.stream
     if not settings.filter.needs_features:  # nothing to train: the filter alone, on every chunk at once
         ids = np.arange(s.num_chunks, dtype=np.int32)
@@ -122,7 +123,7 @@ def run(settings: RunSettings, run_inputs: dict, prepared, train_images_dev, cac
         misses = np.flatnonzero(multihost_utils.process_allgather(missing).any(axis=0)).tolist()
     if misses:
         for c, outputs in train_missing_experts(settings, prepared, train_images_dev, misses, progress,
-                                                     on_running).items():
+                                                     on_compiling).items():
             if c in own_misses:  # every process fills its own cache (puts are atomic, so shared folders are safe)
                 cache.put(keys[c], outputs, descriptions[c])
             hits[c] = outputs

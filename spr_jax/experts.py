@@ -47,7 +47,7 @@ def expert_phase(train_images, chunks, seed: int, *, model: nn.Module, epochs: i
                  warmup_epochs: int, views: augment.Views = augment.Views(), group_size: int = 8,
                  temperature: float = 0.5, devices: Optional[Sequence[jax.Device]] = None,
                  post_fn: Optional[PostFn] = None, post_args: Any = None, keep_losses: bool = True,
-                 chunk_ids=None, progress: bool = True, on_running: Optional[Callable[[], None]] = None) -> dict:
+                 chunk_ids=None, progress: bool = True, on_compiling: Optional[Callable[[], None]] = None) -> dict:
     """Trains the expert of every chunk and returns its results as numpy arrays with a leading axis C.
 
     train_images: uint8 [N, H, W, C], all training images (put once on every device).
@@ -66,8 +66,8 @@ def expert_phase(train_images, chunks, seed: int, *, model: nn.Module, epochs: i
     (a new function object compiles anew; keep one per run to reuse the compiled round).
     group_size: experts vmapped together per device. On a 2-core CPU 1-2 is fastest (measured: 35 ms per
     expert-epoch at D = 300 for 1 and 2, 42 ms for 4); accelerators want larger groups.
-    on_running(), optional, is called once the first round has been compiled and dispatched (run_loop
-    compiles the replay programs meanwhile).
+    on_compiling(), optional, is called once the first round's program is traced and lowered, just before XLA
+    compiles it (run_loop compiles the replay programs meanwhile, beside this compilation and the training).
     Returns {"features": [C, D, proj_dim] float32, "final_loss": [C], "losses": [C, epochs] (if
     keep_losses), **post_fn outputs}.
     """
@@ -89,19 +89,24 @@ def expert_phase(train_images, chunks, seed: int, *, model: nn.Module, epochs: i
     base_lr = np.float32(base_lr)
     post_args = {} if post_args is None else post_args
 
-    def dispatch(r):
+    def round_args(r):
         # The last round is padded with repeats of real chunks; their results are dropped.
         rows = np.arange(r * per_round, (r + 1) * per_round) % num_chunks
         args = jax.tree_util.tree_map(lambda a: jax.device_put(np.asarray(a)[rows], split), post_args)
-        out = run_round(images, expert_key, base_lr, jax.device_put(chunk_ids[rows], split),
-                        jax.device_put(chunks[rows], split), args)
-        return out, min(per_round, num_chunks - r * per_round)
+        return (images, expert_key, base_lr, jax.device_put(chunk_ids[rows], split),
+                jax.device_put(chunks[rows], split), args)
+
+    def dispatch(r):
+        return run_round(*round_args(r)), min(per_round, num_chunks - r * per_round)
 
     results = []
     bar = _progress(num_chunks, progress)
+    if rounds and on_compiling is not None:
+        # Traced and lowered here (the call below reuses both), so that on_compiling's work (Python, holding
+        # the GIL) runs while XLA compiles this program (which releases it).
+        run_round.lower(*round_args(0))
+        on_compiling()
     pending = dispatch(0) if rounds else None
-    if on_running is not None:  # the first round's program is compiled and running
-        on_running()
     for r in range(rounds):
         out, n_real = pending
         _ROUND.update(bar=bar, start=r * per_round, size=n_real, epochs=epochs)  # the round the host waits on

@@ -202,7 +202,7 @@ def _run(config, workdir, progress, redo, compiled) -> dict:
     with settings_lib.matmul_precision(s):
         out = expert_phase.run(s, expert_inputs(config, prepared), prepared, data.images,
                                expert_phase.cache_dir(config.cache.dir, workdir), progress,
-                               on_running=warm_up.start if warm_up else None)
+                               on_compiling=warm_up.start if warm_up else None)
     if warm_up is not None:
         warm_up.join()
     clean_p, keep = out["clean_p"], out["keep"]
@@ -298,8 +298,8 @@ def _run(config, workdir, progress, redo, compiled) -> dict:
 class _Warmup:
     """Compiles the replay and evaluation programs in a thread while the experts train (`config.cache.warm_up`).
 
-    Started once the expert program itself is compiled and running: on a CPU, XLA compiles mostly on one
-    core, and a training step leaves part of the cores idle. Ahead-of-time compilation fills the same
+    Started once the expert program is traced, while XLA compiles it: tracing is Python and holds one core,
+    XLA's compilation and a training step leave part of the cores idle. Ahead-of-time compilation fills the same
     in-process cache (and the persistent one) that the replay phase's and the first evaluation's jit calls
     look up, so they find their programs compiled. Result-neutral: the same programs; if the warm-up fails or
     misses (e.g. a first evaluation on a buffer that is not yet full), a program compiles when it is first
@@ -324,12 +324,13 @@ class _Warmup:
         s, prepared, data, test_images, piece = self.args
         ds = prepared.dataset
         try:
-            state = jax.eval_shape(lambda: replay_phase.init_state(
-                s.model, s.seed, ds.train.images.shape[1:], s.buffer_size, prepared.num_classes, s.replay.policy))
-            abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), data)
+            # The replay's initial state, made (and discarded) here so that its init program is compiled too.
+            state = replay_phase.init_state(s.model, s.seed, ds.train.images.shape[1:], s.buffer_size,
+                                            prepared.num_classes, s.replay.policy)
+            state, abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), (state, data))
             with settings_lib.matmul_precision(s):
                 replay_phase.warm_up(s.model, s.replay, state, abstract, prepared.stream.chunk_size, piece)
-            evaluate.warm_up(s.eval, state.base, s.buffer_size, test_images)
+            evaluate.warm_up(s.eval, state.base, s.buffer_size, test_images, abstract.images)
         except Exception:  # noqa: BLE001 - a failed warm-up only means the programs compile when first called
             pass
 
