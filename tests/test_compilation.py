@@ -55,3 +55,22 @@ def test_an_opt_level_outside_llvms_range_is_refused():
         configlib.validate(c)
     with pytest.raises(ValueError, match="0-3"):
         compilation.set_cpu_opt_level(7)
+
+
+def test_a_program_traced_without_tracer_arguments_compiles_as_part_of_the_trace(level):
+    level(1)
+    inner = compilation.jit(lambda x: x * 3.0)
+    # Concrete arguments, but inside jax's trace: jax refuses compiler options here, so none are passed.
+    x = jnp.float32(2.0)
+    out = jax.eval_shape(lambda: inner(x))
+    assert out.shape == () and out.dtype == jnp.float32
+
+
+def test_a_programs_own_cpu_options_come_with_the_level_and_go_with_it(monkeypatch, level):
+    seen = _recording_jit(monkeypatch)
+    program = compilation.jit(lambda x: x + 1.0, cpu_options={"xla_cpu_prefer_vector_width": 512})
+    level(1)
+    program(jnp.ones(4))
+    level(-1)
+    program(jnp.ones(4))
+    assert seen == [{"xla_backend_optimization_level": 1, "xla_cpu_prefer_vector_width": 512}, None]
