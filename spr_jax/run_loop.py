@@ -325,9 +325,11 @@ class _Warmup:
         ds = prepared.dataset
         try:
             # The replay's initial state, made (and discarded) here so that its init program is compiled too.
-            state = replay_phase.init_state(s.model, s.seed, ds.train.images.shape[1:], s.buffer_size,
-                                            prepared.num_classes, s.replay.policy)
-            state, abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), (state, data))
+            make = lambda: replay_phase.init_state(s.model, s.seed, ds.train.images.shape[1:], s.buffer_size,
+                                                   prepared.num_classes, s.replay.policy)
+            make()
+            state = jax.eval_shape(make)  # (weak types as the replay's own call has them)
+            abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), data)
             with settings_lib.matmul_precision(s):
                 replay_phase.warm_up(s.model, s.replay, state, abstract, prepared.stream.chunk_size, piece)
             evaluate.warm_up(s.eval, state.base, s.buffer_size, test_images, abstract.images)
