@@ -66,58 +66,82 @@ def _key(state: SPRState, purpose: int) -> jax.Array:
     return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(state.seed), purpose), state.chunk)
 
 
-def self_replay(model, s: ReplaySettings, base, chunk_images, buffer, data: TrainData, key, call_index):
+def self_replay(model, s: ReplaySettings, base, chunk_images, buffer, data: TrainData, key, call_index,
+                one_step_program: bool = True):
     """base_epochs of contrastive training on the chunk (and the buffer once full).
 
     Returns (base, loss of the last epoch, whether batches mixed in buffer samples). With base_epochs = 0 the
     base is not trained at all (it keeps its random initialisation: a learner that trains only on the memory,
     e.g. GDumb) and the loss is NaN, which the chunk's record turns into null.
+
+    Before the buffer is full an epoch is n1 = D // min(B, D) batches of the chunk, after it n2 = D // (B / 2)
+    mixed batches. When both batch shapes are one (B even and B <= D, as in the bundled configs) the SimCLR
+    step appears once in the program: each epoch builds its n1 or n2 batches (padded to n2), then a loop of
+    n steps trains on them. Otherwise (or one_step_program=False) the two regimes are two branches, each
+    with its own step. Both forms run the same steps on the same batches with the same keys; the single step
+    halves the XLA work of compiling the replay program.
     """
     d = chunk_images.shape[0]
     if s.epochs == 0:
         return base, jnp.float32(jnp.nan), buffers.memory_is_full(buffer)
+    b1 = min(s.batch_size, d)
+    half = s.batch_size // 2
+    n1, n2 = d // b1, d // half
+
+    def lr_and_keys(e):
+        lr = optim.ssl_lr(s.base_lr, s.epochs, s.warmup_epochs, call_index, e)
+        k_batches, k_steps = jax.random.split(jax.random.fold_in(key, e))
+        return lr, k_batches, k_steps
+
+    def chunk_batches(k):
+        perm = jax.random.permutation(k, d)[:n1 * b1].reshape(n1, b1)
+        return chunk_images[perm]
+
+    def mixed_batches(k):
+        k_perm, k_buf = jax.random.split(k)
+        perm = jax.random.permutation(k_perm, d)[:n2 * half].reshape(n2, half)
+        slots = s.policy.sample(buffer, k_buf, n2 * half).reshape(n2, half)
+        return jnp.concatenate([chunk_images[perm], data.images[buffer.index[slots]]], axis=1)
+
+    def step(base, images, k, lr):
+        if s.data_parallel > 1:  # GSPMD splits the batch; gradients and BatchNorm stats stay global
+            images = jax.lax.with_sharding_constraint(images, batch_sharding(s.data_parallel))
+        return steps.contrastive_step(model, base, images, k, lr, views=s.views, temperature=s.temperature)
+
+    full = buffers.memory_is_full(buffer)
+    if one_step_program and b1 == 2 * half:
+        def pad(a):  # [n1, ...] -> [n2, ...] (n2 >= 2 n1 here); the padding rows are never trained on
+            return jnp.concatenate([a, jnp.zeros((n2 - n1,) + a.shape[1:], a.dtype)]) if n2 > n1 else a
+
+        n = jnp.where(full, n2, n1)
+
+        def epoch(base, e):
+            lr, k_batches, k_steps = lr_and_keys(e)
+            batches = jax.lax.cond(full, mixed_batches, lambda k: pad(chunk_batches(k)), k_batches)
+            keys = jnp.where(full, jax.random.split(k_steps, n2), pad(jax.random.split(k_steps, n1)))
+
+            def body(i, carry):
+                base, total = carry
+                base, loss = step(base, batches[i], keys[i], lr)
+                return base, total + loss
+
+            base, total = jax.lax.fori_loop(0, n, body, (base, jnp.float32(0.0)))
+            return base, total / n
+
+        base, losses = jax.lax.scan(epoch, base, jnp.arange(s.epochs))
+        return base, losses[-1], full
 
     def run(base, batches_per_epoch, batch_fn):
         def epoch(base, e):
-            lr = optim.ssl_lr(s.base_lr, s.epochs, s.warmup_epochs, call_index, e)
-            k_batches, k_steps = jax.random.split(jax.random.fold_in(key, e))
-            batches = batch_fn(k_batches)
-
-            def step(base, xs):
-                images, k = xs
-                if s.data_parallel > 1:  # GSPMD splits the batch; gradients and BatchNorm stats stay global
-                    images = jax.lax.with_sharding_constraint(images, batch_sharding(s.data_parallel))
-                return steps.contrastive_step(model, base, images, k, lr, views=s.views,
-                                               temperature=s.temperature)
-
-            base, losses = jax.lax.scan(step, base, (batches, jax.random.split(k_steps, batches_per_epoch)))
+            lr, k_batches, k_steps = lr_and_keys(e)
+            xs = (batch_fn(k_batches), jax.random.split(k_steps, batches_per_epoch))
+            base, losses = jax.lax.scan(lambda base, x: step(base, *x, lr), base, xs)
             return base, losses.mean()
 
         base, losses = jax.lax.scan(epoch, base, jnp.arange(s.epochs))
         return base, losses[-1]
 
-    def chunk_only(base):
-        b = min(s.batch_size, d)
-        n = d // b
-
-        def batch_fn(k):
-            perm = jax.random.permutation(k, d)[:n * b].reshape(n, b)
-            return chunk_images[perm]
-        return run(base, n, batch_fn)
-
-    def mixed(base):
-        half = s.batch_size // 2
-        n = d // half
-
-        def batch_fn(k):
-            k_perm, k_buf = jax.random.split(k)
-            perm = jax.random.permutation(k_perm, d)[:n * half].reshape(n, half)
-            slots = s.policy.sample(buffer, k_buf, n * half).reshape(n, half)
-            return jnp.concatenate([chunk_images[perm], data.images[buffer.index[slots]]], axis=1)
-        return run(base, n, batch_fn)
-
-    full = buffers.memory_is_full(buffer)
-    base, loss = jax.lax.cond(full, mixed, chunk_only, base)
+    base, loss = jax.lax.cond(full, lambda b: run(b, n2, mixed_batches), lambda b: run(b, n1, chunk_batches), base)
     return base, loss, full
 
 

@@ -246,3 +246,40 @@ def test_the_compile_speed_switches_change_nothing(tmp_path):
         loss_a, loss_b = a.pop("base_loss", None), b.pop("base_loss", None)
         assert (loss_a is None) == (loss_b is None) and (loss_a is None or loss_a == pytest.approx(loss_b, rel=1e-6))
         assert a == b
+
+
+
+@pytest.mark.parametrize("batch_size", [40, 20])  # one chunk batch per epoch before the buffer is full, or two
+def test_self_replay_with_one_step_program_trains_as_the_two_branch_form(batch_size):
+    """Where the batch shapes allow it the replay program holds one SimCLR step (the n1 chunk batches padded
+    to n2, then a loop of n steps); it must train exactly as the two-branch form, which holds one step per
+    regime (n1 = D // B chunk batches, then n2 = D // (B / 2) mixed ones), through the chunk the buffer
+    fills on."""
+    from spr_jax import buffers
+    c = tiny_config()
+    c.base.batch_size = batch_size
+    c.filter.kind, c.buffer.policy = "none", "class_balanced"
+    p, s = run_loop.prepare(c)
+    data = replay_phase.TrainData(jnp.asarray(p.dataset.train.images), jnp.asarray(p.noisy.noisy),
+                                  jnp.asarray(p.noisy.corrupt))
+    chunks = jnp.asarray(p.stream.chunks[:3])  # the buffer (P = D) fills on chunk 0: chunks 1-2 mix it in
+
+    def run(one_step_program):
+        def chunk(state, indices):
+            base, loss, mixed = replay_phase.self_replay(
+                s.model, s.replay, state.base, data.images[indices], state.buffer, data,
+                replay_phase._key(state, rng.REPLAY), state.chunk, one_step_program=one_step_program)
+            offered = buffers.Candidates(index=indices, label=data.noisy[indices], corrupt=data.corrupt[indices],
+                                         clean_p=jnp.ones(indices.shape), keep=jnp.ones(indices.shape, bool))
+            buffer = s.replay.policy.offer(state.buffer, replay_phase._key(state, rng.BUFFER), offered)
+            return state.replace(base=base, buffer=buffer, chunk=state.chunk + 1), (loss, mixed)
+
+        state = replay_phase.init_state(s.model, c.seed, p.dataset.train.images.shape[1:], c.buffer.size,
+                                        p.num_classes, s.replay.policy)
+        return jax.device_get(jax.jit(lambda state: jax.lax.scan(chunk, state, chunks))(state))
+
+    (one, (one_loss, one_mixed)), (two, (two_loss, two_mixed)) = run(True), run(False)
+    assert one_mixed.tolist() == two_mixed.tolist() == [False, True, True]
+    np.testing.assert_array_equal(one_loss, two_loss)
+    for a, b in zip(jax.tree.leaves(one.base), jax.tree.leaves(two.base)):
+        np.testing.assert_array_equal(a, b)
