@@ -11,6 +11,8 @@ run executed: expert steps (chunks trained x expert epochs, one batch of the who
 base steps (per chunk, epochs x batches: D // min(B, D) before the buffer is full, D // (B / 2) after). fraction_of_step_limit = steps x step time / wall time: how close
 the run comes to doing nothing but SimCLR steps at the measured speed. (Timing the step jitted alone, one
 call per step, adds dispatch and a host sync to every step; it is reported as step_call_ms, not used.)
+The step is timed after the run, and a shared VM's speed drifts; fraction_at_replay_step cross-checks with
+the replay phase's own wall per base step (replay_step_ms, an upper bound on the step as the run ran it).
 """
 import argparse
 import json
@@ -115,6 +117,7 @@ def main():
     counts = count_steps(workdir, config)
     timing = step_time(config, a.steps)
     total = counts["expert_steps"] + counts["base_steps"]
+    replay_step_ms = 1e3 * summary["wall_time_s"]["replay_phase_s"] / max(counts["base_steps"], 1)
     dev = jax.devices()[0]
     out = {
         "config": a.config, "seed": a.seed, "overrides": a.override, "cold_compile_cache": cold,
@@ -126,6 +129,12 @@ def main():
         # The same with the fastest step seen: the step time of a shared VM varies by +-20% between runs.
         "fraction_at_fastest_step": total * timing["step_min_ms"] / 1e3 / wall,
         "overhead_s": wall - total * timing["step_ms"] / 1e3,
+        # A cross-check that needs no second measurement: the replay phase's wall per base step. Its programs
+        # were compiled while the experts trained, so this is the step as the run itself ran it, plus each
+        # chunk's buffer work (an upper bound on the in-run step). When the step timed after the run is
+        # slower than this, the machine slowed down and fraction_of_step_limit reads high.
+        "replay_step_ms": replay_step_ms,
+        "fraction_at_replay_step": total * replay_step_ms / 1e3 / wall,
         "final_accuracy": summary["final_accuracy"], "final_purity": summary["final_purity"],
         "device": f"{dev.platform}:{dev.device_kind} x{jax.device_count()} "
                   f"({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",

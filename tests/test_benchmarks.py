@@ -30,6 +30,7 @@ def test_end_to_end_benchmark_runs_on_the_tiny_config():
     res = json.loads(r.stdout.strip().splitlines()[-1])
     assert res["steps"] == res["expert_steps"] + res["base_steps"] > 0
     assert 0 < res["fraction_of_step_limit"] < 1 and res["compile_s"] > 0
+    assert 0 < res["fraction_at_replay_step"] < 1 and res["replay_step_ms"] > 0
 
 
 @pytest.mark.slow
