@@ -41,5 +41,8 @@ def test_compile_time_benchmark_runs_on_the_tiny_config():
     res = json.loads(r.stdout.strip().splitlines()[-1])
     assert set(res["xla_compile_s_median"]) == {"1", "-1"}
     for programs in res["xla_compile_s_median"].values():
-        assert set(programs) >= {"contrastive_step", "train_expert", "run_chunks", "finetune", "predict", "total"}
+        assert set(programs) >= {"contrastive_step", "train_expert", "expert_round", "expert_round_without_filter",
+                                 "run_chunks", "finetune", "predict", "total"}
         assert all(v > 0 for v in programs.values())
+        assert programs["expert_round"] > programs["expert_round_without_filter"]  # the filter compiles too
+    assert res["trace_and_lower_s_median"]["run_chunks"] > 0
