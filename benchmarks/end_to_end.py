@@ -131,7 +131,7 @@ def main():
         "overhead_s": wall - total * timing["step_ms"] / 1e3,
         # A cross-check that needs no second measurement: the replay phase's wall per base step. Its programs
         # were compiled while the experts trained, so this is the step as the run itself ran it, plus each
-        # chunk's buffer work (an upper bound on the in-run step). When the step timed after the run is
+        # chunk's buffer work and the checkpoint writes (an upper bound on the in-run step). When the step timed after the run is
         # slower than this, the machine slowed down and fraction_of_step_limit reads high.
         "replay_step_ms": replay_step_ms,
         "fraction_at_replay_step": total * replay_step_ms / 1e3 / wall,
