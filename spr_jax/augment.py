@@ -5,8 +5,9 @@ bilinear resampling, a horizontal flip (p = 0.5), and for RGB inputs a colour ji
 applied with p = 0.5, in that order, on float pixels in [0, 1]. Two semantics (`Views.semantics`):
 
 - "release" (default): the reference release's kornia 0.4.1 ops. Crop sizes are truncated to integers and
-  must be strictly smaller than the image; the crop is resampled by a warp mapping the box's corner pixels
-  onto the output's corner pixels. Jitter: brightness adds (b - 1), contrast multiplies by c, saturation
+  must be strictly smaller than the image; the crop is resampled as kornia's warp_affine does it with
+  align_corners=False and zero padding (interp_taps: corners do not map onto corners, taps outside the
+  image read zero). Jitter: brightness adds (b - 1), contrast multiplies by c, saturation
   scales S and hue shifts H in HSV, each op clamped to [0, 1]; the order of the four ops is one random
   permutation per call, i.e. per view batch. The two views are two calls.
 - "torchvision": RandomResizedCrop (rounded sizes, the full image allowed, torch's align_corners=False
@@ -102,19 +103,34 @@ def crop_params(u, height: int, width: int, scale=SCALE, ratio=RATIO, semantics:
     return pick(i, ci), pick(j, cj), pick(h, ch), pick(w, cw)
 
 
-def interp_taps(start, size, out_size: int, semantics: str = "release"):
-    """Bilinear taps resizing pixels [start, start + size) to out_size pixels: (lo [out], hi [out], frac [out]).
+def interp_taps(start, size, out_size: int, semantics: str = "release", in_size: int | None = None):
+    """Bilinear taps resizing pixels [start, start + size) of an in_size-pixel axis to out_size pixels.
 
-    Output pixel o = (1 - frac) * in[lo] + frac * in[hi], the upper neighbour clamped to the crop's last
-    pixel. release: the corners map onto the corners, source = o * (size - 1) / (out_size - 1).
-    torchvision (torch's align_corners=False): source = (o + 0.5) * size / out_size - 0.5, clamped at 0.
+    Returns (lo [out], hi [out], frac [out]), absolute pixel indices into the axis: output pixel
+    o = (1 - frac) * in[lo] + frac * in[hi], where a tap outside [0, in_size - 1] reads zero (interp_matrix
+    gives it no column).
+
+    release (kornia 0.4.1's crop_by_boxes -> warp_affine with align_corners=False and zero padding): the
+    box's corner pixels are matched to the output's corner pixels in pixel space, the warp normalises pixels
+    by 2 / (N - 1), and grid_sample un-normalises with align_corners=False, so per axis of N pixels
+        source(o) = (start + (o + 0.5) * (size - 1) / out_size) * N / (N - 1) - 0.5,
+    with both taps free to leave the box (no clamp) and taps outside the image zero. A crop is pushed up to
+    half a pixel away from the image centre and darkens at the image's border. The full image (start 0,
+    size N, out N) maps onto itself. A 1-pixel box (kornia's warp is singular there) reads one point.
+    torchvision (torch's align_corners=False resize of the crop): source = (o + 0.5) * size / out_size - 0.5,
+    clamped to the crop's pixels.
     """
     o = jnp.arange(out_size, dtype=jnp.float32)
     size_f = jnp.asarray(size).astype(jnp.float32)
     if semantics == "release":
-        src = o * ((size_f - 1.0) / max(out_size - 1, 1))
-    else:
-        src = jnp.maximum((o + 0.5) * (size_f / out_size) - 0.5, 0.0)
+        if in_size is None:
+            raise ValueError("interp_taps: the release's resampling depends on the image size; pass in_size")
+        n = float(in_size)
+        start_f = jnp.asarray(start).astype(jnp.float32)
+        src = (start_f + (o + 0.5) * ((size_f - 1.0) / out_size)) * (n / max(n - 1.0, 1.0)) - 0.5
+        lo = jnp.floor(src).astype(jnp.int32)
+        return lo, lo + 1, src - lo.astype(jnp.float32)
+    src = jnp.maximum((o + 0.5) * (size_f / out_size) - 0.5, 0.0)
     i0 = jnp.minimum(jnp.floor(src).astype(jnp.int32), size - 1)
     frac = src - i0.astype(jnp.float32)
     i1 = jnp.minimum(i0 + 1, size - 1)
@@ -122,8 +138,9 @@ def interp_taps(start, size, out_size: int, semantics: str = "release"):
 
 
 def interp_matrix(start, size, out_size: int, in_size: int, semantics: str = "release"):
-    """[out_size, in_size] bilinear weights of interp_taps: two non-zeros per row (one at the borders)."""
-    lo, hi, frac = interp_taps(start, size, out_size, semantics)
+    """[out_size, in_size] bilinear weights of interp_taps: two non-zeros per row, fewer where a tap falls
+    outside the image (release: zero padding) or both taps coincide (torchvision: the crop's last pixel)."""
+    lo, hi, frac = interp_taps(start, size, out_size, semantics, in_size)
     cols = jnp.arange(in_size, dtype=jnp.int32)[None, :]
     return (1.0 - frac)[:, None] * (cols == lo[:, None]) + frac[:, None] * (cols == hi[:, None])
 

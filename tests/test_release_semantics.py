@@ -125,32 +125,105 @@ def test_crop_sizes_are_truncated_and_never_the_full_image():
         assert agree[ok].mean() > 0.995  # float32 vs float64 may differ at an exact integer boundary
 
 
-def np_corner_resample(img, top, left, h, w, out_h, out_w):
-    """Bilinear resampling with the box's corner pixels mapped onto the output's corner pixels."""
-    ys = top + np.arange(out_h) * (h - 1) / (out_h - 1)
-    xs = left + np.arange(out_w) * (w - 1) / (out_w - 1)
+def np_kornia_crop(img, top, left, h, w, out_h, out_w):
+    """kornia 0.4.1's crop_by_boxes, step by step in float64 (docs/algorithm.md section 4): the perspective
+    transform taking the box's corner pixels to the output's, warp_affine's pixel normalisation (2 / (N - 1)),
+    affine_grid and grid_sample with align_corners=False, bilinear, zeros outside the image."""
+    in_h, in_w = img.shape[:2]
+    src = [(left, top), (left + w - 1, top), (left + w - 1, top + h - 1), (left, top + h - 1)]
+    dst = [(0, 0), (out_w - 1, 0), (out_w - 1, out_h - 1), (0, out_h - 1)]
+    rows, rhs = [], []
+    for (x, y), (u, v) in zip(src, dst):  # the 8-unknown linear system of get_perspective_transform
+        rows.append([x, y, 1, 0, 0, 0, -u * x, -u * y]); rhs.append(u)
+        rows.append([0, 0, 0, x, y, 1, -v * x, -v * y]); rhs.append(v)
+    m = np.append(np.linalg.solve(np.array(rows, float), np.array(rhs, float)), 1.0).reshape(3, 3)
+
+    def normal(hh, ww):
+        return np.array([[2.0 / (ww - 1), 0, -1], [0, 2.0 / (hh - 1), -1], [0, 0, 1]])
+
+    dst_norm_from_src_norm = normal(out_h, out_w) @ m @ np.linalg.inv(normal(in_h, in_w))
+    theta = np.linalg.inv(dst_norm_from_src_norm)[:2]
     out = np.zeros((out_h, out_w) + img.shape[2:])
-    for a, y in enumerate(ys):
-        for b, x in enumerate(xs):
-            y0, x0 = int(np.floor(y)), int(np.floor(x))
-            y1, x1 = min(y0 + 1, top + h - 1), min(x0 + 1, left + w - 1)
-            fy, fx = y - y0, x - x0
-            out[a, b] = ((1 - fy) * ((1 - fx) * img[y0, x0] + fx * img[y0, x1])
-                         + fy * ((1 - fx) * img[y1, x0] + fx * img[y1, x1]))
+    for i in range(out_h):
+        for j in range(out_w):
+            gx, gy = theta @ np.array([(2 * j + 1) / out_w - 1, (2 * i + 1) / out_h - 1, 1.0])
+            ix, iy = ((gx + 1) * in_w - 1) / 2, ((gy + 1) * in_h - 1) / 2
+            x0, y0 = int(np.floor(ix)), int(np.floor(iy))
+            for yy, wy in ((y0, 1 - (iy - y0)), (y0 + 1, iy - y0)):
+                for xx, wx in ((x0, 1 - (ix - x0)), (x0 + 1, ix - x0)):
+                    if 0 <= yy < in_h and 0 <= xx < in_w:
+                        out[i, j] += wy * wx * img[yy, xx]
     return out
 
 
-@pytest.mark.parametrize("box", [(1, 2, 3, 4), (0, 0, 5, 7), (2, 1, 2, 2), (3, 5, 1, 3)])
-def test_corner_aligned_resampling_on_a_small_image(box):
+def np_axis_source(start, size, out, n):
+    """The per-axis source coordinate of docs/algorithm.md section 4."""
+    return (start + (np.arange(out) + 0.5) * (size - 1) / out) * n / (n - 1) - 0.5
+
+
+# Boxes (top, left, h, w) on a 6x8 image: interior, touching each border, non-square, tiny, nearly full,
+# and the full image.
+BOXES = [(1, 2, 3, 4), (0, 0, 5, 7), (1, 1, 5, 7), (0, 3, 2, 5), (4, 0, 2, 2), (2, 5, 3, 3), (0, 0, 2, 2),
+         (3, 6, 2, 2), (0, 0, 6, 8)]
+
+
+@pytest.mark.parametrize("box", BOXES)
+def test_release_resampling_is_kornias_warp(box):
     img = _px(5, (6, 8, 2))
     top, left, h, w = box
     wy = augment.interp_matrix(jnp.int32(top), jnp.int32(h), 6, 6, "release")
     wx = augment.interp_matrix(jnp.int32(left), jnp.int32(w), 8, 8, "release")
     got = np.einsum("yh,hwc,xw->yxc", np.asarray(wy), img, np.asarray(wx))
-    want = np_corner_resample(img, top, left, h, w, 6, 8)
-    np.testing.assert_allclose(got, want, atol=1e-5)
-    np.testing.assert_allclose(got[0, 0], img[top, left], atol=1e-6)  # corners onto corners
-    np.testing.assert_allclose(got[-1, -1], img[top + h - 1, left + w - 1], atol=1e-6)
+    want = np_kornia_crop(img, top, left, h, w, 6, 8)
+    np.testing.assert_allclose(got, want, atol=2e-6)
+    # The closed form, and what it implies: the full image is the identity, any other box is pushed off its
+    # corner pixels (corner to corner would put output pixel 0 on the box's first pixel exactly).
+    lo, hi, frac = (np.asarray(a) for a in augment.interp_taps(jnp.int32(left), jnp.int32(w), 8, "release", 8))
+    np.testing.assert_allclose(lo + frac, np_axis_source(left, w, 8, 8), atol=2e-6)
+    np.testing.assert_array_equal(hi, lo + 1)
+    if (h, w) == (6, 8):
+        np.testing.assert_allclose(got, img, atol=2e-6)
+    else:
+        assert not np.allclose(got[0, 0], img[top, left], atol=1e-3)
+
+
+def test_release_resampling_reads_zero_outside_the_image():
+    # A box on the left/top border of a constant image: the first output pixel's source lies left of pixel
+    # 0, so part of its weight reads the zero padding and it comes out darker than the image.
+    img = np.ones((8, 8, 1), np.float32)
+    wy = augment.interp_matrix(jnp.int32(0), jnp.int32(3), 8, 8, "release")
+    wx = augment.interp_matrix(jnp.int32(0), jnp.int32(3), 8, 8, "release")
+    got = np.einsum("yh,hwc,xw->yxc", np.asarray(wy), img, np.asarray(wx))[..., 0]
+    src = np_axis_source(0, 3, 8, 8)
+    assert src[0] < 0  # -0.5 + 0.125 * 8/7
+    edge = 1 + src[0]  # the weight left on pixel 0
+    np.testing.assert_allclose(got[0, 0], edge * edge, atol=1e-6)
+    np.testing.assert_allclose(got[3:, 3:], 1.0, atol=1e-6)
+    # The far side of a box ending at the image's last pixel also leaves the image.
+    tail = np_axis_source(5, 3, 8, 8)
+    assert tail[-1] > 7
+    wx = np.asarray(augment.interp_matrix(jnp.int32(5), jnp.int32(3), 8, 8, "release"))
+    assert wx[-1].sum() < 1 - 1e-3
+
+
+def test_release_resampling_of_a_one_pixel_box_reads_one_point():
+    # kornia's perspective transform is singular for a 1-pixel side; the closed form reads one source point.
+    lo, hi, frac = (np.asarray(a) for a in augment.interp_taps(jnp.int32(3), jnp.int32(1), 8, "release", 8))
+    np.testing.assert_allclose(lo + frac, np_axis_source(3, 1, 8, 8), atol=1e-6)
+    assert np.ptp(lo + frac) == 0
+
+
+def test_release_resampling_on_drawn_boxes_and_flip():
+    # Boxes drawn as the augmentation draws them on 28x28 images, through resized_crop_flip itself.
+    img = _px(7, (28, 28, 1))
+    u = jax.random.uniform(jax.random.PRNGKey(4), (12, augment.NUM_UNIFORMS))
+    for k in range(12):
+        top, left, h, w = (int(a) for a in augment.crop_params(u[k], 28, 28, semantics="release"))
+        want = np_kornia_crop(img, top, left, h, w, 28, 28)
+        if float(u[k, augment._FLIP]) < augment.FLIP_P:
+            want = want[:, ::-1]
+        got = np.asarray(augment.resized_crop_flip(u[k], jnp.asarray(img), "release"))
+        np.testing.assert_allclose(got, want, atol=5e-6)
 
 
 def test_normalise_first_clamps_normalised_values():
