@@ -17,6 +17,23 @@ SEED = 7
 # rounding chaotically (1e-7 -> 1e-3 within about ten epochs on some chunks); a mixed-up key or chunk would
 # show at once as O(0.1) differences. Warmup 3 of 4 epochs: the constant phase and one cosine step.
 KW = dict(epochs=4, base_lr=1e-3, warmup_epochs=3)
+# Two programs with different float summation orders (1 vs 4 devices, a vmap of 2 vs one at a time) agree to
+# rounding only, and how far training carries the rounding depends on the CPU: the largest feature difference
+# after these 4 epochs measured 7e-6 on one AMD EPYC machine of this project's kind, 4.8e-5 on another (and 0
+# for the vmap on the first). FEATURE_ATOL sits 20x above that and 270x below the smallest difference between
+# two chunks' features (0.27), so a mixed-up key or chunk still fails; the losses agree to 1e-6 relative.
+FEATURE_ATOL = 1e-3
+
+
+def assert_same_training(got, want):
+    """got and want trained the same experts, in possibly different float summation orders."""
+    np.testing.assert_allclose(got["features"], want["features"], rtol=0, atol=FEATURE_ATOL, err_msg="features")
+    for name in ("losses", "final_loss"):
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-5, err_msg=name)
+    # Decisions made from the features agree wherever the feature is not within rounding of the threshold.
+    clear = np.abs(want["features"][..., 0]) > FEATURE_ATOL
+    np.testing.assert_array_equal(got["keep"][clear], want["keep"][clear], err_msg="keep")
+    assert clear.mean() > 0.95
 
 
 def _data():
@@ -57,7 +74,10 @@ def test_expert_phase_outputs(one_device):
     np.testing.assert_array_equal(out["chunk"], np.arange(5))
     np.testing.assert_array_equal(out["label_sum"], labels.sum(1))
     np.testing.assert_array_equal(out["keep"], out["features"][:, :, 0] > 0)
-    assert not np.allclose(out["features"][0], out["features"][1])
+    # Different chunks' experts differ far beyond the tolerance the cross-program tests allow.
+    for a in range(5):
+        for b in range(a + 1, 5):
+            assert np.abs(out["features"][a] - out["features"][b]).max() > 100 * FEATURE_ATOL
 
 
 def test_expert_phase_equals_one_by_one_training(one_device):
@@ -66,8 +86,8 @@ def test_expert_phase_equals_one_by_one_training(one_device):
     for c in range(len(chunks)):
         _, features, losses = experts.train_expert(model, jnp.asarray(images[chunks[c]]),
                                                    rng.chunk_key(SEED, rng.EXPERT, c), **KW)
-        np.testing.assert_allclose(one_device["features"][c], features, rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(one_device["losses"][c], losses, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(one_device["features"][c], features, rtol=0, atol=FEATURE_ATOL)
+        np.testing.assert_allclose(one_device["losses"][c], losses, rtol=1e-4, atol=1e-5)
 
 
 _FOUR_DEVICES = textwrap.dedent("""
@@ -91,9 +111,8 @@ def test_expert_phase_on_four_simulated_devices_equals_one(one_device, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     four = np.load(path)
     assert int(four["devices"]) == 4
-    for name in ("features", "losses", "final_loss"):
-        np.testing.assert_allclose(four[name], one_device[name], rtol=1e-4, atol=1e-5, err_msg=name)
-    for name in ("keep", "label_sum", "chunk"):
+    assert_same_training(four, one_device)
+    for name in ("label_sum", "chunk"):
         np.testing.assert_array_equal(four[name], one_device[name], err_msg=name)
 
 
@@ -115,7 +134,7 @@ def test_a_chunk_recomputed_alone_equals_its_row(one_device):
     out = experts.expert_phase(images, chunks[[3]], SEED, model=models.make_simclr("mlp"), group_size=2,
                                devices=jax.local_devices()[:1], post_fn=_post, post_args=labels[[3]],
                                chunk_ids=[3], progress=False, **KW)
-    np.testing.assert_allclose(out["features"][0], one_device["features"][3], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out["features"][0], one_device["features"][3], rtol=0, atol=FEATURE_ATOL)
     assert int(out["chunk"][0]) == 3 and out["features"].shape == (1, 16, 256)
 
 
