@@ -91,6 +91,10 @@ def load_config_file(path: str):
     hint = "bundled configs: " + ", ".join(p for p, _ in bundled_configs()) + " (python launch.py --help)"
     if path is None:
         raise UserError("--config is required, e.g. --config=configs/digits.py", hint)
+    if os.path.isdir(path):
+        inside = sorted(glob.glob(os.path.join(path, "*.py")))
+        raise UserError(f"--config={path} is a folder; pass one config file in it",
+                        "for example --config=" + ", --config=".join(inside[:4]) if inside else hint)
     if not os.path.isfile(path):
         raise UserError(f"--config={path}: no such file", hint)
     try:
@@ -151,6 +155,19 @@ def check_workdir(path: str) -> None:
         raise UserError(f"--workdir={path} {what}: {probe}: {e.strerror}", "pass a folder you can write to") from e
 
 
+def check_backend() -> None:
+    """JAX starts the requested platform (JAX_PLATFORMS), or UserError naming it."""
+    import jax
+    try:
+        jax.devices()
+    except (RuntimeError, AssertionError) as e:  # an uninstalled plugin fails on an empty assert
+        requested = os.environ.get("JAX_PLATFORMS", "") or jax.config.jax_platforms or "default"
+        cause = _one_line(e) or "JAX has no plug-in for it installed"
+        raise UserError(f"JAX_PLATFORMS={requested}: JAX cannot start this platform here ({cause})",
+                        "unset JAX_PLATFORMS to use what this machine has, or install JAX's package for the "
+                        "accelerator, e.g. pip install -U 'jax[cuda12]'") from e
+
+
 def _one_line(e) -> str:
     text = str(e.args[0]) if len(getattr(e, "args", ())) == 1 and isinstance(e.args[0], str) else str(e)
     return " ".join(text.split())
@@ -208,6 +225,7 @@ def main(argv) -> int:
     logging.set_verbosity(logging.WARNING)  # keep jax's backend probing out of the report
     from spr_jax import parallel
     parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, auto=_DISTRIBUTED.value)
+    check_backend()
     from spr_jax import run_loop
     if _MODE.value == "stream":
         run_loop.write_stream(config, _WORKDIR.value)

@@ -3,6 +3,8 @@
 Every file in configs/ starts from `base_config()` and overrides what its setting changes, so one
 default lives in one place. `validate` turns a bad value into an error that says what to change.
 """
+import math
+
 import ml_collections
 
 from spr_jax.errors import UserError
@@ -125,6 +127,26 @@ class ConfigError(UserError, ValueError):
     """A config value that cannot work; the message says what to change."""
 
 
+SEED_MAX = 2 ** 31 - 1
+LEARNING_RATES = ("ssl.lr", "eval.lr", "online.lr")
+
+
+def _leaves(node, prefix=""):
+    """(dotted name, value) of every field of a ConfigDict, nested dicts walked."""
+    for k in node.keys():
+        v = node[k]
+        if hasattr(v, "keys"):
+            yield from _leaves(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def _get(c, dotted: str):
+    for part in dotted.split("."):
+        c = c[part]
+    return c
+
+
 def validate(c: ml_collections.ConfigDict) -> None:
     """Checks what can be checked without the data (class ids are checked against the dataset later)."""
     def need(cond, msg):
@@ -132,6 +154,16 @@ def validate(c: ml_collections.ConfigDict) -> None:
             raise ConfigError(msg)
 
     need(isinstance(c.seed, int) and not isinstance(c.seed, bool), f"config.seed must be an int, got {c.seed!r}")
+    # The seed travels as an int32 in the run's state (and seeds numpy's generators): 0 .. 2**31 - 1.
+    need(0 <= c.seed <= SEED_MAX, f"config.seed={c.seed} is outside [0, {SEED_MAX}] (2**31 - 1); pass e.g. "
+         f"--config.seed=1")
+    for name, value in _leaves(c):
+        if isinstance(value, float):
+            need(math.isfinite(value), f"config.{name}={value} is not a finite number")
+    for name in LEARNING_RATES:
+        value = _get(c, name)
+        need(float(value) > 0, f"config.{name}={value}: a learning rate must be > 0 (the default is "
+             f"{_get(base_config(), name)})")
     need(0.0 <= float(c.noise.rate) <= 1.0,
          f"config.noise.rate={c.noise.rate} is outside [0, 1]; pass e.g. --config.noise.rate=0.4")
     kinds = ("none", "symmetric", "asymmetric", "superclass", "real")
