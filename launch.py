@@ -11,6 +11,7 @@ written. Anything else is a bug and keeps its traceback.
 """
 import ast
 import difflib
+import errno
 import glob
 import importlib.util
 import os
@@ -22,7 +23,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from spr_jax.errors import UserError  # light: imports neither jax nor the rest of the package
+from spr_jax.errors import RunStopped, UserError  # light: imports neither jax nor the rest of the package
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 MODES = {
@@ -226,21 +227,43 @@ def main(argv) -> int:
     from spr_jax import parallel
     parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, auto=_DISTRIBUTED.value)
     check_backend()
-    from spr_jax import run_loop
-    if _MODE.value == "stream":
-        run_loop.write_stream(config, _WORKDIR.value)
-    elif _MODE.value == "experts":
-        run_loop.fill_expert_cache(config, _WORKDIR.value)
-    elif _MODE.value == "compare":
-        from spr_jax import compare
-        try:
-            rates, seeds = [float(r) for r in _RATES.value], [int(x) for x in _SEEDS.value]
-        except ValueError as e:
-            raise UserError(f"--rates / --seeds: {e}", "e.g. --rates=0.2,0.4 --seeds=1,2,3") from e
-        compare.run(config, _WORKDIR.value, _METHODS.value, rates, seeds)
-    else:
-        run_loop.run(config, _WORKDIR.value, redo=_REDO.value)
+    import jax
+    from spr_jax import interrupt, run_loop, workdir_lock
+    # One run per workdir (process 0 writes a multi-host run's files, so it alone locks), and signals stop
+    # the run at its next safe point with its work kept.
+    with workdir_lock.hold(_WORKDIR.value, enabled=jax.process_index() == 0), interrupt.handling():
+        if _MODE.value == "stream":
+            run_loop.write_stream(config, _WORKDIR.value)
+        elif _MODE.value == "experts":
+            run_loop.fill_expert_cache(config, _WORKDIR.value)
+        elif _MODE.value == "compare":
+            from spr_jax import compare
+            try:
+                rates, seeds = [float(r) for r in _RATES.value], [int(x) for x in _SEEDS.value]
+            except ValueError as e:
+                raise UserError(f"--rates / --seeds: {e}", "e.g. --rates=0.2,0.4 --seeds=1,2,3") from e
+            compare.run(config, _WORKDIR.value, _METHODS.value, rates, seeds)
+        else:
+            run_loop.run(config, _WORKDIR.value, redo=_REDO.value)
     return 0
+
+
+def storage_error(e: BaseException):
+    """(path, cause) if e, or an exception it was raised from, is an OS error writing a file (disk full,
+    quota, read-only filesystem, I/O error), as Python or orbax/tensorstore report it; else None."""
+    codes = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+             errno.EROFS: "read-only filesystem", errno.EIO: "input/output error", errno.EACCES: "permission denied"}
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in codes:
+            return e.filename or "", codes[e.errno]
+        text = str(e)
+        if "No space left on device" in text or ("RESOURCE_EXHAUSTED" in text and "space" in text):
+            match = re.search(r"(/[^\s'\"]+)", text)
+            return (match.group(1) if match else ""), "no space left on the device"
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def entry() -> None:
@@ -249,13 +272,28 @@ def entry() -> None:
     except BrokenPipeError:  # output piped into `head`
         os._exit(0)
     except UserError as e:
-        print(f"error: {_one_line(e)}", file=sys.stderr)
-        if getattr(e, "hint", ""):
-            print(f"hint: {_one_line(e.hint)}", file=sys.stderr)
-        sys.stderr.flush()
-        # Leave at once: orbax's half-finished async reads would otherwise print tracebacks at shutdown.
-        os._exit(2)
+        _leave(f"error: {_one_line(e)}", getattr(e, "hint", ""), 2)
+    except RunStopped as e:  # a signal (128 + its number) or a divergence (3): the work so far is kept
+        _leave(_one_line(e), e.hint, e.exit_status)
+    except Exception as e:  # noqa: BLE001 - storage errors get one line; anything else is a bug
+        where = storage_error(e)
+        if where is None:
+            raise
+        path, cause = where
+        _leave(f"error: cannot write {path or 'to the workdir'}: {cause}",
+               "free space (or pass another --workdir) and run the same command: it resumes from the last "
+               "complete checkpoint, and no file was left half-written", 1)
     sys.exit(code)
+
+
+def _leave(line: str, hint: str, status: int) -> None:
+    print(line, file=sys.stderr)
+    if hint:
+        print(f"hint: {_one_line(hint)}", file=sys.stderr)
+    sys.stderr.flush()
+    sys.stdout.flush()
+    # Leave at once: orbax's half-finished async work would otherwise print tracebacks at shutdown.
+    os._exit(status)
 
 
 if __name__ == "__main__":

@@ -11,3 +11,22 @@ class UserError(Exception):
     def __init__(self, message: str, hint: str = ""):
         super().__init__(message)
         self.hint = hint
+
+
+class RunStopped(Exception):
+    """A run stopped on purpose before its end, its work so far kept (launch.py: one line, its exit status).
+
+    Raised for a signal (SIGINT, SIGTERM: `exit_status` 128 + the signal's number, as shells report it) and
+    for a run that diverged (`exit_status` 3), after the last good checkpoint has been written."""
+
+    def __init__(self, message: str, hint: str = "", exit_status: int = 1):
+        super().__init__(message)
+        self.hint = hint
+        self.exit_status = exit_status
+
+
+class Diverged(RunStopped):
+    """Training produced a non-finite or exploding value; nothing non-finite was written."""
+
+    def __init__(self, message: str, hint: str = ""):
+        super().__init__(message, hint, exit_status=3)

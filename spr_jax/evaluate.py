@@ -16,6 +16,7 @@ import optax
 
 from spr_jax import compilation
 from spr_jax import losses
+from spr_jax.errors import Diverged
 from spr_jax import metrics as metrics_lib
 from spr_jax import optim
 from spr_jax import steps
@@ -151,6 +152,10 @@ def evaluate(s: EvalSettings, base, buffer_images, buffer_labels, test_images, k
     variables = initial_variables(s, base, k_init, test_images.shape[1:])
     if buffer_images.shape[0] >= s.batch_size:
         variables = finetune(s.classifier, variables, buffer_images, buffer_labels, k_tune, **_finetune_settings(s))
+        if not all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(variables)):
+            raise Diverged(f"diverged: fine-tuning the classifier on the memory gave non-finite weights "
+                           f"(config.eval.lr={s.lr}); nothing of this evaluation was written",
+                           "lower config.eval.lr (the published value is 2e-3); the last checkpoint is kept")
     if s.networks == 2:  # tested: the first network, as JoCoR reports
         variables = jax.tree.map(lambda a: a[0], variables)
     preds = predict(s.classifier, variables, test_images, batch_size=min(s.test_batch_size, test_images.shape[0]))

@@ -15,8 +15,10 @@ import numpy as np
 
 from spr_jax import compilation
 from spr_jax import expert_cache
+from spr_jax import interrupt
 from spr_jax import experts
 from spr_jax import rng
+from spr_jax.errors import Diverged, UserError
 from spr_jax.settings import RunSettings
 
 
@@ -61,8 +63,24 @@ def _filter_args(settings: RunSettings, prepared, ids):
     return {"labels": prepared.noisy.noisy[prepared.stream.chunks[ids]], "key": keys}
 
 
+def check_filter_outputs(settings: RunSettings, chunk_ids, outputs) -> None:
+    """A filter's outputs for some chunks are usable: clean_p finite in [0, 1], keep boolean (UserError naming
+    the filter and the first bad chunk otherwise). Run on the first round, before the other experts train."""
+    clean_p, keep = np.asarray(outputs["clean_p"]), np.asarray(outputs["keep"])
+    name = f"config.filter.kind={settings.filter.kind!r}"
+    bad = ~np.isfinite(clean_p) | (clean_p < 0) | (clean_p > 1 + 1e-6)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise UserError(f"{name} returned clean_p={clean_p[row, col]} for sample {col} of chunk "
+                        f"{int(chunk_ids[row])} ({int(bad.sum())} such values in {len(chunk_ids)} chunks)",
+                        "a filter returns a finite clean_p in [0, 1] for every sample (e.g. 0 for samples it "
+                        "never keeps); see docs/extending.md")
+    if keep.dtype != np.bool_:
+        raise UserError(f"{name} returned keep of dtype {keep.dtype}; it must be boolean")
+
+
 def train_missing_experts(settings: RunSettings, prepared, train_images_dev, misses, progress,
-                          on_compiling=None) -> dict:
+                          on_compiling=None, on_round=None) -> dict:
     """{chunk: outputs} for the chunks in `misses`: clean_p and keep (plus features and final_loss with one
     process; features stay on the host that trained them).
 
@@ -78,7 +96,7 @@ def train_missing_experts(settings: RunSettings, prepared, train_images_dev, mis
             train_images_dev, s.chunks[mine], settings.seed, chunk_ids=mine,
             post_fn=_post_fn(settings.filter.fn, settings.filter.num_classes),
             post_args=_filter_args(settings, prepared, mine), keep_losses=False, progress=progress,
-            on_compiling=on_compiling, **settings.expert.phase_kwargs())
+            on_compiling=on_compiling, on_round=on_round, **settings.expert.phase_kwargs())
     if nproc == 1:
         return {int(c): {k: np.asarray(v[j]) for k, v in out.items()} for j, c in enumerate(mine)}
     from jax.experimental import multihost_utils
@@ -108,6 +126,7 @@ def run(settings: RunSettings, run_inputs: dict, prepared, train_images_dev, cac
         args = _filter_args(settings, prepared, ids)
         fn = _featureless(settings.filter.fn, settings.filter.num_classes, int(settings.model.proj_dim))
         clean_p, keep = jax.device_get(fn(args["key"], jnp.asarray(args["labels"])))
+        check_filter_outputs(settings, ids, {"clean_p": clean_p, "keep": keep})
         return {"clean_p": np.asarray(clean_p), "keep": np.asarray(keep), "cache_hits": 0, "trained": 0}
     descriptions = chunk_descriptions(run_inputs, prepared, settings)
     keys = [expert_cache.description_key(d) for d in descriptions]
@@ -121,10 +140,33 @@ def run(settings: RunSettings, run_inputs: dict, prepared, train_images_dev, cac
         missing = np.zeros(s.num_chunks, bool)
         missing[misses] = True
         misses = np.flatnonzero(multihost_utils.process_allgather(missing).any(axis=0)).tolist()
+    stored = set()
+
+    def on_round(ids, outputs):
+        # Each round's experts are cached as they arrive, so that an interrupted phase resumes after them;
+        # the filter's outputs are checked on the first round, before the other experts train.
+        for name in ("final_loss", "features"):
+            if name in outputs:
+                bad = ~np.isfinite(np.asarray(outputs[name]).reshape(len(ids), -1)).all(axis=1)
+                if bad.any():
+                    raise Diverged(f"diverged: the expert of chunk {int(ids[np.argmax(bad)])} gave a non-finite "
+                                   f"{'loss' if name == 'final_loss' else 'feature'} (config.ssl.lr="
+                                   f"{settings.expert.base_lr}); nothing of it was cached",
+                                   "lower config.ssl.lr (the published value is 3e-4)")
+        check_filter_outputs(settings, ids, outputs)
+        if jax.process_count() == 1:
+            for j, c in enumerate(ids):
+                if int(c) in own_misses:
+                    cache.put(keys[int(c)], {k: np.asarray(v[j]) for k, v in outputs.items()},
+                              descriptions[int(c)])
+                    stored.add(int(c))
+            done = len(stored) + s.num_chunks - len(misses)
+            interrupt.check(f"during the expert phase, after {done} of {s.num_chunks} experts (cached)")
+
     if misses:
         for c, outputs in train_missing_experts(settings, prepared, train_images_dev, misses, progress,
-                                                     on_compiling).items():
-            if c in own_misses:  # every process fills its own cache (puts are atomic, so shared folders are safe)
+                                                     on_compiling, on_round).items():
+            if c in own_misses and c not in stored:  # every process fills its own cache (puts are atomic)
                 cache.put(keys[c], outputs, descriptions[c])
             hits[c] = outputs
     return {"clean_p": np.stack([hits[c]["clean_p"] for c in range(s.num_chunks)]),

@@ -47,7 +47,8 @@ def expert_phase(train_images, chunks, seed: int, *, model: nn.Module, epochs: i
                  warmup_epochs: int, views: augment.Views = augment.Views(), group_size: int = 8,
                  temperature: float = 0.5, devices: Optional[Sequence[jax.Device]] = None,
                  post_fn: Optional[PostFn] = None, post_args: Any = None, keep_losses: bool = True,
-                 chunk_ids=None, progress: bool = True, on_compiling: Optional[Callable[[], None]] = None) -> dict:
+                 chunk_ids=None, progress: bool = True, on_compiling: Optional[Callable[[], None]] = None,
+                 on_round: Optional[Callable[[np.ndarray, dict], None]] = None) -> dict:
     """Trains the expert of every chunk and returns its results as numpy arrays with a leading axis C.
 
     train_images: uint8 [N, H, W, C], all training images (put once on every device).
@@ -68,6 +69,9 @@ def expert_phase(train_images, chunks, seed: int, *, model: nn.Module, epochs: i
     expert-epoch at D = 300 for 1 and 2, 42 ms for 4); accelerators want larger groups.
     on_compiling(), optional, is called once the first round's program is traced and lowered, just before XLA
     compiles it (run_loop compiles the replay programs meanwhile, beside this compilation and the training).
+    on_round(chunk_ids [n], outputs {name: [n, ...]}), optional, is called on the host as each round's results
+    arrive, in order (run_loop caches them, checks a plug-in's outputs on the first real chunk, and stops there
+    on a signal: an exception it raises ends the phase).
     Returns {"features": [C, D, proj_dim] float32, "final_loss": [C], "losses": [C, epochs] (if
     keep_losses), **post_fn outputs}.
     """
@@ -114,6 +118,13 @@ def expert_phase(train_images, chunks, seed: int, *, model: nn.Module, epochs: i
         pending = dispatch(r + 1) if r + 1 < rounds else None
         results.append(jax.tree_util.tree_map(lambda a: np.asarray(a)[:n_real], out))
         bar.update(r * per_round + n_real - bar.n)
+        if on_round is not None:
+            try:
+                on_round(chunk_ids[r * per_round:r * per_round + n_real], results[-1])
+            except BaseException:
+                _ROUND.clear()
+                bar.close()
+                raise
     _ROUND.clear()
     bar.close()
     if not results:

@@ -64,6 +64,8 @@ def summary(log: MetricsLog, *, num_chunks, method, seed, dataset, noise, walls,
     matrix = [r["task_accuracy"] for r in log.evals]
     return {
         "final_accuracy": log.evals[-1]["accuracy"],
+        # What made an evaluation meaningless (an empty memory, a filter that kept nothing), as printed.
+        "warnings": [w for r in log.evals for w in r.get("warnings", [])],
         "accuracy_matrix": matrix,
         "average_accuracy": metrics_lib.average_accuracy(matrix),
         "forgetting": metrics_lib.forgetting(matrix),

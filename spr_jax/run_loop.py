@@ -22,13 +22,14 @@ from spr_jax import compilation
 from spr_jax import configlib
 from spr_jax import evaluate
 from spr_jax import expert_phase
+from spr_jax import interrupt
 from spr_jax import online
 from spr_jax import outputs
 from spr_jax import replay_phase
 from spr_jax import rng
 from spr_jax import settings as settings_lib
 from spr_jax.data import prepare as prepare_lib
-from spr_jax.errors import UserError
+from spr_jax.errors import Diverged, UserError
 
 # The files of a run in its workdir (--redo replaces them; the expert cache stays).
 RUN_FILES = ("checkpoints", "metrics.jsonl", "summary.json", "summary.png", "stream.json")
@@ -235,52 +236,65 @@ def _run(config, workdir, progress, redo, compiled) -> dict:
     eval_before = eval_time  # wall times add up over the sessions of a resumed run
     log.rewrite()
     bar = tqdm(total=stream.num_chunks, initial=done_chunks, desc="replay", unit="chunk", disable=not progress)
+    clock = {"eval": eval_time}
     plan = segments(stream, piece)
-    for i, (task, start, end) in enumerate(plan):
-        if start is None:  # evaluation at the boundary after `task`
-            if task < len(log.evals):
-                continue
-            te = time.time()
-            if s.online is not None:
-                record = online.evaluation_record(
-                    s.online, state, test_images=test_images, test_labels=test_labels, episodes=prepared.episodes,
-                    num_classes=prepared.num_classes, noise_known=noisy.known, after_task=task,
-                    test_batch_size=s.eval.test_batch_size)
-            else:
-                record = evaluate.evaluation_record(
-                    s.eval, base=state.base, buffer=state.buffer, train_images=data.images, test_images=test_images,
-                    test_labels=test_labels, episodes=prepared.episodes, num_classes=prepared.num_classes,
-                    noise_known=noisy.known, key=rng.chunk_key(s.seed, rng.EVAL, task), after_task=task,
-                    chunks_processed=int(state.chunk))
-            eval_time += time.time() - te
-            log.write(record)
-            if progress:
-                bar.write(outputs.eval_line(record))
-        else:
-            if end <= done_chunks:
-                continue
-            n = end - start
-            xs = [np.concatenate([a[start:end], np.zeros((piece - n,) + a.shape[1:], a.dtype)])
-                  for a in (stream.chunks, clean_p, keep)]
-            with settings_lib.matmul_precision(s):
+    try:
+        for i, (task, start, end) in enumerate(plan):
+            if start is None:  # evaluation at the boundary after `task`
+                if task < len(log.evals):
+                    continue
+                te = time.time()
                 if s.online is not None:
-                    state, m = online.run_chunks(s.online, state, data, *xs, np.arange(piece) < n)
+                    record = online.evaluation_record(
+                        s.online, state, test_images=test_images, test_labels=test_labels,
+                        episodes=prepared.episodes, num_classes=prepared.num_classes, noise_known=noisy.known,
+                        after_task=task, test_batch_size=s.eval.test_batch_size)
                 else:
-                    state, m = replay_phase.run_chunks(s.model, s.replay, state, data, *xs, np.arange(piece) < n)
-            m = jax.tree.map(np.asarray, m)
-            for j in range(n):
-                c = start + j
-                log.write(outputs.chunk_record(c, int(stream.chunk_task[c]), {k: v[j] for k, v in m.items()},
-                                               noisy.known))
-            bar.update(n)
-            if i + 1 < len(plan) and plan[i + 1][1] is None:
-                continue  # an evaluation follows at this chunk: checkpoint after it, with its record
-        ckpt.save(int(state.chunk), state, {"chunks": log.chunks, "evals": log.evals,
-                                            "walls": _session_walls(walls, earlier, t0, eval_time, eval_before,
-                                                                    compiled)})
-    bar.close()
-    ckpt.close()
-    walls = _session_walls(walls, earlier, t0, eval_time, eval_before, compiled)
+                    record = evaluate.evaluation_record(
+                        s.eval, base=state.base, buffer=state.buffer, train_images=data.images,
+                        test_images=test_images, test_labels=test_labels, episodes=prepared.episodes,
+                        num_classes=prepared.num_classes, noise_known=noisy.known,
+                        key=rng.chunk_key(s.seed, rng.EVAL, task), after_task=task,
+                        chunks_processed=int(state.chunk))
+                clock["eval"] += time.time() - te
+                warnings = evaluation_warnings(s, record, log.chunks, prepared.episodes, task)
+                if warnings:
+                    record["warnings"] = warnings
+                    for w in warnings:
+                        bar.write(f"warning: {w}")
+                log.write(record)
+                if progress:
+                    bar.write(outputs.eval_line(record))
+            else:
+                if end <= done_chunks:
+                    continue
+                n = end - start
+                xs = [np.concatenate([a[start:end], np.zeros((piece - n,) + a.shape[1:], a.dtype)])
+                      for a in (stream.chunks, clean_p, keep)]
+                with settings_lib.matmul_precision(s):
+                    if s.online is not None:
+                        state, m = online.run_chunks(s.online, state, data, *xs, np.arange(piece) < n)
+                    else:
+                        state, m = replay_phase.run_chunks(s.model, s.replay, state, data, *xs,
+                                                           np.arange(piece) < n)
+                m = jax.tree.map(np.asarray, m)
+                if s.online is None:  # before anything of these chunks is written
+                    check_replay(config, s, state, m, n, start, stream, keep, end)
+                for j in range(n):
+                    c = start + j
+                    log.write(outputs.chunk_record(c, int(stream.chunk_task[c]), {k: v[j] for k, v in m.items()},
+                                                   noisy.known))
+                bar.update(n)
+                if i + 1 < len(plan) and plan[i + 1][1] is None:
+                    continue  # an evaluation follows at this chunk: checkpoint after it, with its record
+            ckpt.save(int(state.chunk), state, {"chunks": log.chunks, "evals": log.evals,
+                                                "walls": _session_walls(walls, earlier, t0, clock["eval"],
+                                                                        eval_before, compiled)})
+            interrupt.check(f"after chunk {int(state.chunk)} of {stream.num_chunks} (checkpointed)")
+    finally:  # on a signal or a divergence too: a checkpoint being written is completed, no temporary folder left
+        bar.close()
+        ckpt.close()
+    walls = _session_walls(walls, earlier, t0, clock["eval"], eval_before, compiled)
     compile_s = walls.pop("compile_s")
 
     method = {"filter": config.filter.kind, "buffer_policy": config.buffer.policy,
@@ -293,6 +307,55 @@ def _run(config, workdir, progress, redo, compiled) -> dict:
                               else 1.0 - stream_info["noise_rate_in_chunks"], compile_s=compile_s)
     outputs.write_summary(workdir, summary, prepared.episodes, progress)
     return summary
+
+
+def check_replay(config, s, state, m, n: int, start: int, stream, keep, end: int) -> None:
+    """The chunks [start, end) just replayed left a usable state: Diverged (naming the chunk and the field
+    to change) if the base's loss or weights are non-finite; UserError if the buffer policy admitted a
+    sample the filter did not keep. Run before anything of these chunks is written."""
+    if s.replay.epochs > 0:  # (an untrained base reports a NaN loss by design)
+        bad = np.flatnonzero(~np.isfinite(np.asarray(m["base_loss"])[:n]))
+        finite = all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(state.base.params))
+        if bad.size or not finite:
+            c = start + int(bad[0]) if bad.size else end - 1
+            raise Diverged(f"diverged: the base's self-supervised training gave a non-finite "
+                           f"{'loss' if bad.size else 'weight'} at chunk {c} (config.ssl.lr={config.ssl.lr}); "
+                           f"nothing of it was written",
+                           f"lower config.ssl.lr (the published value is 3e-4); the checkpoint before chunk "
+                           f"{start} is kept")
+    buffer = jax.device_get(state.buffer)
+    index, valid = np.asarray(buffer.index), np.asarray(buffer.valid)
+    if index.ndim == 2:  # replicated over data-parallel devices
+        index, valid = index[0], valid[0]
+    if s.buffer_size and valid.any():
+        offered = stream.chunks[:end][np.asarray(keep[:end], bool)]
+        stray = ~np.isin(index[valid], offered)
+        if stray.any():
+            raise UserError(f"config.buffer.policy={config.buffer.policy!r} admitted {int(stray.sum())} samples "
+                            f"the filter did not keep (e.g. training sample {int(index[valid][stray][0])}), by "
+                            f"chunk {end - 1}",
+                            "a buffer policy may only store candidates with keep=True (docs/extending.md)")
+
+
+def evaluation_warnings(s, record: dict, chunk_records: list, episodes, task: int) -> list:
+    """What makes an evaluation's numbers meaningless, in words: a memory too small to fine-tune on, or a
+    filter that kept nothing over the task's chunks."""
+    out = []
+    size = record.get("buffer_size", 0)
+    if s.online is None and size < s.eval.batch_size:
+        out.append(f"after task {task}: the memory holds {size} samples, fewer than config.eval.batch_size="
+                   f"{s.eval.batch_size}, so the classifier was not fine-tuned and its accuracy is chance level")
+    per_class = np.asarray(record.get("class_accuracy", []))
+    seen = sorted({k for t in range(task + 1) for k in episodes[t]}) if per_class.size else []
+    if len(seen) > 2 and np.sum(per_class[seen] == 1.0) == 1 and np.sum(per_class[seen] > 0) == 1:
+        k = seen[int(np.argmax(per_class[seen]))]
+        out.append(f"after task {task}: the classifier predicts class {k} for every test sample of the classes "
+                   f"seen (a collapsed fine-tuning or base; check config.eval.lr and config.ssl.lr)")
+    mine = [r for r in chunk_records if r["task"] == task]
+    if mine and s.online is None and sum(r["kept"] for r in mine) == 0:
+        out.append(f"task {task}: the filter kept no sample in any of its {len(mine)} chunks (check "
+                   f"config.ssl.lr and the expert's loss; with noise 0.0 see docs/algorithm.md)")
+    return out
 
 
 class _Warmup:

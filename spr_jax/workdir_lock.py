@@ -1,0 +1,72 @@
+"""One run per workdir: an exclusive lock on WORKDIR/.spr_jax.lock, held while a run writes there.
+
+The lock is flock(2) on an open file, so the kernel drops it when its process dies however it dies
+(kill -9 included): a lock is never stale. On NFS, Linux maps flock onto the server's byte-range locks, so
+it also excludes a process on another client; a client that crashes keeps the lock until the server's
+lease expires (about 90 s). The file names its holder (host, pid, command, start time) for the refusal
+message, and stays in the folder between runs (removing it while a run holds it would let a second run
+lock a new file). On a multi-host run only process 0 writes, so only process 0 locks.
+"""
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import sys
+import time
+
+from spr_jax.errors import UserError
+
+LOCK_NAME = ".spr_jax.lock"
+
+
+def _holder(path: str) -> str:
+    try:
+        with open(path) as f:
+            info = json.load(f)
+        return (f"pid {info['pid']} on {info['host']}, started {info['started']}: "
+                f"{' '.join(info.get('argv', []))[:160]}")
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process (it has not written its name yet)"
+
+
+@contextlib.contextmanager
+def hold(workdir: str, enabled: bool = True):
+    """Within: this process holds WORKDIR's lock, or UserError naming the process that does.
+
+    Creates the workdir if needed; if the body fails before anything else is written there, the folder is
+    left as it was (a workdir created here and holding only the lock is removed again)."""
+    if not enabled:
+        yield
+        return
+    workdir = os.path.abspath(workdir)
+    created = not os.path.exists(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, LOCK_NAME)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise UserError(f"--workdir={workdir} is in use by another run ({_holder(path)})",
+                        "wait for it to finish or stop it (it resumes later), or pass another --workdir")
+    except OSError as e:  # a filesystem without locks
+        os.close(fd)
+        raise UserError(f"--workdir={workdir}: cannot lock {path}: {e.strerror}",
+                        "use a workdir on a filesystem with file locks (local disk, NFSv4)") from e
+    try:
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "argv": sys.argv,
+                "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        yield
+    finally:
+        try:
+            os.ftruncate(fd, 0)
+        except OSError:
+            pass
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+        if created and os.listdir(workdir) == [LOCK_NAME]:
+            os.remove(path)
+            os.rmdir(workdir)
