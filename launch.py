@@ -260,29 +260,72 @@ def storage_error(e: BaseException):
             return e.filename or "", codes[e.errno]
         text = str(e)
         if "No space left on device" in text or ("RESOURCE_EXHAUSTED" in text and "space" in text):
-            match = re.search(r"(/[^\s'\"]+)", text)
-            return (match.group(1) if match else ""), "no space left on the device"
+            match = re.search(r'"(/[^"]+)"', text) or re.search(r"(/[^\s'\"]+)", text)
+            path = re.sub(r"\.orbax-checkpoint-tmp.*", "", match.group(1)) if match else ""  # the step's folder
+            return path, "no space left on the device"
         e = e.__cause__ or e.__context__
     return None
 
 
+class _HeldBackgroundErrors:
+    """Holds back what background threads report (orbax's absl error logs, uncaught thread exceptions)
+    until the run ends: a storage error then prints as one line instead of dozens of tracebacks from
+    orbax's writer threads; in any other ending, the held reports are printed as they would have been."""
+
+    def __init__(self):
+        import logging as std_logging
+        import threading
+        self.held, self._logging, self._threading = [], std_logging, threading
+        self._previous_hook = threading.excepthook
+        self._filter = std_logging.Filter()
+        self._filter.filter = self._hold_record
+        self._logger = std_logging.getLogger("absl")  # where orbax logs its errors
+        self._logger.addFilter(self._filter)
+        threading.excepthook = self._hold_exception
+
+    def _hold_record(self, record) -> bool:
+        if record.levelno >= self._logging.ERROR:
+            self.held.append(("log", record))
+            return False
+        return True
+
+    def _hold_exception(self, args) -> None:
+        self.held.append(("thread", args))
+
+    def release(self, show: bool) -> None:
+        self._logger.removeFilter(self._filter)
+        self._threading.excepthook = self._previous_hook
+        if show:
+            for kind, item in self.held:
+                if kind == "log":
+                    self._logger.handle(item)
+                else:
+                    self._previous_hook(item)
+        self.held = []
+
+
 def entry() -> None:
+    held = _HeldBackgroundErrors()
     try:
         code = main(sys.argv)
     except BrokenPipeError:  # output piped into `head`
         os._exit(0)
     except UserError as e:
+        held.release(show=True)
         _leave(f"error: {_one_line(e)}", getattr(e, "hint", ""), 2)
     except RunStopped as e:  # a signal (128 + its number) or a divergence (3): the work so far is kept
+        held.release(show=True)
         _leave(_one_line(e), e.hint, e.exit_status)
     except Exception as e:  # noqa: BLE001 - storage errors get one line; anything else is a bug
         where = storage_error(e)
+        held.release(show=where is None)
         if where is None:
             raise
         path, cause = where
         _leave(f"error: cannot write {path or 'to the workdir'}: {cause}",
                "free space (or pass another --workdir) and run the same command: it resumes from the last "
                "complete checkpoint, and no file was left half-written", 1)
+    held.release(show=True)
     sys.exit(code)
 
 

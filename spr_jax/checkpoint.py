@@ -14,8 +14,10 @@ adds to orbax:
 Atomicity is orbax's: a step is written to `<step>.orbax-checkpoint-tmp-<t>` and renamed when complete, and
 such unfinished folders are never listed as steps, so a crash mid-save leaves the previous step usable.
 """
+import errno
 import json
 import os
+import shutil
 import uuid
 from typing import Any, Optional
 
@@ -260,11 +262,49 @@ class RunCheckpointer:
             shown = ", ".join(bad[:_MAX_LISTED]) + (" ..." if len(bad) > _MAX_LISTED else "")
             raise ValueError(f"refusing to checkpoint step {step}: non-finite values (NaN/Inf) in {shown}")
         doc = {"format": _FORMAT, "meta": meta, "layout": _layout(state), "checksums": [int(s) for s in sums]}
-        saved = self._manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(doc)))
-        self._manager.wait_until_finished()  # the caller may rely on the step once save returns
+        self._check_space(step, leaves)
+        try:
+            saved = self._manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(doc)))
+            self._manager.wait_until_finished()  # the caller may rely on the step once save returns
+        except BaseException:
+            self._remove_unfinished()  # (a full disk, a signal): no half-written step stays behind
+            raise
         if not saved:
             raise RuntimeError(f"orbax declined to save step {step} (existing steps: {self.all_steps()})")
+
+    def _check_space(self, step: int, leaves) -> None:
+        """OSError(ENOSPC) before writing if the filesystem cannot hold the step (orbax's writer threads would
+        otherwise fail half-way, each with its own traceback)."""
+        if not _is_primary():
+            return
+        need = sum(int(np.prod(np.shape(x))) * np.dtype(x.dtype).itemsize for x in leaves) + 2 ** 20
+        free = shutil.disk_usage(str(self.directory)).free
+        if free < need:
+            raise OSError(errno.ENOSPC, f"No space left on device (checkpoint step {step} needs about "
+                          f"{need / 2 ** 20:.1f} MiB, {free / 2 ** 20:.1f} MiB free)", str(self.directory / str(step)))
+
+    def _remove_unfinished(self) -> None:
+        if not _is_primary():
+            return
+        for path in self.directory.glob("*.orbax-checkpoint-tmp*"):
+            shutil.rmtree(str(path), ignore_errors=True)
+
+    def latest_meta(self):
+        """The meta dict of the latest step (no state read); None if there is none."""
+        step = self.latest_step()
+        if step is None:
+            return None
+        try:
+            doc = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+            if not isinstance(doc, dict) or doc.get("format") != _FORMAT:
+                raise ValueError(f"unexpected meta item: {str(doc)[:200]}")
+        except Exception as e:
+            raise CorruptCheckpointError(
+                f"checkpoint step {step} cannot be read (its metadata: {type(e).__name__})",
+                hint=f"Delete {self.directory / str(step)} to fall back to the previous checkpoint "
+                     f"(steps: {self.all_steps()}), or start over with a new --workdir.") from e
+        return doc["meta"]
 
     def restore(self, target_state):
         """(state, meta, step) of the latest step, shaped like `target_state`; None if there is none."""

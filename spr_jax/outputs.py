@@ -24,13 +24,17 @@ class MetricsLog:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
+    def text(self) -> str:
+        """metrics.jsonl's content for the records held, in stream order."""
+        records = sorted(self.chunks + self.evals, key=lambda r: (
+            r["chunk"] + 1 if r["type"] == "chunk" else r["chunks_processed"], r["type"] == "eval"))
+        return "".join(json.dumps(r) + "\n" for r in records)
+
     def rewrite(self):
         """metrics.jsonl from the records held (on resume: those of the checkpoint, in stream order)."""
         if jax.process_index() != 0:
             return
-        records = sorted(self.chunks + self.evals, key=lambda r: (
-            r["chunk"] + 1 if r["type"] == "chunk" else r["chunks_processed"], r["type"] == "eval"))
-        write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in records))
+        write_atomic(self.path, self.text())
 
 
 def write_atomic(path: str, text: str) -> None:

@@ -156,6 +156,31 @@ def finished_summary(workdir: str, ckpt, num_chunks: int):
         return None
 
 
+def repair_finished_files(workdir: str, ckpt, prepared) -> list:
+    """A finished run's metrics.jsonl and stream.json are what its last checkpoint and its inputs say; any
+    that is missing, truncated or edited is rewritten (atomically). Returns the names rewritten."""
+    if jax.process_index() != 0:
+        return []
+    meta = ckpt.latest_meta()
+    log = outputs.MetricsLog(workdir)
+    log.chunks, log.evals = meta["chunks"], meta["evals"]
+    info = prepare_lib.stream_summary(prepared)
+    want = {"metrics.jsonl": (log.text(), lambda t: [json.loads(line) for line in t.splitlines()]),
+            "stream.json": (json.dumps(info, indent=1), json.loads)}
+    repaired = []
+    for name, (text, parse) in want.items():
+        path = os.path.join(workdir, name)
+        try:  # compared as records: the checkpoint holds them with sorted keys
+            with open(path) as f:
+                same = parse(f.read()) == parse(text)
+        except (OSError, ValueError):  # (UnicodeDecodeError and JSONDecodeError are ValueErrors)
+            same = False
+        if not same:
+            outputs.write_atomic(path, text)
+            repaired.append(name)
+    return repaired
+
+
 def run(config, workdir: str, progress: bool = True, redo: bool = False) -> dict:
     """The whole run. Nothing is written before the config, the plug-ins, the data and the workdir's
     checkpoints have been checked; a finished run is reported and left as it is (redo=True runs it again
@@ -181,7 +206,12 @@ def _run(config, workdir, progress, redo, compiled) -> dict:
     ckpt = checkpoint.RunCheckpointer(workdir, run_fingerprint(config, s.identities), keep=int(config.checkpoint.keep))
     done = finished_summary(workdir, ckpt, prepared.stream.num_chunks)
     if done is not None:
-        ckpt.close()
+        try:
+            repaired = repair_finished_files(workdir, ckpt, prepared)
+        finally:
+            ckpt.close()
+        if progress and repaired:
+            print(f"{', '.join(repaired)} did not match the finished run's checkpoint; rewritten from it")
         if progress:
             print(f"{workdir} holds this run, finished (final accuracy {100 * done['final_accuracy']:.2f}%); "
                   f"nothing to do. Pass --redo to run it again from scratch.")

@@ -4,8 +4,8 @@ The lock is flock(2) on an open file, so the kernel drops it when its process di
 (kill -9 included): a lock is never stale. On NFS, Linux maps flock onto the server's byte-range locks, so
 it also excludes a process on another client; a client that crashes keeps the lock until the server's
 lease expires (about 90 s). The file names its holder (host, pid, command, start time) for the refusal
-message, and stays in the folder between runs (removing it while a run holds it would let a second run
-lock a new file). On a multi-host run only process 0 writes, so only process 0 locks.
+message; the holder removes it before unlocking, and a process that locked a removed file retries, so the
+workdir holds no lock file between runs. On a multi-host run only process 0 writes, so only process 0 locks.
 """
 import contextlib
 import fcntl
@@ -34,8 +34,8 @@ def _holder(path: str) -> str:
 def hold(workdir: str, enabled: bool = True):
     """Within: this process holds WORKDIR's lock, or UserError naming the process that does.
 
-    Creates the workdir if needed; if the body fails before anything else is written there, the folder is
-    left as it was (a workdir created here and holding only the lock is removed again)."""
+    Creates the workdir if needed; a workdir created here that stays empty is removed again, so a run
+    refused before it wrote anything leaves no trace."""
     if not enabled:
         yield
         return
@@ -43,17 +43,24 @@ def hold(workdir: str, enabled: bool = True):
     created = not os.path.exists(workdir)
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, LOCK_NAME)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UserError(f"--workdir={workdir} is in use by another run ({_holder(path)})",
+                            "wait for it to finish or stop it (it resumes later), or pass another --workdir")
+        except OSError as e:  # a filesystem without locks
+            os.close(fd)
+            raise UserError(f"--workdir={workdir}: cannot lock {path}: {e.strerror}",
+                            "use a workdir on a filesystem with file locks (local disk, NFSv4)") from e
+        try:  # the holder before us may have removed the file between our open and our lock: retry then
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                break
+        except FileNotFoundError:
+            pass
         os.close(fd)
-        raise UserError(f"--workdir={workdir} is in use by another run ({_holder(path)})",
-                        "wait for it to finish or stop it (it resumes later), or pass another --workdir")
-    except OSError as e:  # a filesystem without locks
-        os.close(fd)
-        raise UserError(f"--workdir={workdir}: cannot lock {path}: {e.strerror}",
-                        "use a workdir on a filesystem with file locks (local disk, NFSv4)") from e
     try:
         info = {"pid": os.getpid(), "host": socket.gethostname(), "argv": sys.argv,
                 "started": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -61,12 +68,15 @@ def hold(workdir: str, enabled: bool = True):
         os.pwrite(fd, json.dumps(info).encode(), 0)
         yield
     finally:
+        # Removed while still held (a process waiting on this file then sees another inode and retries).
         try:
-            os.ftruncate(fd, 0)
+            os.remove(path)
         except OSError:
             pass
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
-        if created and os.listdir(workdir) == [LOCK_NAME]:
-            os.remove(path)
-            os.rmdir(workdir)
+        if created:
+            try:
+                os.rmdir(workdir)  # only if the run wrote nothing there
+            except OSError:
+                pass

@@ -1,0 +1,265 @@
+"""Runs that never mislead, tried through launch.py as a user meets them: a second launch on a busy workdir,
+SIGTERM and Ctrl-C, a full disk, damaged outputs of a finished run, divergence, meaningless runs, values
+out of range, broken plug-ins, a missing JAX platform. Each ends in one line (or two with a hint), no
+traceback, nothing already written lost, no NaN on disk, and where the run can go on, a rerun that ends
+with the summary of an undisturbed run."""
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from conftest import file_digests
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = "--config=configs/tiny.py"
+
+
+def launch(*args, env=None, timeout=600):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def start(*args):
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, "launch.py"), *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def lines_of(stderr):
+    """stderr's lines less progress bars (tqdm draws on stderr with carriage returns)."""
+    return [line.split("\r")[-1] for line in stderr.splitlines() if line.split("\r")[-1].strip()]
+
+
+def assert_short(stderr, first, status_line_prefix=None):
+    """stderr ends with one line starting with `first`, optionally a hint line; no traceback anywhere."""
+    assert "Traceback" not in stderr, stderr[-3000:]
+    tail = lines_of(stderr)
+    if tail and tail[-1].startswith("hint: "):
+        tail = tail[:-1]
+    assert tail and tail[-1].startswith(first), stderr[-2000:]
+
+
+def summary_without_walls(work):
+    s = json.load(open(os.path.join(work, "summary.json")))
+    for k in ("wall_time_s", "compile_s"):
+        s.pop(k)
+    return s
+
+
+def no_nan_on_disk(work):
+    for path in glob.glob(os.path.join(work, "**", "*.json*"), recursive=True):
+        text = open(path).read()
+        assert "NaN" not in text and "Infinity" not in text, path
+
+
+def wait_for(condition, proc, timeout=300):
+    t = time.time()
+    while not condition():
+        assert proc.poll() is None, ("the run ended before the condition", proc.communicate()[1][-2000:])
+        assert time.time() - t < timeout
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def undisturbed(tmp_path_factory):
+    work = tmp_path_factory.mktemp("undisturbed") / "run"
+    r = launch(TINY, f"--workdir={work}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return work
+
+
+# --- one run per workdir ---------------------------------------------------------------------------------
+
+def test_a_second_launch_on_a_busy_workdir_is_refused_and_the_first_is_unharmed(tmp_path, undisturbed):
+    work = tmp_path / "w"
+    first = start(TINY, f"--workdir={work}")
+    wait_for(lambda: os.path.exists(work / ".spr_jax.lock") and os.path.getsize(work / ".spr_jax.lock"), first)
+    second = launch(TINY, f"--workdir={work}")
+    assert second.returncode == 2
+    assert_short(second.stderr, "error: ")
+    assert "in use by another run" in second.stderr and f"pid {first.pid}" in second.stderr
+    _, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err[-3000:]
+    assert summary_without_walls(work) == summary_without_walls(undisturbed)
+    assert len(open(work / "metrics.jsonl").read().splitlines()) == 14 + 5  # chunks + evaluations, once each
+    assert not os.path.exists(work / ".spr_jax.lock")  # released
+
+
+# --- preemption ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("sig, phase", [(signal.SIGTERM, "experts"), (signal.SIGINT, "replay")])
+def test_a_signal_stops_at_a_safe_point_and_the_run_resumes_to_the_same_summary(tmp_path, undisturbed, sig,
+                                                                                   phase):
+    work = tmp_path / "w"
+    proc = start(TINY, f"--workdir={work}")
+    if phase == "experts":  # once the first round of experts is cached
+        wait_for(lambda: glob.glob(str(work / "expert_cache" / "*" / "*.npz")), proc)
+    else:  # once the first replay checkpoint is written
+        wait_for(lambda: glob.glob(str(work / "checkpoints" / "[0-9]*")), proc)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + sig, (proc.returncode, err[-3000:])
+    assert_short(err, f"interrupted ({signal.Signals(sig).name})")
+    assert "run the same command to resume" in err
+    assert not glob.glob(str(work / "**" / "*orbax-checkpoint-tmp*"), recursive=True)
+    assert not os.path.exists(work / "summary.json")
+    r = launch(TINY, f"--workdir={work}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert summary_without_walls(work) == summary_without_walls(undisturbed)
+
+
+# --- storage ---------------------------------------------------------------------------------------------
+
+def test_a_full_disk_is_one_line_and_the_run_resumes_once_there_is_space(tmp_path, undisturbed):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small filesystem here (needs root)")
+    try:
+        work = disk / "w"
+        r = launch(TINY, f"--workdir={work}")
+        assert r.returncode == 1, r.stderr[-3000:]
+        assert_short(r.stderr, "error: cannot write ")
+        assert "no space left on the device" in r.stderr and str(work) in r.stderr
+        assert not glob.glob(str(work / "**" / "*orbax-checkpoint-tmp*"), recursive=True)
+        subprocess.run(["mount", "-o", "remount,size=200m", str(disk)], check=True)
+        r = launch(TINY, f"--workdir={work}")
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert summary_without_walls(work) == summary_without_walls(undisturbed)
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def test_damaged_outputs_of_a_finished_run_are_rewritten_from_its_checkpoint(tmp_path, undisturbed):
+    import shutil
+    work = tmp_path / "copy"
+    shutil.copytree(undisturbed, work)
+    records = [json.loads(line) for line in open(work / "metrics.jsonl")]
+    stream = json.load(open(work / "stream.json"))
+    summary = open(work / "summary.json").read()
+    with open(work / "metrics.jsonl", "r+") as f:
+        f.truncate(500)
+    (work / "stream.json").write_text("{not json")
+    r = launch(TINY, f"--workdir={work}")
+    assert r.returncode == 0 and "rewritten" in r.stdout and "finished" in r.stdout, r.stderr[-2000:]
+    assert [json.loads(line) for line in open(work / "metrics.jsonl")] == records
+    assert json.load(open(work / "stream.json")) == stream
+    assert open(work / "summary.json").read() == summary
+    before = file_digests(work)
+    r = launch(TINY, f"--workdir={work}")
+    assert r.returncode == 0 and "rewritten" not in r.stdout
+    assert file_digests(work) == before
+
+
+# --- divergence and meaningless runs -----------------------------------------------------------------------
+
+def test_a_diverging_expert_stops_the_run_before_anything_non_finite_is_written(tmp_path):
+    work = tmp_path / "w"
+    r = launch(TINY, "--config.ssl.lr=1e8", f"--workdir={work}")
+    assert r.returncode == 3, r.stderr[-3000:]
+    assert_short(r.stderr, "diverged: the expert of chunk 0")
+    assert "config.ssl.lr" in r.stderr
+    no_nan_on_disk(work)
+    assert not glob.glob(str(work / "expert_cache" / "*" / "*.npz"))
+    assert not glob.glob(str(work / "checkpoints" / "[0-9]*"))
+
+
+def test_a_collapsed_run_warns_in_the_console_metrics_and_summary(tmp_path):
+    work = tmp_path / "w"
+    r = launch(TINY, "--config.ssl.lr=1e4", f"--workdir={work}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    warnings = json.load(open(work / "summary.json"))["warnings"]
+    assert any("kept no sample" in w for w in warnings) and any("not fine-tuned" in w for w in warnings)
+    assert "warning: " in r.stdout + r.stderr
+    evals = [json.loads(line) for line in open(work / "metrics.jsonl") if '"eval"' in line]
+    assert all(e.get("warnings") for e in evals)
+    no_nan_on_disk(work)
+
+
+def test_a_healthy_run_has_no_warnings(undisturbed):
+    assert json.load(open(undisturbed / "summary.json"))["warnings"] == []
+
+
+@pytest.mark.parametrize("override, needles", [
+    ("--config.seed=-1", ["config.seed=-1", "outside"]),
+    (f"--config.seed={2 ** 40}", [f"config.seed={2 ** 40}", "outside"]),
+    ("--config.ssl.lr=nan", ["config.ssl.lr=nan", "not a finite number"]),
+    ("--config.eval.lr=inf", ["config.eval.lr=inf", "not a finite number"]),
+    ("--config.ssl.lr=-1", ["config.ssl.lr=-1", "must be > 0"]),
+])
+def test_values_out_of_range_are_refused_before_any_work(tmp_path, override, needles):
+    work = tmp_path / "w"
+    r = launch(TINY, override, f"--workdir={work}")
+    assert r.returncode == 2
+    assert_short(r.stderr, "error: ")
+    for needle in needles:
+        assert needle in r.stderr, r.stderr
+    assert not work.exists()
+
+
+# --- plug-ins ----------------------------------------------------------------------------------------------
+
+PLUGINS = textwrap.dedent("""
+    import jax.numpy as jnp
+    import fifo_buffer
+    from spr_jax import buffers
+
+    def nan_for_odd_labels(key, features, labels, *, num_classes):
+        return jnp.where(labels % 2 == 1, jnp.nan, 0.9), labels % 2 == 0
+
+    def _admit_all(state, key, c):
+        return fifo_buffer.offer(state, key, c.replace(keep=jnp.ones_like(c.keep)))
+
+    ADMITS_UNKEPT = buffers.BufferPolicy(init=fifo_buffer.init, offer=_admit_all, sample=buffers.sample_indices)
+
+    def keep_none(key, features, labels, *, num_classes):
+        return jnp.zeros(labels.shape), jnp.zeros(labels.shape, bool)
+""")
+
+
+@pytest.fixture(scope="module")
+def plugin_env(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("plugins")
+    (folder / "faulty.py").write_text(PLUGINS)
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(folder), os.path.join(ROOT, "examples"), ROOT]))
+
+
+def test_a_filter_returning_nan_is_refused_on_the_first_round(tmp_path, plugin_env):
+    work = tmp_path / "w"
+    r = launch(TINY, "--config.filter.kind=faulty:nan_for_odd_labels", f"--workdir={work}", env=plugin_env)
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert_short(r.stderr, "error: config.filter.kind='faulty:nan_for_odd_labels' returned clean_p=nan")
+    assert not glob.glob(str(work / "expert_cache" / "*" / "*.npz"))  # stopped before any expert was kept
+    no_nan_on_disk(work)
+
+
+def test_a_buffer_policy_admitting_unkept_samples_is_refused(tmp_path, plugin_env):
+    work = tmp_path / "w"
+    r = launch(TINY, "--config.buffer.policy=faulty:ADMITS_UNKEPT", "--config.filter.kind=faulty:keep_none",
+               f"--workdir={work}", env=plugin_env)
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert_short(r.stderr, "error: config.buffer.policy='faulty:ADMITS_UNKEPT' admitted")
+    assert not os.path.exists(work / "summary.json")
+
+
+# --- the command line --------------------------------------------------------------------------------------
+
+def test_a_missing_jax_platform_is_one_line(tmp_path):
+    r = launch(TINY, f"--workdir={tmp_path / 'w'}", env=dict(os.environ, JAX_PLATFORMS="cuda"))
+    if r.returncode == 0:
+        pytest.skip("this machine has a CUDA GPU")
+    assert r.returncode == 2
+    assert_short(r.stderr, "error: JAX_PLATFORMS=cuda: JAX cannot start this platform here")
+    assert not (tmp_path / "w").exists()
+
+
+def test_a_config_folder_is_one_line_naming_its_files(tmp_path):
+    r = launch("--config=configs", f"--workdir={tmp_path / 'w'}")
+    assert r.returncode == 2
+    assert_short(r.stderr, "error: --config=configs is a folder")
+    assert "configs/" in r.stderr and not (tmp_path / "w").exists()
