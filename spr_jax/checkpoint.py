@@ -278,7 +278,8 @@ class RunCheckpointer:
         otherwise fail half-way, each with its own traceback)."""
         if not _is_primary():
             return
-        need = sum(int(np.prod(np.shape(x))) * np.dtype(x.dtype).itemsize for x in leaves) + 2 ** 20
+        words = [jax.random.key_data(x) if _is_key(x) else x for x in leaves]
+        need = sum(int(np.prod(np.shape(x))) * np.dtype(x.dtype).itemsize for x in words) + 2 ** 20
         free = shutil.disk_usage(str(self.directory)).free
         if free < need:
             raise OSError(errno.ENOSPC, f"No space left on device (checkpoint step {step} needs about "
