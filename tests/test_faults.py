@@ -263,3 +263,23 @@ def test_a_config_folder_is_one_line_naming_its_files(tmp_path):
     assert r.returncode == 2
     assert_short(r.stderr, "error: --config=configs is a folder")
     assert "configs/" in r.stderr and not (tmp_path / "w").exists()
+
+
+def test_a_collapsed_fine_tuning_is_a_warning(tmp_path):
+    work = tmp_path / "w"
+    r = launch(TINY, "--config.eval.lr=1e4", f"--workdir={work}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    warnings = json.load(open(work / "summary.json"))["warnings"]
+    assert any("predicts class" in w and "config.eval.lr" in w for w in warnings), warnings
+
+
+def test_two_expert_fillers_of_one_shared_cache_both_finish_and_a_run_reuses_everything(tmp_path):
+    cache = tmp_path / "shared_cache"
+    procs = [start(TINY, "--mode=experts", f"--config.cache.dir={cache}", f"--workdir={tmp_path / f'w{i}'}")
+             for i in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+    r = launch(TINY, f"--config.cache.dir={cache}", f"--workdir={tmp_path / 'run'}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "14 chunks reused, 0 trained" in r.stdout
