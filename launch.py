@@ -9,11 +9,7 @@ A mistake the user can fix (a bad value, a misspelt field, missing data, an unus
 another run) is reported in one line, plus a hint line where one helps, with exit status 2 and nothing
 written. Anything else is a bug and keeps its traceback.
 """
-import ast
-import difflib
 import errno
-import glob
-import importlib.util
 import os
 import re
 import sys
@@ -23,7 +19,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from spr_jax.errors import RunStopped, UserError  # light: imports neither jax nor the rest of the package
+from spr_jax import config_files  # light: imports neither jax nor the rest of the package
+from spr_jax.errors import RunStopped, UserError
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 MODES = {
@@ -51,21 +48,9 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Processes of a multi-
 _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "This process's index in a multi-host run.")
 
 
-def bundled_configs() -> list[tuple[str, str]]:
-    """(path, first docstring line) of every configs/*.py."""
-    out = []
-    for path in sorted(glob.glob(os.path.join(ROOT, "configs", "*.py"))):
-        try:
-            doc = ast.get_docstring(ast.parse(open(path).read())) or ""
-        except SyntaxError:
-            doc = "(cannot be parsed)"
-        out.append((os.path.relpath(path, ROOT), doc.strip().splitlines()[0] if doc.strip() else ""))
-    return out
-
-
 def help_text() -> str:
     lines = [__doc__.strip(), "", "configs:"]
-    lines += [f"  {path:34s} {doc}" for path, doc in bundled_configs()]
+    lines += [f"  {path:34s} {doc}" for path, doc in config_files.bundled_configs()]
     lines += ["", "modes (--mode):"] + [f"  {k:8s} {v}" for k, v in MODES.items()]
     lines += ["", "flags:"]
     for flag in (_CONFIG, _WORKDIR, _MODE, _REDO, _METHODS, _RATES, _SEEDS, _DISTRIBUTED, _COORDINATOR,
@@ -88,53 +73,14 @@ def _argument(argv, name):
 
 def load_config_file(path: str):
     """The ConfigDict of a config file, or UserError in one line."""
-    import ml_collections
-    hint = "bundled configs: " + ", ".join(p for p, _ in bundled_configs()) + " (python launch.py --help)"
-    if path is None:
-        raise UserError("--config is required, e.g. --config=configs/digits.py", hint)
-    if os.path.isdir(path):
-        inside = sorted(glob.glob(os.path.join(path, "*.py")))
-        raise UserError(f"--config={path} is a folder; pass one config file in it",
-                        "for example --config=" + ", --config=".join(inside[:4]) if inside else hint)
-    if not os.path.isfile(path):
-        raise UserError(f"--config={path}: no such file", hint)
-    try:
-        spec = importlib.util.spec_from_file_location("launched_config", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    except SyntaxError as e:
-        raise UserError(f"--config={path}: syntax error at line {e.lineno}: {e.msg}") from e
-    except Exception as e:
-        raise UserError(f"--config={path} fails to load: {type(e).__name__}: {_one_line(e)}") from e
-    if not callable(getattr(module, "get_config", None)):
-        raise UserError(f"--config={path} has no get_config() function")
-    try:
-        config = module.get_config()
-    except Exception as e:
-        raise UserError(f"--config={path}: get_config() fails: {type(e).__name__}: {_one_line(e)}") from e
-    if not isinstance(config, ml_collections.ConfigDict):
-        raise UserError(f"--config={path}: get_config() returns a {type(config).__name__}, not an "
-                          f"ml_collections.ConfigDict")
-    return config
+    return config_files.load_file(path)
 
 
 def check_overrides(argv, config) -> None:
     """Every --config.a.b=v names an existing field (a misspelling gets a 'did you mean')."""
     for a in argv:
-        if not a.startswith("--config."):
-            continue
-        dotted = a[len("--config."):].split("=", 1)[0]
-        node, walked, parts = config, [], dotted.split(".")
-        for i, part in enumerate(parts):
-            keys = list(node.keys()) if hasattr(node, "keys") else []
-            if part not in keys:
-                where = "config" + "".join(f".{w}" for w in walked)
-                close = difflib.get_close_matches(part, keys, n=1)
-                raise UserError(f"--config.{dotted}: {where} has no field {part!r}",
-                                  f"did you mean --config.{'.'.join(walked + close + parts[i + 1:])}?" if close
-                                  else f"fields of {where}: {', '.join(keys)}")
-            walked.append(part)
-            node = node[part]
+        if a.startswith("--config."):
+            config_files.check_field(config, a[len("--config."):].split("=", 1)[0])
 
 
 def check_workdir(path: str) -> None:
@@ -237,7 +183,7 @@ def main(argv) -> int:
         elif _MODE.value == "experts":
             run_loop.fill_expert_cache(config, _WORKDIR.value)
         elif _MODE.value == "compare":
-            from spr_jax import compare
+            from spr_jax import comparison as compare
             try:
                 rates, seeds = [float(r) for r in _RATES.value], [int(x) for x in _SEEDS.value]
             except ValueError as e:

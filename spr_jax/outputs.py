@@ -65,7 +65,8 @@ def chunk_record(c, task, m, known) -> dict:
 
 def summary(log: MetricsLog, *, num_chunks, method, seed, dataset, noise, walls, stream_clean_share=None,
             compile_s=None) -> dict:
-    matrix = [r["task_accuracy"] for r in log.evals]
+    # null where task j was not yet seen when evaluated after task i (j > i): those cells are no result.
+    matrix = [[a if j <= r["after_task"] else None for j, a in enumerate(r["task_accuracy"])] for r in log.evals]
     return {
         "final_accuracy": log.evals[-1]["accuracy"],
         # What made an evaluation meaningless (an empty memory, a filter that kept nothing), as printed.

@@ -32,10 +32,33 @@ from spr_jax.data import prepare as prepare_lib
 from spr_jax.errors import Diverged, UserError
 
 # The files of a run in its workdir (--redo replaces them; the expert cache stays).
-RUN_FILES = ("checkpoints", "metrics.jsonl", "summary.json", "summary.png", "stream.json")
+RUN_FILES = ("checkpoints", "metrics.jsonl", "summary.json", "summary.png", "stream.json", "config.json")
 
 # Config fields that change no result: a run may resume with other values of these.
 _RESULT_NEUTRAL = ("checkpoint", "cache")
+
+
+def run_description(config, identities: dict) -> dict:
+    """WORKDIR/config.json: the resolved config, the plug-ins' identities (name and source hash), the
+    package versions and the machine of the latest session."""
+    import importlib.metadata
+    import platform
+    versions = {}
+    for package in ("spr_jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "ml-collections", "numpy"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    devices = jax.devices()
+    return {"config": config.to_dict(), "plugins": identities, "versions": versions, "python": platform.python_version(),
+            "machine": {"cpu": cpu, "platform": devices[0].platform, "device_kind": devices[0].device_kind,
+                        "devices": len(devices), "processes": jax.process_count()}}
 
 
 def run_fingerprint(config, identities: dict) -> dict:
@@ -219,6 +242,8 @@ def _run(config, workdir, progress, redo, compiled) -> dict:
     stream_info = prepare_lib.stream_summary(prepared)
     if jax.process_index() == 0:
         outputs.write_atomic(os.path.join(workdir, "stream.json"), json.dumps(stream_info, indent=1))
+        outputs.write_atomic(os.path.join(workdir, "config.json"),
+                             json.dumps(run_description(config, s.identities), indent=1, default=str))
     if progress:
         print(prepare_lib.format_stream_summary(stream_info), flush=True)
     ds, stream, noisy = prepared.dataset, prepared.stream, prepared.noisy

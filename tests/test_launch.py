@@ -132,7 +132,7 @@ def test_help_lists_configs_and_config_mode_explains_fields():
     r = launch("--help")
     assert r.returncode == 0 and "configs/digits.py" in r.stdout and "embedded demo" in r.stdout
     assert "--mode" in r.stdout and "--redo" in r.stdout
-    from spr_jax import compare
+    from spr_jax import comparison as compare
     methods_help = next(line for line in r.stdout.splitlines() if line.strip().startswith("--methods:"))
     assert all(m in methods_help for m in compare.METHODS), methods_help  # the help names every method
     r = launch("--config=configs/tiny.py", "--mode=config", "--config.noise.rate=0.3")
@@ -199,7 +199,7 @@ def test_compare_runs_every_method_reuses_finished_runs_and_agrees_with_them(tmp
     r = launch("--config=configs/tiny.py", "--mode=compare", f"--workdir={work}")  # every method
     assert r.returncode == 0, r.stderr[-3000:]
     doc = json.load(open(work / "compare.json"))
-    from spr_jax import compare
+    from spr_jax import comparison as compare
     assert [row["method"] for row in doc["runs"]] == list(compare.METHODS)
     for row in doc["runs"]:
         summary = json.load(open(work / row["method"] / f"rate_{row['noise_rate']}" / f"seed_{row['seed']}" /

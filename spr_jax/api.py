@@ -1,0 +1,100 @@
+"""The public Python API (docs/api.md): load a config, run it, compare methods, read a workdir back.
+
+    import spr_jax
+    config = spr_jax.load_config("tiny", {"noise.rate": 0.2})
+    summary = spr_jax.run(config, "/tmp/spr_tiny")
+    run = spr_jax.read_run("/tmp/spr_tiny")          # summary, config, per-chunk metrics as arrays
+
+`run` and `compare` behave as `launch.py` does (the workdir lock, resuming, refusing another run's
+workdir, stopping on divergence), but raise instead of exiting: `spr_jax.UserError` for a mistake the caller
+can fix, `spr_jax.RunStopped` (and its `Diverged`) for a run stopped with its work kept.
+"""
+import json
+import os
+from typing import Any, NamedTuple, Optional
+
+import numpy as np
+
+from spr_jax import config_files
+from spr_jax.errors import UserError
+
+
+def load_config(name_or_path: str, overrides: Optional[dict] = None):
+    """A config as an ml_collections.ConfigDict: a bundled config by name ("tiny", "digits",
+    "fashion_mnist_cpu", ...) or a config file's path, with `overrides` {"dotted.field": value} applied (every
+    name checked, with a did-you-mean) and the whole validated."""
+    from spr_jax import configlib
+    config = config_files.load_file(name_or_path, flag="config")
+    config_files.apply_overrides(config, dict(overrides or {}))
+    configlib.validate(config)
+    return config
+
+
+def run(config, workdir: str, *, progress: bool = True, redo: bool = False) -> dict:
+    """Runs SPR (or the config's composition of plug-ins) in `workdir` and returns summary.json's dict. A
+    finished run is read back as it is (redo=True runs it again from scratch, keeping the expert cache); an
+    interrupted one resumes from its last checkpoint."""
+    from spr_jax import run_loop, workdir_lock
+    with workdir_lock.hold(workdir, enabled=_primary()):
+        return run_loop.run(config, workdir, progress=progress, redo=redo)
+
+
+def compare(config, workdir: str, *, methods=(), rates=(), seeds=(), progress: bool = True) -> list:
+    """Every method x noise rate x seed on `config` (as `launch.py --mode=compare`), finished runs reused;
+    writes compare.json, compare.md and compare.png in `workdir` and returns compare.json's rows."""
+    from spr_jax import comparison, workdir_lock
+    with workdir_lock.hold(workdir, enabled=_primary()):
+        return comparison.run(config, workdir, methods, rates, seeds, progress=progress)
+
+
+class Run(NamedTuple):
+    """A workdir read back (see read_run)."""
+    summary: Optional[dict]  # summary.json (None while the run is unfinished)
+    config: Optional[dict]  # config.json: the resolved config, plug-ins, versions, device (None if absent)
+    chunks: dict  # per-chunk metrics as numpy arrays, one entry per chunk: {"kept": [C], "buffer_purity": ...}
+    evals: list  # the evaluation records of metrics.jsonl, in order
+    accuracy_matrix: Any  # float [T, T] in [0, 1], NaN where task j was not yet seen after task i
+
+
+def read_run(workdir: str) -> Run:
+    """A finished (or unfinished) run's outputs as Python objects: nothing is recomputed. Missing metrics
+    (e.g. purity with real noise, the loss of an untrained base) are NaN in the arrays."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        raise UserError(f"{workdir} holds no run (no metrics.jsonl)", "pass the --workdir of a run")
+    records = [json.loads(line) for line in open(path) if line.strip()]
+    chunk_records = [r for r in records if r["type"] == "chunk"]
+    evals = [r for r in records if r["type"] == "eval"]
+    chunks = {}
+    for key in (chunk_records[0] if chunk_records else {}):
+        if key == "type":
+            continue
+        values = [r.get(key) for r in chunk_records]
+        if key == "buffer_counts":
+            chunks[key] = np.asarray(values, np.int64)
+        elif all(isinstance(v, bool) for v in values):
+            chunks[key] = np.asarray(values, bool)
+        else:
+            chunks[key] = np.asarray([np.nan if v is None else v for v in values], float)
+    summary = _json_or_none(os.path.join(workdir, "summary.json"))
+    matrix = [r["task_accuracy"] for r in evals]
+    acc = np.full((len(matrix), len(matrix[0]) if matrix else 0), np.nan)
+    for i, row in enumerate(matrix):
+        for j, v in enumerate(row):
+            if j <= i and v is not None:
+                acc[i, j] = v
+    return Run(summary=summary, config=_json_or_none(os.path.join(workdir, "config.json")), chunks=chunks,
+               evals=evals, accuracy_matrix=acc)
+
+
+def _json_or_none(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _primary() -> bool:
+    import jax
+    return jax.process_index() == 0

@@ -1,0 +1,67 @@
+"""The public API as docs/api.md shows it: every python block of that page runs as written (its workdirs
+moved to a temporary folder), and the API's contracts behind it."""
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+
+import spr_jax
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def doc_blocks():
+    text = open(os.path.join(ROOT, "docs", "api.md")).read()
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+
+
+def test_the_docs_have_blocks_to_run():
+    assert len(doc_blocks()) == 3
+
+
+@pytest.mark.parametrize("index", range(3))
+def test_every_api_block_of_the_docs_runs(tmp_path, index, capsys):
+    code = doc_blocks()[index].replace('"/tmp/', f'"{tmp_path}/')
+    exec(compile(code, f"docs/api.md block {index}", "exec"), {})
+    out = capsys.readouterr().out
+    assert out.strip()
+    if index == 2:
+        assert "did you mean noise.rate?" in out
+
+
+def test_read_run_agrees_with_the_files(tmp_path):
+    work = str(tmp_path / "run")
+    summary = spr_jax.run(spr_jax.load_config("tiny"), work, progress=False)
+    run = spr_jax.read_run(work)
+    records = [json.loads(line) for line in open(os.path.join(work, "metrics.jsonl"))]
+    chunks = [r for r in records if r["type"] == "chunk"]
+    assert run.summary == summary == json.load(open(os.path.join(work, "summary.json")))
+    assert run.chunks["kept"].tolist() == [r["kept"] for r in chunks]
+    assert run.chunks["buffer_counts"].shape == (len(chunks), 10)
+    assert run.evals == [r for r in records if r["type"] == "eval"]
+    m = run.accuracy_matrix
+    assert np.isnan(m[np.triu_indices(5, 1)]).all() and np.isfinite(m[np.tril_indices(5)]).all()
+    np.testing.assert_allclose(np.nanmean(m[-1]), summary["average_accuracy"])
+    # A second run of the same config in the same workdir is the finished run, read back.
+    assert spr_jax.run(spr_jax.load_config("tiny"), work, progress=False) == summary
+
+
+def test_load_config_by_name_path_and_with_bad_names():
+    by_name = spr_jax.load_config("tiny")
+    assert by_name == spr_jax.load_config("configs/tiny.py") == spr_jax.load_config(
+        os.path.join(ROOT, "configs", "tiny.py"))
+    assert spr_jax.load_config("digits", {"buffer.size": 50}).buffer.size == 50
+    with pytest.raises(spr_jax.UserError, match="no such file"):
+        spr_jax.load_config("nonexistent_config")
+    with pytest.raises(spr_jax.UserError, match="outside"):
+        spr_jax.load_config("tiny", {"noise.rate": 1.5})
+    with pytest.raises(spr_jax.UserError) as e:
+        spr_jax.load_config("tiny", {"filter.kin": "none"})
+    assert "did you mean filter.kind?" in e.value.hint
+
+
+def test_read_run_of_a_folder_without_a_run_is_a_user_error(tmp_path):
+    with pytest.raises(spr_jax.UserError, match="holds no run"):
+        spr_jax.read_run(str(tmp_path))
