@@ -108,6 +108,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint.every_chunks = 10
     c.checkpoint.keep = 3
 
+    c.logging = ml_collections.ConfigDict()
+    # TensorBoard event files in WORKDIR/tensorboard (tensorboardX, no TensorFlow); metrics.jsonl is always written
+    c.logging.tensorboard = True
     c.cache = ml_collections.ConfigDict()
     c.cache.dir = ""  # expert cache folder; "" = WORKDIR/expert_cache
     # JAX's persistent compilation cache (compiled programs reused by later runs); "" switches it off.

@@ -13,9 +13,10 @@ from spr_jax import metrics as metrics_lib
 class MetricsLog:
     """Appends records to WORKDIR/metrics.jsonl and keeps those summary.json needs."""
 
-    def __init__(self, workdir):
+    def __init__(self, workdir, writers=()):
         self.path = os.path.join(workdir, "metrics.jsonl")
         self.chunks, self.evals = [], []
+        self.writers = list(writers)  # e.g. metric_writers.TensorBoard: each record is passed on as written
 
     def write(self, record):
         (self.evals if record["type"] == "eval" else self.chunks).append(record)
@@ -23,6 +24,8 @@ class MetricsLog:
             return
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        for writer in self.writers:
+            writer.write(record)
 
     def text(self) -> str:
         """metrics.jsonl's content for the records held, in stream order."""

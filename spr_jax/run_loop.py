@@ -23,6 +23,7 @@ from spr_jax import configlib
 from spr_jax import evaluate
 from spr_jax import expert_phase
 from spr_jax import interrupt
+from spr_jax import metric_writers
 from spr_jax import online
 from spr_jax import outputs
 from spr_jax import replay_phase
@@ -32,10 +33,11 @@ from spr_jax.data import prepare as prepare_lib
 from spr_jax.errors import Diverged, UserError
 
 # The files of a run in its workdir (--redo replaces them; the expert cache stays).
-RUN_FILES = ("checkpoints", "metrics.jsonl", "summary.json", "summary.png", "stream.json", "config.json")
+RUN_FILES = ("checkpoints", "metrics.jsonl", "summary.json", "summary.png", "stream.json", "config.json",
+             "tensorboard")
 
 # Config fields that change no result: a run may resume with other values of these.
-_RESULT_NEUTRAL = ("checkpoint", "cache")
+_RESULT_NEUTRAL = ("checkpoint", "cache", "logging")
 
 
 def run_description(config, identities: dict) -> dict:
@@ -278,7 +280,8 @@ def _run(config, workdir, progress, redo, compiled) -> dict:
     if s.replay.data_parallel > 1 and s.online is None:
         state = replay_phase.replicate(state, s.replay.data_parallel)
         data = replay_phase.replicate(data, s.replay.data_parallel)
-    log = outputs.MetricsLog(workdir)
+    writers = [metric_writers.TensorBoard(workdir)] if config.logging.tensorboard and jax.process_index() == 0 else []
+    log = outputs.MetricsLog(workdir, writers)
     restored = ckpt.restore(state)
     done_chunks, eval_time, earlier = 0, 0.0, {}
     if restored is not None:  # resume: the state and every record so far come from the checkpoint
@@ -349,6 +352,8 @@ def _run(config, workdir, progress, redo, compiled) -> dict:
     finally:  # on a signal or a divergence too: a checkpoint being written is completed, no temporary folder left
         bar.close()
         ckpt.close()
+        for writer in writers:
+            writer.close()
     walls = _session_walls(walls, earlier, t0, clock["eval"], eval_before, compiled)
     compile_s = walls.pop("compile_s")
 
@@ -361,6 +366,9 @@ def _run(config, workdir, progress, redo, compiled) -> dict:
                               stream_clean_share=None if stream_info["noise_rate_in_chunks"] is None
                               else 1.0 - stream_info["noise_rate_in_chunks"], compile_s=compile_s)
     outputs.write_summary(workdir, summary, prepared.episodes, progress)
+    for writer in writers:
+        writer.add_image_file("summary", os.path.join(workdir, "summary.png"), stream.num_chunks)
+        writer.close()
     return summary
 
 
