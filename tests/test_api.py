@@ -65,3 +65,13 @@ def test_load_config_by_name_path_and_with_bad_names():
 def test_read_run_of_a_folder_without_a_run_is_a_user_error(tmp_path):
     with pytest.raises(spr_jax.UserError, match="holds no run"):
         spr_jax.read_run(str(tmp_path))
+
+
+def test_the_api_tour_example_runs_and_plots(tmp_path):
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "api_tour.py"), str(tmp_path)],
+                       capture_output=True, text=True, timeout=600, cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / "tour.png").stat().st_size > 10_000
+    assert spr_jax.read_run(str(tmp_path / "knn")).summary["method"]["filter"] == "knn_filter:knn_agreement"
