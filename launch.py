@@ -41,6 +41,8 @@ _METHODS = flags.DEFINE_list("methods", [], "--mode=compare: methods to run (def
                              "reservoir_jocor).")
 _RATES = flags.DEFINE_list("rates", [], "--mode=compare: noise rates (default: the config's).")
 _SEEDS = flags.DEFINE_list("seeds", [], "--mode=compare: seeds (default: the config's).")
+_SWEEP = flags.DEFINE_multi_string("sweep", [], "--mode=compare: also sweep a config field, FIELD=V1,V2,... "
+                                   "(e.g. --sweep=buffer.size=100,300); repeat it for the product of several.")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Join a multi-host run, detected from the environment "
                                  "(TPU pods, SLURM, ...).")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", "", "host:port of process 0 of a multi-host run.")
@@ -53,7 +55,7 @@ def help_text() -> str:
     lines += [f"  {path:34s} {doc}" for path, doc in config_files.bundled_configs()]
     lines += ["", "modes (--mode):"] + [f"  {k:8s} {v}" for k, v in MODES.items()]
     lines += ["", "flags:"]
-    for flag in (_CONFIG, _WORKDIR, _MODE, _REDO, _METHODS, _RATES, _SEEDS, _DISTRIBUTED, _COORDINATOR,
+    for flag in (_CONFIG, _WORKDIR, _MODE, _REDO, _METHODS, _RATES, _SEEDS, _SWEEP, _DISTRIBUTED, _COORDINATOR,
                  _NUM_PROCESSES, _PROCESS_ID):
         lines.append(f"  --{flag.name}: {flags.FLAGS[flag.name].help}")
     lines += ["", "Every config field can be overridden: --config.FIELD=VALUE (see --mode=config for the fields)."]
@@ -188,7 +190,7 @@ def main(argv) -> int:
                 rates, seeds = [float(r) for r in _RATES.value], [int(x) for x in _SEEDS.value]
             except ValueError as e:
                 raise UserError(f"--rates / --seeds: {e}", "e.g. --rates=0.2,0.4 --seeds=1,2,3") from e
-            compare.run(config, _WORKDIR.value, _METHODS.value, rates, seeds)
+            compare.run(config, _WORKDIR.value, _METHODS.value, rates, seeds, sweeps=_SWEEP.value)
         else:
             run_loop.run(config, _WORKDIR.value, redo=_REDO.value)
     return 0

@@ -39,12 +39,13 @@ def run(config, workdir: str, *, progress: bool = True, redo: bool = False) -> d
         return run_loop.run(config, workdir, progress=progress, redo=redo)
 
 
-def compare(config, workdir: str, *, methods=(), rates=(), seeds=(), progress: bool = True) -> list:
-    """Every method x noise rate x seed on `config` (as `launch.py --mode=compare`), finished runs reused;
-    writes compare.json, compare.md and compare.png in `workdir` and returns compare.json's rows."""
+def compare(config, workdir: str, *, methods=(), rates=(), seeds=(), sweeps=(), progress: bool = True) -> list:
+    """Every method x sweep point x noise rate x seed on `config` (as `launch.py --mode=compare`), finished
+    runs reused; `sweeps` as `--sweep`: ["buffer.size=100,300", ...]. Writes compare.json, compare.md and
+    compare.png in `workdir` and returns compare.json's rows."""
     from spr_jax import comparison, workdir_lock
     with workdir_lock.hold(workdir, enabled=_primary()):
-        return comparison.run(config, workdir, methods, rates, seeds, progress=progress)
+        return comparison.run(config, workdir, methods, rates, seeds, progress=progress, sweeps=sweeps)
 
 
 class Run(NamedTuple):

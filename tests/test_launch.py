@@ -204,7 +204,9 @@ def test_compare_runs_every_method_reuses_finished_runs_and_agrees_with_them(tmp
     for row in doc["runs"]:
         summary = json.load(open(work / row["method"] / f"rate_{row['noise_rate']}" / f"seed_{row['seed']}" /
                                  "summary.json"))
-        assert row["final_accuracy"] == summary["final_accuracy"] and row["final_purity"] == summary["final_purity"]
+        assert row["final_accuracy"] == summary["final_accuracy"]
+        # finetune keeps no memory: no purity to report
+        assert row["final_purity"] == (None if row["method"] == "finetune" else summary["final_purity"])
     md = (work / "compare.md").read_text()
     assert all(f"| {m} | 0.4 | 1 |" in md for m in compare.METHODS) and (work / "compare.png").exists()
     # Rerun: every run is finished, so nothing is trained again and the rows are the same.
@@ -214,3 +216,30 @@ def test_compare_runs_every_method_reuses_finished_runs_and_agrees_with_them(tmp
     assert [row["method"] for row in json.load(open(work / "compare.json"))["runs"]] == ["spr", "gdumb_sl"]
     bad = launch("--config=configs/tiny.py", "--mode=compare", "--methods=spr,nope", f"--workdir={work}")
     assert_one_line_error(bad, "unknown method 'nope'")
+
+
+def test_a_sweep_over_any_field_runs_reuses_and_reports(tmp_path):
+    work = tmp_path / "sweep"
+    args = ["--config=configs/tiny.py", "--mode=compare", "--methods=spr", "--sweep=buffer.size=20,40",
+            f"--workdir={work}"]
+    r = launch(*args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    doc = json.load(open(work / "compare.json"))
+    assert [(row["method"], row["sweep"]) for row in doc["runs"]] == [
+        ("spr [buffer.size=20]", {"buffer.size": 20}), ("spr [buffer.size=40]", {"buffer.size": 40})]
+    summaries = [json.load(open(work / "spr" / f"buffer.size={n}" / "rate_0.4" / "seed_0" / "summary.json"))
+                 for n in (20, 40)]
+    assert [row["final_accuracy"] for row in doc["runs"]] == [s["final_accuracy"] for s in summaries]
+    for n in (20, 40):  # each run's memory has the size swept
+        rows = [json.loads(line) for line in open(work / "spr" / f"buffer.size={n}" / "rate_0.4" / "seed_0" /
+                                                  "metrics.jsonl")]
+        assert max(row["buffer_size"] for row in rows) == n
+    md = open(work / "compare.md").read()
+    assert "| spr [buffer.size=20] | 0.4 | 1 |" in md and "| spr [buffer.size=40] | 0.4 | 1 |" in md
+    assert (work / "compare.png").stat().st_size > 10_000
+    before = file_digests(work / "spr")
+    assert launch(*args).returncode == 0 and file_digests(work / "spr") == before  # finished runs reused
+    bad = launch("--config=configs/tiny.py", "--mode=compare", "--sweep=buffer.sise=20,40", f"--workdir={tmp_path / 'b'}")
+    assert_one_line_error(bad, "buffer.sise", "did you mean --sweep=buffer.size")
+    bad = launch("--config=configs/tiny.py", "--mode=compare", "--sweep=buffer.size=20,many", f"--workdir={tmp_path / 'c'}")
+    assert_one_line_error(bad, "buffer.size='many' is not of type int")
