@@ -89,8 +89,46 @@ def check_field(config, dotted: str, prefix: str = "--config.") -> None:
         node = node[part]
 
 
+# Config blocks whose fields a plug-in reads as keyword settings, and the field naming the plug-in.
+PLUGIN_BLOCKS = {"filter": "kind", "model": "encoder", "eval": "loss"}
+
+
+def declare_plugin_settings(config, overrides: dict) -> list:
+    """Adds to `config`, at their default values, the keyword settings of its plug-ins that `overrides`
+    ({"filter.k": "7", ...}, values as given) name but the config does not hold yet, so that they can be
+    overridden like any field (the plug-in reads its block's fields by name). A name no plug-in takes is
+    left alone (check_field then refuses it). Returns the fields added."""
+    wanted = [d for d in overrides if d.count(".") == 1 and d.split(".")[0] in PLUGIN_BLOCKS
+              and d.split(".")[0] in config and d.split(".")[1] not in config[d.split(".")[0]]]
+    if not wanted:
+        return []
+    import inspect
+    from spr_jax import settings
+    probe = config.copy_and_resolve_references()
+    for block, field in PLUGIN_BLOCKS.items():  # the plug-ins as the overrides choose them
+        if f"{block}.{field}" in overrides:
+            probe[block][field] = overrides[f"{block}.{field}"]
+    resolved = settings.resolve_plugins(probe)
+    objects = {"filter": resolved.filter, "model": resolved.encoder, "eval": resolved.loss}
+    added = []
+    for dotted in wanted:
+        block, field = dotted.split(".")
+        try:
+            param = inspect.signature(objects[block]).parameters.get(field)
+        except (TypeError, ValueError):
+            param = None
+        if (param is not None and param.default not in (inspect.Parameter.empty, None)
+                and param.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)):
+            with config.unlocked():
+                config[block][field] = param.default
+            added.append(dotted)
+    return added
+
+
 def apply_overrides(config, overrides: dict) -> None:
-    """Sets {"noise.rate": 0.2, ...} on config in place; every name is checked first."""
+    """Sets {"noise.rate": 0.2, ...} on config in place; every name is checked first (a plug-in's keyword
+    setting, e.g. "filter.k" for a filter taking k, is added at its default first)."""
+    declare_plugin_settings(config, overrides)
     for dotted in overrides:
         check_field(config, dotted, prefix="")
     for dotted, value in overrides.items():

@@ -75,3 +75,16 @@ def test_the_api_tour_example_runs_and_plots(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "tour.png").stat().st_size > 10_000
     assert spr_jax.read_run(str(tmp_path / "knn")).summary["method"]["filter"] == "knn_filter:knn_agreement"
+
+
+def test_a_plugins_keyword_settings_are_overridable_fields(monkeypatch):
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "examples"))
+    c = spr_jax.load_config("tiny", {"filter.kind": "knn_filter:knn_agreement", "filter.k": 7})
+    assert c.filter.k == 7 and c.filter.kind == "knn_filter:knn_agreement"
+    from spr_jax import settings
+    s = settings.build(c, image_shape=(8, 8, 1), num_classes=10, chunk_size=40)
+    assert s.filter.fn.keywords["k"] == 7  # the filter is called with it
+    with pytest.raises(spr_jax.UserError, match="has no field 'kk'"):
+        spr_jax.load_config("tiny", {"filter.kind": "knn_filter:knn_agreement", "filter.kk": 7})
+    with pytest.raises(spr_jax.UserError, match="has no field 'k'"):  # centrality takes no k
+        spr_jax.load_config("tiny", {"filter.k": 7})
