@@ -78,11 +78,41 @@ def load_config_file(path: str):
     return config_files.load_file(path)
 
 
-def check_overrides(argv, config) -> None:
-    """Every --config.a.b=v names an existing field (a misspelling gets a 'did you mean')."""
-    for a in argv:
+def config_overrides(argv) -> list:
+    """[(first index, last index, dotted field, text)] of every --config.a.b=v or --config.a.b v in argv."""
+    out = []
+    for i, a in enumerate(argv):
         if a.startswith("--config."):
-            config_files.check_field(config, a[len("--config."):].split("=", 1)[0])
+            field, sep, text = a[len("--config."):].partition("=")
+            if sep:
+                out.append((i, i, field, text))
+            elif i + 1 < len(argv):
+                out.append((i, i + 1, field, argv[i + 1]))
+    return out
+
+
+def split_plugin_settings(argv, base):
+    """config_flags knows only the config file's fields, so the --config.BLOCK.NAME=V that set a plug-in's
+    keyword setting the file does not hold (e.g. --config.filter.k=7 for a filter taking k) are taken out
+    of argv here, to be set after the flags are parsed. Every other override must name a field of the file
+    (a misspelling gets a 'did you mean'). Returns (argv without them, {dotted: text})."""
+    overrides = config_overrides(argv)
+    given = {field: text for _, _, field, text in overrides}
+    probe = base.copy_and_resolve_references()
+    plugin_fields = set(config_files.declare_plugin_settings(probe, given, prefix="--config."))
+    for _, _, field, _ in overrides:
+        config_files.check_field(probe, field)
+    drop = {j for first, last, field, _ in overrides if field in plugin_fields for j in range(first, last + 1)}
+    return [a for j, a in enumerate(argv) if j not in drop], {f: given[f] for f in plugin_fields}
+
+
+def set_plugin_settings(config, settings: dict) -> None:
+    """Sets the plug-in keyword settings split_plugin_settings took out of argv, parsed as their defaults' types."""
+    config_files.declare_plugin_settings(config, settings)
+    for dotted, text in settings.items():
+        block, name = dotted.split(".")
+        with config.unlocked():
+            config[block][name] = config_files.parse_text(text, config[block][name], dotted)
 
 
 def check_workdir(path: str) -> None:
@@ -161,12 +191,14 @@ def main(argv) -> int:
         print(help_text())
         return 0
     base = load_config_file(_argument(argv, "config"))
-    check_overrides(argv[1:], base)
+    argv, plugin_settings = split_plugin_settings(argv, base)
+    sys.argv = argv  # config_flags reads its overrides from sys.argv, not from the list parsed
     try:
         flags.FLAGS(argv)
     except flags.Error as e:
         raise UserError(_one_line(e), "python launch.py --help lists the flags") from e
     config = _CONFIG.value
+    set_plugin_settings(config, plugin_settings)
     if _MODE.value == "config":
         print(format_config(config))
         return 0

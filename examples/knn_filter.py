@@ -6,7 +6,8 @@ features, itself excluded) carry its noisy label; clean_p is that agreement shar
     PYTHONPATH=examples python launch.py --config=configs/fashion_mnist_cpu.py \
         --config.filter.kind=knn_filter:knn_agreement --workdir=workdirs/knn
 
-`k` is a keyword parameter, so a config that defines `config.filter.k` sets it (default 10).
+`k` is a keyword parameter, so `--config.filter.k=20` (or a config that defines `config.filter.k`) sets it
+(default 10).
 """
 import jax
 import jax.numpy as jnp

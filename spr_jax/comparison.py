@@ -67,7 +67,6 @@ def method_config(config, method: str, rate: float, seed: int):
 def parse_sweeps(config, specs) -> list[dict]:
     """["buffer.size=100,300", "expert.epochs=5,10"] -> the product of the values, as [{field: value}, ...];
     every field is checked (with a did-you-mean) and every value parsed as the field's type."""
-    import ast
     import itertools
     from spr_jax import config_files
     from spr_jax.errors import UserError
@@ -76,28 +75,14 @@ def parse_sweeps(config, specs) -> list[dict]:
         field, sep, values = spec.partition("=")
         if not sep or not values:
             raise UserError(f"--sweep={spec}: expected FIELD=V1,V2,..., e.g. --sweep=buffer.size=100,300")
+        config_files.declare_plugin_settings(config, {field: values}, prefix="--sweep=")  # a plug-in's keyword setting
         config_files.check_field(config, field, prefix="--sweep=")
         node = config
         for part in field.split("."):
             node = node[part]
-        axes.append([(field, _parse_value(v.strip(), node, field, ast)) for v in values.split(",")])
+        axes.append([(field, config_files.parse_text(v.strip(), node, field, prefix="--sweep="))
+                     for v in values.split(",")])
     return [dict(point) for point in itertools.product(*axes)]
-
-
-def _parse_value(text, current, field, ast):
-    from spr_jax.errors import UserError
-    try:
-        if isinstance(current, bool):
-            if text.lower() not in ("true", "false"):
-                raise ValueError("expected true or false")
-            return text.lower() == "true"
-        if isinstance(current, (int, float)):
-            return type(current)(float(text)) if isinstance(current, float) else int(text)
-        if isinstance(current, str):
-            return text
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError) as e:
-        raise UserError(f"--sweep: {field}={text!r} is not of type {type(current).__name__} ({e})") from e
 
 
 def sweep_label(point: dict) -> str:

@@ -93,11 +93,12 @@ def check_field(config, dotted: str, prefix: str = "--config.") -> None:
 PLUGIN_BLOCKS = {"filter": "kind", "model": "encoder", "eval": "loss"}
 
 
-def declare_plugin_settings(config, overrides: dict) -> list:
+def declare_plugin_settings(config, overrides: dict, prefix: str = "") -> list:
     """Adds to `config`, at their default values, the keyword settings of its plug-ins that `overrides`
     ({"filter.k": "7", ...}, values as given) name but the config does not hold yet, so that they can be
-    overridden like any field (the plug-in reads its block's fields by name). A name no plug-in takes is
-    left alone (check_field then refuses it). Returns the fields added."""
+    overridden like any field (the plug-in reads its block's fields by name). A name close to one of the
+    plug-in's settings is refused with a did-you-mean; any other unknown name is left alone (check_field
+    then refuses it). Returns the fields added."""
     wanted = [d for d in overrides if d.count(".") == 1 and d.split(".")[0] in PLUGIN_BLOCKS
               and d.split(".")[0] in config and d.split(".")[1] not in config[d.split(".")[0]]]
     if not wanted:
@@ -114,14 +115,22 @@ def declare_plugin_settings(config, overrides: dict) -> list:
     for dotted in wanted:
         block, field = dotted.split(".")
         try:
-            param = inspect.signature(objects[block]).parameters.get(field)
+            params = inspect.signature(objects[block]).parameters
         except (TypeError, ValueError):
-            param = None
-        if (param is not None and param.default not in (inspect.Parameter.empty, None)
-                and param.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)):
+            params = {}
+        settable = {name: p.default for name, p in params.items()
+                    if p.default not in (inspect.Parameter.empty, None)
+                    and p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)}
+        if field in settable:
             with config.unlocked():
-                config[block][field] = param.default
+                config[block][field] = settable[field]
             added.append(dotted)
+            continue
+        close = difflib.get_close_matches(field, list(settable) + list(config[block].keys()), n=1)
+        if close and close[0] in settable:
+            raise UserError(f"{prefix}{dotted}: neither config.{block} nor its plug-in "
+                            f"{probe[block][PLUGIN_BLOCKS[block]]!r} has a setting {field!r}",
+                            f"did you mean {prefix}{block}.{close[0]}?")
     return added
 
 
@@ -140,6 +149,24 @@ def apply_overrides(config, overrides: dict) -> None:
             node[last] = value
         except (TypeError, ValueError) as e:
             raise UserError(f"{dotted}={value!r}: {one_line(e)}") from e
+
+
+def parse_text(text: str, current, field: str, prefix: str = "--config."):
+    """A value given as text on the command line, parsed as the type of the field's current value."""
+    try:
+        if isinstance(current, bool):
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError("expected true or false")
+            return text.lower() in ("true", "1")
+        if isinstance(current, float):
+            return float(text)
+        if isinstance(current, int):
+            return int(text)
+        if isinstance(current, str):
+            return text
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError) as e:
+        raise UserError(f"{prefix}{field}={text!r} is not of type {type(current).__name__} ({one_line(e)})") from e
 
 
 def one_line(e) -> str:

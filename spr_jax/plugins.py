@@ -15,7 +15,8 @@ is always the one the module holds now (a monkeypatched one too).
 Extra settings: a plug-in's keyword parameters are filled from its own config block (`config.filter` for
 filters, `config.model` for encoders, `config.eval` for losses) by name, when the block has a field of that
 name; the others keep their defaults. So `def knn(key, features, labels, *, num_classes, k=10)` reads `config.filter.k` if a
-config defines it.
+config defines it; launch.py, sweeps and load_config declare such a field at its default when an override
+names it (config_files.declare_plugin_settings).
 
 Identity: `identity(kind, obj)` is {"kind", "object", "source_sha256"}; the expert cache key and the
 checkpoint fingerprint include it, so editing a plug-in's source never silently reuses results of the

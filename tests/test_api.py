@@ -84,7 +84,14 @@ def test_a_plugins_keyword_settings_are_overridable_fields(monkeypatch):
     from spr_jax import settings
     s = settings.build(c, image_shape=(8, 8, 1), num_classes=10, chunk_size=40)
     assert s.filter.fn.keywords["k"] == 7  # the filter is called with it
-    with pytest.raises(spr_jax.UserError, match="has no field 'kk'"):
+    with pytest.raises(spr_jax.UserError, match="has a setting 'kk'") as e:
         spr_jax.load_config("tiny", {"filter.kind": "knn_filter:knn_agreement", "filter.kk": 7})
+    assert "did you mean filter.k?" in e.value.hint
     with pytest.raises(spr_jax.UserError, match="has no field 'k'"):  # centrality takes no k
         spr_jax.load_config("tiny", {"filter.k": 7})
+    # A sweep over a plug-in's setting: declared, parsed as the default's type, applied to each run's config.
+    from spr_jax import comparison
+    c = spr_jax.load_config("tiny", {"filter.kind": "knn_filter:knn_agreement"})
+    assert comparison.parse_sweeps(c, ["filter.k=3,5"]) == [{"filter.k": 3}, {"filter.k": 5}]
+    with pytest.raises(spr_jax.UserError, match="filter.k='x' is not of type int"):
+        comparison.parse_sweeps(c, ["filter.k=3,x"])

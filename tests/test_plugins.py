@@ -114,6 +114,10 @@ def test_a_filter_from_outside_the_package_runs_through_launch(tmp_path):
             d = labels.shape[0]
             keep = jnp.arange(d) < d // 2
             return jnp.where(keep, 1.0, 0.0), keep
+        def keep_first(key, features, labels, *, num_classes, share=0.5):
+            d = labels.shape[0]
+            keep = jnp.arange(d) < int(d * share)
+            return jnp.where(keep, 1.0, 0.0), keep
         def wrong_shape(key, features, labels, *, num_classes):
             return jnp.ones(5), jnp.ones(5, bool)
     """))
@@ -124,6 +128,21 @@ def test_a_filter_from_outside_the_package_runs_through_launch(tmp_path):
     chunks = [x for x in _lines(work) if x["type"] == "chunk"]
     assert chunks and all(x["kept"] == 20 for x in chunks)  # D = 40
     assert json.load(open(work / "summary.json"))["method"]["filter"] == "myfilter:keep_first_half"
+
+    # A plug-in's keyword setting is a --config field: declared from its signature, parsed as its default's
+    # type, passed to the plug-in, and refused with a did-you-mean when misspelt.
+    work = tmp_path / "share"
+    r = _launch("--config=configs/tiny.py", "--config.filter.kind=myfilter:keep_first", "--config.filter.share",
+                "0.25", f"--workdir={work}", pythonpath=str(plugin_dir))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert {x["kept"] for x in _lines(work) if x["type"] == "chunk"} == {10}
+    assert json.load(open(work / "config.json"))["config"]["filter"]["share"] == 0.25
+    for arg, message in [("--config.filter.shar=0.25", "did you mean --config.filter.share"),
+                         ("--config.filter.share=many", "filter.share='many' is not of type float")]:
+        r = _launch("--config=configs/tiny.py", "--config.filter.kind=myfilter:keep_first", arg,
+                    f"--workdir={tmp_path / 'bad'}", pythonpath=str(plugin_dir))
+        assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / "bad").exists()
 
     for kind, message in [("myfilter:wrong_shape", "shapes (5,)"), ("myfilter:missing", "no attribute"),
                           ("nomodule:f", "cannot be imported")]:
