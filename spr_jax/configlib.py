@@ -111,6 +111,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.logging = ml_collections.ConfigDict()
     # TensorBoard event files in WORKDIR/tensorboard (tensorboardX, no TensorFlow); metrics.jsonl is always written
     c.logging.tensorboard = True
+    # Weights & Biases: "" (off) | "offline" (WORKDIR/wandb, no network; wandb sync uploads it) | "online"
+    c.logging.wandb = ""
+    c.logging.wandb_project = "spr_jax"  # the W&B project the run is logged to
     c.cache = ml_collections.ConfigDict()
     c.cache.dir = ""  # expert cache folder; "" = WORKDIR/expert_cache
     # JAX's persistent compilation cache (compiled programs reused by later runs); "" switches it off.
@@ -180,6 +183,13 @@ def validate(c: ml_collections.ConfigDict) -> None:
     need(c.expert.group_size >= 0, "config.expert.group_size must be >= 1, or 0 to choose it for the backend")
     need(c.protocol in ("spr", "online"), f"config.protocol={c.protocol!r} is unknown; use 'spr' or 'online'")
     need(c.online.stream_batch >= 1 and c.online.replay_batch >= 1, "config.online batch sizes must be >= 1")
+    need(c.logging.wandb in ("", "offline", "online"),
+         f"config.logging.wandb={c.logging.wandb!r} is unknown; use '' (off), 'offline' or 'online'")
+    if c.logging.wandb:
+        import importlib.util
+        need(importlib.util.find_spec("wandb") is not None,
+             f"config.logging.wandb={c.logging.wandb!r} needs the wandb package: pip install -e '.[wandb]' "
+             f"(or pip install wandb)")
     need(c.precision in PRECISIONS, f"config.precision={c.precision!r} is unknown; use one of {PRECISIONS}")
     need(c.eval.epochs >= 1, f"config.eval.epochs={c.eval.epochs}: the classifier must be fine-tuned on the buffer "
          f"for at least 1 epoch (the published setting is 50)")

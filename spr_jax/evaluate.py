@@ -66,7 +66,7 @@ _FINETUNE_CPU_OPTIONS = {"xla_cpu_prefer_vector_width": 512}
 def finetune(classifier, variables, images, labels, key, *, epochs, batch_size, lr, decay_every, decay, clip,
              loss=losses.cross_entropy, networks: int = 1):
     """Fine-tunes all of the classifier on (images uint8 [n, ...], labels [n]) with `loss(logits, labels)`;
-    returns the variables.
+    returns the variables and each epoch's mean training loss (float32 [epochs]).
 
     networks=2 (a two-network learner such as JoCoR): `variables` holds two classifiers stacked on a leading
     axis, both are applied to every batch and trained together on `loss(logits [2, B, K], labels, epoch)`.
@@ -92,18 +92,19 @@ def finetune(classifier, variables, images, labels, key, *, epochs, batch_size, 
 
     def step(carry, idx, e):
         params, stats, opt_state = carry
-        (_, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, stats, images[idx], labels[idx], e)
+        (value, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, stats, images[idx], labels[idx], e)
         updates, opt_state = tx.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), stats, opt_state), None
+        return (optax.apply_updates(params, updates), stats, opt_state), value
 
     def epoch(carry, xs):
         k, e = xs
         order = jax.random.permutation(k, n)[:per_epoch * batch_size].reshape(per_epoch, batch_size)
-        return jax.lax.scan(functools.partial(step, e=e), carry, order)[0], None
+        carry, step_losses = jax.lax.scan(functools.partial(step, e=e), carry, order)
+        return carry, jnp.mean(step_losses)
 
-    (params, stats, _), _ = jax.lax.scan(epoch, (params, stats, opt_state),
-                                         (jax.random.split(key, epochs), jnp.arange(epochs)))
-    return {"params": params, "batch_stats": stats} if stats else {"params": params}
+    (params, stats, _), epoch_losses = jax.lax.scan(epoch, (params, stats, opt_state),
+                                                    (jax.random.split(key, epochs), jnp.arange(epochs)))
+    return ({"params": params, "batch_stats": stats} if stats else {"params": params}), epoch_losses
 
 
 @functools.partial(compilation.jit, static_argnames=("classifier", "batch_size"))
@@ -147,19 +148,24 @@ def _rows(images, index):
 
 
 def evaluate(s: EvalSettings, base, buffer_images, buffer_labels, test_images, key):
-    """Fine-tunes a copy of the base on the buffer's (images, noisy labels) and returns test predictions."""
+    """Fine-tunes a copy of the base on the buffer's (images, noisy labels); returns the test predictions
+    and the fine-tune's mean loss per epoch (None: the memory holds less than one batch, no fine-tune)."""
     k_init, k_tune = _split(key)  # (one compiled program, warmed up, instead of jax's op-by-op compiles)
     variables = initial_variables(s, base, k_init, test_images.shape[1:])
+    epoch_losses = None
     if buffer_images.shape[0] >= s.batch_size:
-        variables = finetune(s.classifier, variables, buffer_images, buffer_labels, k_tune, **_finetune_settings(s))
-        if not all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(variables)):
+        variables, epoch_losses = finetune(s.classifier, variables, buffer_images, buffer_labels, k_tune,
+                                           **_finetune_settings(s))
+        epoch_losses = [float(x) for x in np.asarray(epoch_losses)]
+        if not all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(variables)) or not np.isfinite(
+                epoch_losses).all():
             raise Diverged(f"diverged: fine-tuning the classifier on the memory gave non-finite weights "
                            f"(config.eval.lr={s.lr}); nothing of this evaluation was written",
                            "lower config.eval.lr (the published value is 2e-3); the last checkpoint is kept")
     if s.networks == 2:  # tested: the first network, as JoCoR reports
         variables = jax.tree.map(lambda a: a[0], variables)
     preds = predict(s.classifier, variables, test_images, batch_size=min(s.test_batch_size, test_images.shape[0]))
-    return np.asarray(preds)
+    return np.asarray(preds), epoch_losses
 
 
 def warm_up(s: EvalSettings, base, buffer_size: int, test_images, train_images=None) -> None:
@@ -197,10 +203,12 @@ def evaluation_record(s: EvalSettings, *, base, buffer, train_images, test_image
     buf = jax.device_get(buffer)
     valid = np.asarray(buf.valid)
     idx = np.asarray(buf.index)[valid]
-    preds = evaluate(s, base, _rows(train_images, jnp.asarray(idx, jnp.int32)), jnp.asarray(np.asarray(buf.label)[valid]),
+    preds, epoch_losses = evaluate(s, base, _rows(train_images, jnp.asarray(idx, jnp.int32)), jnp.asarray(np.asarray(buf.label)[valid]),
                      test_images, key)
-    return record_from_predictions(preds, buf, test_labels=test_labels, episodes=episodes, num_classes=num_classes,
-                                   noise_known=noise_known, after_task=after_task, chunks_processed=chunks_processed)
+    record = record_from_predictions(preds, buf, test_labels=test_labels, episodes=episodes, num_classes=num_classes,
+                                     noise_known=noise_known, after_task=after_task, chunks_processed=chunks_processed)
+    record["finetune_loss"] = epoch_losses  # the classifier's mean training loss per fine-tune epoch
+    return record
 
 
 def record_from_predictions(preds, buf, *, test_labels, episodes, num_classes, noise_known, after_task,

@@ -1,11 +1,16 @@
 """Metric writers beside metrics.jsonl (which stays the source of truth): TensorBoard event files,
-written with tensorboardX (no TensorFlow), in WORKDIR/tensorboard.
+written with tensorboardX (no TensorFlow), in WORKDIR/tensorboard, and optionally a Weights & Biases run
+(WandB below). Each writer takes the records as they are logged (write), two images at the end
+(add_accuracy_matrix, add_image_file) and close().
 
 Scalars: every numeric field of a chunk record as `chunk/<field>` at step = the chunk's index (`base_loss`,
 `kept`, `filter_precision`, `filter_recall`, `buffer_size`, `buffer_purity`), and of an evaluation record as
 `eval/<field>` at step = the chunks processed (`accuracy`, `buffer_purity`, `buffer_size`, and
-`eval/task_<j>_accuracy` for the tasks seen), so both share the chunk axis. A missing value (null) is not
-written. At the end, summary.png as the image `summary`. `tensorboard --logdir WORKDIR/tensorboard`.
+`eval/task_<j>_accuracy` for the tasks seen, `eval/finetune_loss` the fine-tune's last epoch), so both share
+the chunk axis; each evaluation's fine-tune loss per epoch as `finetune_loss/after_task_<t>` at step = the
+epoch (1, 2, ...). A missing value (null) is not written. At the end, the accuracy matrix as the image
+`accuracy_matrix` (cell (i, j): after task i, on task j; black: not yet seen) and summary.png as the image
+`summary`. `tensorboard --logdir WORKDIR/tensorboard`.
 """
 import os
 
@@ -26,7 +31,21 @@ def scalars_of(record: dict) -> list[tuple[str, float, int]]:
         out += [(f"eval/{k}", float(record[k]), step) for k in EVAL_SCALARS if record.get(k) is not None]
         out += [(f"eval/task_{j}_accuracy", float(a), step)
                 for j, a in enumerate(record["task_accuracy"][:record["after_task"] + 1])]
+        losses = record.get("finetune_loss") or []
+        if losses:
+            out.append(("eval/finetune_loss", float(losses[-1]), step))
+        out += [(f"finetune_loss/after_task_{record['after_task']}", float(v), e + 1) for e, v in enumerate(losses)]
     return out
+
+
+def matrix_image(matrix, cell: int = 32) -> np.ndarray:
+    """The accuracy matrix (rows: after task i; None: not yet seen) as an RGB uint8 image, viridis 0-100%,
+    unseen cells black, each cell `cell` pixels square."""
+    import matplotlib
+    m = np.array([[np.nan if v is None else v for v in row] for row in matrix], dtype=float)
+    rgb = matplotlib.colormaps["viridis"](np.nan_to_num(m, nan=0.0))[..., :3]
+    rgb[~np.isfinite(m)] = 0.0
+    return (np.kron(rgb, np.ones((cell, cell, 1))) * 255).round().astype(np.uint8)
 
 
 class TensorBoard:
@@ -48,6 +67,10 @@ class TensorBoard:
         for tag, value, step in scalars_of(record):
             w.add_scalar(tag, value, step)
 
+    def add_accuracy_matrix(self, matrix, step: int) -> None:
+        if matrix:
+            self._open().add_image("accuracy_matrix", matrix_image(matrix), step, dataformats="HWC")
+
     def add_image_file(self, tag: str, path: str, step: int) -> None:
         if not os.path.isfile(path):
             return
@@ -61,3 +84,61 @@ class TensorBoard:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+class WandB:
+    """A Weights & Biases run of the same scalars and images (`pip install -e ".[wandb]"`).
+
+    mode "offline" writes WORKDIR/wandb/ and needs no network or account (`wandb sync WORKDIR/wandb/offline-run-*`
+    uploads it later); "online" logs live. Every scalar is logged against `chunk` (an evaluation's at the
+    chunks processed, as in TensorBoard); the fine-tune curves stay in metrics.jsonl and TensorBoard. The run's
+    id is derived from the workdir, so a resumed run continues the same W&B run online.
+    """
+
+    def __init__(self, workdir: str, *, mode: str, project: str, config: dict, name: str):
+        self.workdir, self.mode, self.project, self.config, self.name = workdir, mode, project, config, name
+        self._run = None
+
+    def _open(self):
+        if self._run is None:
+            import hashlib
+            import wandb
+            run_id = hashlib.sha1(os.path.abspath(self.workdir).encode()).hexdigest()[:16]
+            self._run = wandb.init(mode=self.mode, project=self.project, dir=self.workdir, config=self.config,
+                                   name=self.name, id=run_id, resume="allow",
+                                   settings=wandb.Settings(silent=True, console="off"))
+            self._run.define_metric("chunk")
+            self._run.define_metric("*", step_metric="chunk")
+        return self._run
+
+    def write(self, record: dict) -> None:
+        values = {tag: value for tag, value, _ in scalars_of(record) if not tag.startswith("finetune_loss/")}
+        step = int(record["chunk"]) if record["type"] == "chunk" else int(record["chunks_processed"])
+        self._open().log({"chunk": step, **values})
+
+    def add_accuracy_matrix(self, matrix, step: int) -> None:
+        if matrix:
+            import wandb
+            self._open().log({"chunk": step, "accuracy_matrix": wandb.Image(matrix_image(matrix))})
+
+    def add_image_file(self, tag: str, path: str, step: int) -> None:
+        if os.path.isfile(path):
+            import wandb
+            self._open().log({"chunk": step, tag: wandb.Image(path)})
+
+    def close(self) -> None:
+        if self._run is not None:
+            self._run.finish()
+            self._run = None
+
+
+WANDB_MODES = ("", "offline", "online")
+
+
+def writers_for(config, workdir: str, run_name: str) -> list:
+    """The writers config.logging asks for (process 0 of a run only; the caller checks)."""
+    out = [TensorBoard(workdir)] if config.logging.tensorboard else []
+    if config.logging.wandb:
+        out.append(WandB(workdir, mode=config.logging.wandb, project=config.logging.wandb_project,
+                         config=config.to_dict(), name=run_name))
+    return out

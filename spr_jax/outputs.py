@@ -93,12 +93,12 @@ def summary(log: MetricsLog, *, num_chunks, method, seed, dataset, noise, walls,
     }
 
 
-def write_summary(workdir, summary_, episodes, progress=True) -> None:
+def write_summary(workdir, summary_, episodes, progress=True, log=None) -> None:
     if jax.process_index() != 0:
         return
     write_atomic(os.path.join(workdir, "summary.json"), json.dumps(summary_, indent=1))
     try:
-        plot(summary_, episodes, os.path.join(workdir, "summary.png"))
+        plot(summary_, episodes, os.path.join(workdir, "summary.png"), log=log)
     except Exception as e:  # a plot is a convenience; never lose a run over it
         print(f"(plot skipped: {e})")
     if progress:
@@ -180,13 +180,24 @@ def _task_label(j, episodes) -> str:
     return f"task {j} ({shown})"
 
 
-def plot(summary_, episodes, path):
+def plot(summary_, episodes, path, log=None):
+    """summary.png: the accuracy matrix and the buffer's purity; given the run's MetricsLog, a second row
+    with the filter per chunk (kept, precision), the base's self-supervised loss per chunk and the
+    evaluation fine-tune's loss per epoch."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     m = _seen_matrix(summary_["accuracy_matrix"])
     t = m.shape[0]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(13, 5.2), gridspec_kw={"width_ratios": [1, 1.15]})
+    if log is None:
+        fig, (a, b) = plt.subplots(1, 2, figsize=(13, 5.2), gridspec_kw={"width_ratios": [1, 1.15]})
+    else:
+        fig = plt.figure(figsize=(15, 9.6))
+        grid = fig.add_gridspec(2, 6, height_ratios=[1.15, 1])
+        a, b = fig.add_subplot(grid[0, :3]), fig.add_subplot(grid[0, 3:])
+        _plot_filter(fig.add_subplot(grid[1, :2]), log.chunks)
+        _plot_base_loss(fig.add_subplot(grid[1, 2:4]), log.chunks)
+        _plot_finetune_loss(fig.add_subplot(grid[1, 4:]), log.evals)
 
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")  # masked cells: grey
     im = a.imshow(m, vmin=0, vmax=100, cmap=cmap)
@@ -237,3 +248,65 @@ def plot(summary_, episodes, path):
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _no_data(ax, text):
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="grey")
+
+
+def _plot_filter(ax, chunks):
+    x = [r["chunk"] + 1 for r in chunks]
+    if not x:
+        _no_data(ax, "no chunk")
+    else:
+        ax.bar(x, [r["kept"] for r in chunks], color="tab:blue", alpha=0.35, label="kept (samples)")
+        ax.set_ylabel("samples kept by the filter")
+        precision = [np.nan if r.get("filter_precision") is None else 100 * r["filter_precision"] for r in chunks]
+        handles = ax.get_legend_handles_labels()
+        if np.isfinite(precision).any():
+            right = ax.twinx()
+            right.plot(x, precision, color="tab:green", marker="o", markersize=3, label="filter precision")
+            right.set_ylim(0, 105), right.set_ylabel("filter precision (%)")
+            more = right.get_legend_handles_labels()
+            handles = (handles[0] + more[0], handles[1] + more[1])
+        ax.legend(*handles, loc="lower right", fontsize=8)
+    ax.set_xlabel("chunk")
+    ax.set_title("filter per chunk", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def _plot_base_loss(ax, chunks):
+    points = [(r["chunk"] + 1, r["base_loss"]) for r in chunks if r.get("base_loss") is not None]
+    if points:
+        ax.plot(*zip(*points), marker="o", markersize=3, color="tab:purple")
+    else:
+        _no_data(ax, "base not trained")
+    ax.set_xlabel("chunk"), ax.set_ylabel("loss")
+    ax.set_title("base: self-supervised loss per chunk", fontsize=10)
+    ax.grid(alpha=0.3)
+
+
+def _plot_finetune_loss(ax, evals):
+    curves = [(r["after_task"], r["finetune_loss"]) for r in evals if r.get("finetune_loss")]
+    colours = matplotlib_colours(len(curves))
+    for (task, losses), colour in zip(curves, colours):
+        ax.plot(np.arange(1, len(losses) + 1), losses, color=colour, label=f"after task {task}")
+    if curves:
+        ax.legend(loc="upper right", fontsize=8)
+    else:
+        _no_data(ax, "no fine-tune\n(memory smaller than a batch, or an online learner)")
+    ax.xaxis.set_major_locator(matplotlib_integer_ticks())
+    ax.set_xlabel("fine-tune epoch"), ax.set_ylabel("loss")
+    ax.set_title("evaluation: classifier fine-tune loss", fontsize=10)
+    ax.grid(alpha=0.3)
+
+
+def matplotlib_integer_ticks():
+    from matplotlib.ticker import MaxNLocator
+    return MaxNLocator(integer=True)
+
+
+def matplotlib_colours(n: int) -> list:
+    import matplotlib
+    cmap = matplotlib.colormaps["viridis"]
+    return [cmap(0.85 * i / max(n - 1, 1)) for i in range(n)]

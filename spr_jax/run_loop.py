@@ -40,6 +40,14 @@ RUN_FILES = ("checkpoints", "metrics.jsonl", "summary.json", "summary.png", "str
 _RESULT_NEUTRAL = ("checkpoint", "cache", "logging")
 
 
+def method_of(config) -> dict:
+    """The composition a run is (summary.json's "method"; outputs.method_name names it)."""
+    return {"filter": config.filter.kind, "buffer_policy": config.buffer.policy,
+            "encoder": config.model.encoder, "eval_loss": config.eval.loss,
+            "self_supervised_base": config.protocol == "spr" and int(config.base.epochs) > 0,
+            "protocol": config.protocol}
+
+
 def run_description(config, identities: dict) -> dict:
     """WORKDIR/config.json: the resolved config, the plug-ins' identities (name and source hash), the
     package versions and the machine of the latest session."""
@@ -247,6 +255,7 @@ def _run(config, workdir, progress, redo, compiled) -> dict:
         outputs.write_atomic(os.path.join(workdir, "config.json"),
                              json.dumps(run_description(config, s.identities), indent=1, default=str))
     if progress:
+        print(f"run: {outputs.method_name(method_of(config))}, seed {s.seed}", flush=True)
         print(prepare_lib.format_stream_summary(stream_info), flush=True)
     ds, stream, noisy = prepared.dataset, prepared.stream, prepared.noisy
     data = replay_phase.TrainData(images=jnp.asarray(ds.train.images), noisy=jnp.asarray(noisy.noisy),
@@ -280,7 +289,8 @@ def _run(config, workdir, progress, redo, compiled) -> dict:
     if s.replay.data_parallel > 1 and s.online is None:
         state = replay_phase.replicate(state, s.replay.data_parallel)
         data = replay_phase.replicate(data, s.replay.data_parallel)
-    writers = [metric_writers.TensorBoard(workdir)] if config.logging.tensorboard and jax.process_index() == 0 else []
+    writers = (metric_writers.writers_for(config, workdir, f"{outputs.method_name(method_of(config))}, seed {s.seed}")
+               if jax.process_index() == 0 else [])
     log = outputs.MetricsLog(workdir, writers)
     restored = ckpt.restore(state)
     done_chunks, eval_time, earlier = 0, 0.0, {}
@@ -349,24 +359,23 @@ def _run(config, workdir, progress, redo, compiled) -> dict:
                                                 "walls": _session_walls(walls, earlier, t0, clock["eval"],
                                                                         eval_before, compiled)})
             interrupt.check(f"after chunk {int(state.chunk)} of {stream.num_chunks} (checkpointed)")
+    except BaseException:
+        for writer in writers:  # (on success they stay open for the images of the end)
+            writer.close()
+        raise
     finally:  # on a signal or a divergence too: a checkpoint being written is completed, no temporary folder left
         bar.close()
         ckpt.close()
-        for writer in writers:
-            writer.close()
     walls = _session_walls(walls, earlier, t0, clock["eval"], eval_before, compiled)
     compile_s = walls.pop("compile_s")
 
-    method = {"filter": config.filter.kind, "buffer_policy": config.buffer.policy,
-              "encoder": config.model.encoder, "eval_loss": config.eval.loss,
-              "self_supervised_base": config.protocol == "spr" and int(config.base.epochs) > 0,
-              "protocol": config.protocol}
-    summary = outputs.summary(log, num_chunks=stream.num_chunks, method=method, seed=s.seed, dataset=ds.name,
+    summary = outputs.summary(log, num_chunks=stream.num_chunks, method=method_of(config), seed=s.seed, dataset=ds.name,
                               noise={"kind": config.noise.kind, "rate": float(config.noise.rate)}, walls=walls,
                               stream_clean_share=None if stream_info["noise_rate_in_chunks"] is None
                               else 1.0 - stream_info["noise_rate_in_chunks"], compile_s=compile_s)
-    outputs.write_summary(workdir, summary, prepared.episodes, progress)
+    outputs.write_summary(workdir, summary, prepared.episodes, progress, log=log)
     for writer in writers:
+        writer.add_accuracy_matrix(summary["accuracy_matrix"], stream.num_chunks)
         writer.add_image_file("summary", os.path.join(workdir, "summary.png"), stream.num_chunks)
         writer.close()
     return summary

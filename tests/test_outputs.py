@@ -86,3 +86,37 @@ def test_the_evaluation_line_says_what_each_accuracy_covers():
     record = {"after_task": 1, "task_accuracy": [1.0, 0.8, 0.0], "accuracy": 0.6, "buffer_purity": 0.9}
     line = outputs.eval_line(record)
     assert "90.0% on the tasks seen so far" in line and "60.0% on all test samples" in line and "90.0%" in line
+
+
+def test_plot_with_the_runs_records_shows_filter_and_losses(tmp_path, monkeypatch):
+    """Given the MetricsLog: kept bars and precision per chunk, the base loss per chunk, and one fine-tune
+    loss curve per evaluation that fine-tuned (an evaluation without one, or a base never trained, says so)."""
+    import types
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    figs = []
+    monkeypatch.setattr(plt, "close", lambda fig=None: figs.append(fig))
+    chunks = [{"chunk": c, "kept": 10 + c, "filter_precision": 0.5 + 0.05 * c, "base_loss": 4.0 - 0.1 * c}
+              for c in range(6)]
+    evals = [{"after_task": 0, "finetune_loss": None}, {"after_task": 1, "finetune_loss": [2.0, 1.5, 1.0]},
+             {"after_task": 2, "finetune_loss": [2.2, 1.8, 1.1]}]
+    outputs.plot(summary(), EPISODES, str(tmp_path / "summary.png"), log=types.SimpleNamespace(chunks=chunks, evals=evals))
+    axes = {ax.get_title(): ax for ax in figs[-1].axes}
+    kept = axes["filter per chunk"]
+    assert [p.get_height() for p in kept.patches] == [10, 11, 12, 13, 14, 15]
+    precision = [ax for ax in figs[-1].axes if ax.get_ylabel() == "filter precision (%)"][0]
+    np.testing.assert_allclose(precision.get_lines()[0].get_ydata(), [50, 55, 60, 65, 70, 75])
+    np.testing.assert_allclose(axes["base: self-supervised loss per chunk"].get_lines()[0].get_ydata(),
+                               [4.0, 3.9, 3.8, 3.7, 3.6, 3.5])
+    tune = axes["evaluation: classifier fine-tune loss"]
+    assert [line.get_label() for line in tune.get_lines()] == ["after task 1", "after task 2"]
+    np.testing.assert_allclose(tune.get_lines()[1].get_ydata(), [2.2, 1.8, 1.1])
+
+    for c in chunks:
+        c["base_loss"] = None
+    outputs.plot(summary(), EPISODES, str(tmp_path / "summary.png"),
+                 log=types.SimpleNamespace(chunks=chunks, evals=[{"after_task": 0, "finetune_loss": None}]))
+    axes = {ax.get_title(): ax for ax in figs[-1].axes}
+    assert "base not trained" in axes["base: self-supervised loss per chunk"].texts[0].get_text()
+    assert "no fine-tune" in axes["evaluation: classifier fine-tune loss"].texts[0].get_text()

@@ -48,7 +48,16 @@ def test_event_files_hold_the_metrics_scalars(tiny_run):
                                                            pytest.approx(last["task_accuracy"][j]))
     assert "eval/task_4_accuracy" in acc.Tags()["scalars"]
     assert len(series("eval/task_4_accuracy")) == 1  # written only once the task is seen
-    assert acc.Tags()["images"] == ["summary"]
+    for r in evals:  # the fine-tune's loss: its last epoch per evaluation, and each evaluation's curve
+        assert r["finetune_loss"] and len(r["finetune_loss"]) == 2  # tiny: eval.epochs = 2
+        curve = series(f"finetune_loss/after_task_{r['after_task']}")
+        assert [s for s, _ in curve] == [1, 2]
+        np.testing.assert_allclose([v for _, v in curve], r["finetune_loss"], rtol=1e-6)
+    np.testing.assert_allclose([v for _, v in series("eval/finetune_loss")], [r["finetune_loss"][-1] for r in evals],
+                               rtol=1e-6)
+    assert sorted(acc.Tags()["images"]) == ["accuracy_matrix", "summary"]
+    image = acc.Images("accuracy_matrix")[-1]
+    assert (image.height, image.width) == (5 * 32, 5 * 32)  # tiny: 5 tasks
 
 
 def test_tensorboard_off_writes_no_events(tmp_path):
