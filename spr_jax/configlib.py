@@ -114,6 +114,8 @@ def base_config() -> ml_collections.ConfigDict:
     # Weights & Biases: "" (off) | "offline" (WORKDIR/wandb, no network; wandb sync uploads it) | "online"
     c.logging.wandb = ""
     c.logging.wandb_project = "spr_jax"  # the W&B project the run is logged to
+    # jax.profiler trace of this many replay segments (checkpoint.every_chunks chunks each) into WORKDIR/profile
+    c.logging.profile_segments = 0
     c.cache = ml_collections.ConfigDict()
     c.cache.dir = ""  # expert cache folder; "" = WORKDIR/expert_cache
     # JAX's persistent compilation cache (compiled programs reused by later runs); "" switches it off.
@@ -183,6 +185,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     need(c.expert.group_size >= 0, "config.expert.group_size must be >= 1, or 0 to choose it for the backend")
     need(c.protocol in ("spr", "online"), f"config.protocol={c.protocol!r} is unknown; use 'spr' or 'online'")
     need(c.online.stream_batch >= 1 and c.online.replay_batch >= 1, "config.online batch sizes must be >= 1")
+    need(c.logging.profile_segments >= 0, f"config.logging.profile_segments={c.logging.profile_segments} must be "
+         f">= 0 (0: no profile)")
     need(c.logging.wandb in ("", "offline", "online"),
          f"config.logging.wandb={c.logging.wandb!r} is unknown; use '' (off), 'offline' or 'online'")
     if c.logging.wandb:

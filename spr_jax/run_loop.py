@@ -26,6 +26,7 @@ from spr_jax import interrupt
 from spr_jax import metric_writers
 from spr_jax import online
 from spr_jax import outputs
+from spr_jax import profiling
 from spr_jax import replay_phase
 from spr_jax import rng
 from spr_jax import settings as settings_lib
@@ -306,6 +307,7 @@ def _run(config, workdir, progress, redo, compiled) -> dict:
     bar = tqdm(total=stream.num_chunks, initial=done_chunks, desc="replay", unit="chunk", disable=not progress)
     clock = {"eval": eval_time}
     plan = segments(stream, piece)
+    profiler = profiling.SegmentProfiler(workdir, config.logging.profile_segments if jax.process_index() == 0 else 0)
     try:
         for i, (task, start, end) in enumerate(plan):
             if start is None:  # evaluation at the boundary after `task`
@@ -337,6 +339,7 @@ def _run(config, workdir, progress, redo, compiled) -> dict:
                 if end <= done_chunks:
                     continue
                 n = end - start
+                profiler.before_segment()
                 xs = [np.concatenate([a[start:end], np.zeros((piece - n,) + a.shape[1:], a.dtype)])
                       for a in (stream.chunks, clean_p, keep)]
                 with settings_lib.matmul_precision(s):
@@ -353,6 +356,7 @@ def _run(config, workdir, progress, redo, compiled) -> dict:
                     log.write(outputs.chunk_record(c, int(stream.chunk_task[c]), {k: v[j] for k, v in m.items()},
                                                    noisy.known))
                 bar.update(n)
+                profiler.after_segment()
                 if i + 1 < len(plan) and plan[i + 1][1] is None:
                     continue  # an evaluation follows at this chunk: checkpoint after it, with its record
             ckpt.save(int(state.chunk), state, {"chunks": log.chunks, "evals": log.evals,
@@ -364,6 +368,7 @@ def _run(config, workdir, progress, redo, compiled) -> dict:
             writer.close()
         raise
     finally:  # on a signal or a divergence too: a checkpoint being written is completed, no temporary folder left
+        profiler.close()
         bar.close()
         ckpt.close()
     walls = _session_walls(walls, earlier, t0, clock["eval"], eval_before, compiled)
