@@ -16,9 +16,7 @@ such unfinished folders are never listed as steps, so a crash mid-save leaves th
 """
 import errno
 import json
-import os
 import shutil
-import uuid
 from typing import Any, Optional
 
 import jax
@@ -28,6 +26,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from spr_jax import compilation
+from spr_jax import files
+from spr_jax import parallel
 from spr_jax.errors import UserError
 
 FINGERPRINT_FILE = "fingerprint.json"
@@ -41,10 +41,6 @@ class CheckpointMismatchError(UserError, RuntimeError):
 
 class CorruptCheckpointError(UserError, RuntimeError):
     """A checkpoint step exists but cannot be read back intact."""
-
-
-def _is_primary() -> bool:
-    return jax.process_index() == 0
 
 
 def _canonical(obj, what: str):
@@ -83,18 +79,6 @@ def fingerprint_differences(old: dict, new: dict) -> list[tuple[str, Any, Any]]:
     missing = _Absent()
     return [(k, a.get(k, missing), b.get(k, missing)) for k in sorted(set(a) | set(b))
             if a.get(k, missing) != b.get(k, missing)]
-
-
-def _write_atomic(path: epath.Path, text: str) -> None:
-    if "://" in str(path):  # object stores (gs://) make single-object writes atomic themselves
-        path.write_text(text)
-        return
-    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)  # readers see the old file or the new one, never half of one
 
 
 def _is_key(x) -> bool:
@@ -233,9 +217,9 @@ class RunCheckpointer:
                     hint=fix)
             return
         # No finished checkpoint: nothing to protect, this run's fingerprint (re)defines the folder.
-        if _is_primary():
+        if parallel.is_primary():
             self.directory.mkdir(parents=True, exist_ok=True)
-            _write_atomic(path, json.dumps(self.fingerprint, indent=1, sort_keys=True))
+            files.write_atomic(path, json.dumps(self.fingerprint, indent=1, sort_keys=True))
         if jax.process_count() > 1:
             ocp.multihost.sync_global_processes("spr_jax_checkpoint_fingerprint")
 
@@ -276,7 +260,7 @@ class RunCheckpointer:
     def _check_space(self, step: int, leaves) -> None:
         """OSError(ENOSPC) before writing if the filesystem cannot hold the step (orbax's writer threads would
         otherwise fail half-way, each with its own traceback)."""
-        if not _is_primary():
+        if not parallel.is_primary():
             return
         words = [jax.random.key_data(x) if _is_key(x) else x for x in leaves]
         need = sum(int(np.prod(np.shape(x))) * np.dtype(x.dtype).itemsize for x in words) + 2 ** 20
@@ -286,7 +270,7 @@ class RunCheckpointer:
                           f"{need / 2 ** 20:.1f} MiB, {free / 2 ** 20:.1f} MiB free)", str(self.directory / str(step)))
 
     def _remove_unfinished(self) -> None:
-        if not _is_primary():
+        if not parallel.is_primary():
             return
         for path in self.directory.glob("*.orbax-checkpoint-tmp*"):
             shutil.rmtree(str(path), ignore_errors=True)

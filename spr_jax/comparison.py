@@ -12,7 +12,7 @@ import os
 import numpy as np
 from tqdm.auto import tqdm
 
-from spr_jax import outputs
+from spr_jax import files
 from spr_jax import run_loop
 from spr_jax.configlib import ConfigError
 
@@ -152,10 +152,10 @@ def write(workdir: str, rows, config) -> None:
     doc = {"dataset": config.dataset.name, "noise_kind": config.noise.kind,
            "methods": {m: METHODS[m][1] for m in dict.fromkeys(r.get("base_method", r["method"]) for r in rows)},
            "runs": rows}
-    outputs.write_atomic(os.path.join(workdir, "compare.json"), json.dumps(doc, indent=1))
+    files.write_atomic(os.path.join(workdir, "compare.json"), json.dumps(doc, indent=1))
     text = (f"# Comparison on {config.dataset.name}, {config.noise.kind} noise (mean +- std over seeds)\n\n"
             + table(rows) + "\n\n" + "\n".join(f"- {m}: {d}" for m, d in doc["methods"].items()) + "\n")
-    outputs.write_atomic(os.path.join(workdir, "compare.md"), text)
+    files.write_atomic(os.path.join(workdir, "compare.md"), text)
     try:
         plot(rows, os.path.join(workdir, "compare.png"), config)
     except Exception as e:  # a plot is a convenience; the JSON and the table hold the results

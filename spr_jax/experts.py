@@ -194,8 +194,5 @@ class _NoBar:
 def _progress(total: int, enabled: bool):
     if not enabled:
         return _NoBar()
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # tqdm is a dependency, but a bar is never worth a crash
-        return _NoBar()
+    from tqdm.auto import tqdm
     return tqdm(total=total, unit="expert", desc="experts")

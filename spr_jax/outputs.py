@@ -8,6 +8,7 @@ import jax
 import numpy as np
 
 from spr_jax import metrics as metrics_lib
+from spr_jax.files import write_atomic
 
 
 class MetricsLog:
@@ -38,14 +39,6 @@ class MetricsLog:
         if jax.process_index() != 0:
             return
         write_atomic(self.path, self.text())
-
-
-def write_atomic(path: str, text: str) -> None:
-    """Readers see the old file or the new one, never half of one."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def chunk_record(c, task, m, known) -> dict:

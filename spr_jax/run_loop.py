@@ -25,6 +25,7 @@ from spr_jax import expert_phase
 from spr_jax import interrupt
 from spr_jax import metric_writers
 from spr_jax import online
+from spr_jax import files
 from spr_jax import outputs
 from spr_jax import profiling
 from spr_jax import replay_phase
@@ -141,7 +142,7 @@ def write_stream(config, workdir: str, progress: bool = True) -> dict:
     info = prepare_lib.stream_summary(prepare_inputs(config))
     os.makedirs(workdir, exist_ok=True)
     if jax.process_index() == 0:
-        outputs.write_atomic(os.path.join(workdir, "stream.json"), json.dumps(info, indent=1))
+        files.write_atomic(os.path.join(workdir, "stream.json"), json.dumps(info, indent=1))
     if progress:
         print(prepare_lib.format_stream_summary(info))
     return info
@@ -210,7 +211,7 @@ def repair_finished_files(workdir: str, ckpt, prepared) -> list:
         except (OSError, ValueError):  # (UnicodeDecodeError and JSONDecodeError are ValueErrors)
             same = False
         if not same:
-            outputs.write_atomic(path, text)
+            files.write_atomic(path, text)
             repaired.append(name)
     return repaired
 
@@ -252,8 +253,8 @@ def _run(config, workdir, progress, redo, compiled) -> dict:
         return done
     stream_info = prepare_lib.stream_summary(prepared)
     if jax.process_index() == 0:
-        outputs.write_atomic(os.path.join(workdir, "stream.json"), json.dumps(stream_info, indent=1))
-        outputs.write_atomic(os.path.join(workdir, "config.json"),
+        files.write_atomic(os.path.join(workdir, "stream.json"), json.dumps(stream_info, indent=1))
+        files.write_atomic(os.path.join(workdir, "config.json"),
                              json.dumps(run_description(config, s.identities), indent=1, default=str))
     if progress:
         print(f"run: {outputs.method_name(method_of(config))}, seed {s.seed}", flush=True)
