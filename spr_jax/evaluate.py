@@ -7,7 +7,9 @@ the buffer's purity) for metrics.jsonl.
 Pure functions of (base state, buffer contents, key); the buffer's size is a static shape, so a run
 compiles the fine-tuning once per distinct buffer fill (in practice: once the buffer is full).
 """
+import dataclasses
 import functools
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +22,21 @@ from spr_jax.errors import Diverged
 from spr_jax import metrics as metrics_lib
 from spr_jax import optim
 from spr_jax import steps
-from spr_jax.settings import EvalSettings
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+    classifier: Any  # the evaluation flax module (encoder + linear head)
+    epochs: int
+    batch_size: int
+    lr: float
+    decay_every: int
+    decay: float
+    clip: float
+    test_batch_size: int
+    loss: Callable  # fn(logits, labels) -> scalar; with networks=2, fn(logits [2, B, K], labels, epoch)
+    networks: int = 1  # 2: a two-network learner (JoCoR)
+    pretrained_base: bool = True  # False: the base is never trained (GDumb), so a second network starts afresh
 
 
 def _to_float(images):

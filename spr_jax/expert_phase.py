@@ -5,21 +5,49 @@ For each chunk: a fresh SimCLR expert trained on it alone, its features, then th
 groups, shard_map over devices); this module adds the on-disk cache around it (what is cached is keyed
 by everything the outputs depend on, plug-in identities included) and the split over processes.
 A filter that needs no features (`filters.needs_features`) trains no experts at all.
+
+Its functions take `settings`, the run's `settings.RunSettings` (built at the edge; not imported here, so
+this phase does not depend on the module that builds it), and its own settings types are defined below.
 """
+import dataclasses
 import functools
 import os
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from spr_jax import augment
 from spr_jax import compilation
 from spr_jax import expert_cache
 from spr_jax import interrupt
 from spr_jax import experts
 from spr_jax import rng
 from spr_jax.errors import Diverged, UserError
-from spr_jax.settings import RunSettings
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpertSettings:
+    model: Any  # the SimCLR flax module
+    epochs: int
+    base_lr: float
+    warmup_epochs: int
+    views: augment.Views
+    group_size: int
+    temperature: float
+
+    def phase_kwargs(self) -> dict:
+        """Keyword arguments of experts.expert_phase."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+@dataclasses.dataclass(frozen=True)
+class FilterSettings:
+    kind: str
+    fn: Callable  # fn(key, features, labels, *, num_classes) -> (clean_p, keep), its settings bound
+    needs_features: bool  # False: no experts are trained, the filter sees zero features
+    num_classes: int
 
 
 @functools.lru_cache(maxsize=None)
@@ -46,7 +74,7 @@ def cache_dir(cache_dir_setting: str, workdir: str) -> str:
     return cache_dir_setting or os.path.join(workdir, "expert_cache")
 
 
-def chunk_descriptions(run_inputs, prepared, settings: RunSettings) -> list:
+def chunk_descriptions(run_inputs, prepared, settings) -> list:
     """Everything a chunk's expert outputs depend on, one dict per chunk (the expert cache's keys).
 
     `run_inputs` is the JSON-able account of the config the outputs depend on (see run_loop.expert_inputs).
@@ -58,12 +86,12 @@ def chunk_descriptions(run_inputs, prepared, settings: RunSettings) -> list:
             for c in range(s.num_chunks)]
 
 
-def _filter_args(settings: RunSettings, prepared, ids):
+def _filter_args(settings, prepared, ids):
     keys = jax.vmap(lambda c: rng.chunk_key(settings.seed, rng.FILTER, c))(jnp.asarray(ids))
     return {"labels": prepared.noisy.noisy[prepared.stream.chunks[ids]], "key": keys}
 
 
-def check_filter_outputs(settings: RunSettings, chunk_ids, outputs) -> None:
+def check_filter_outputs(settings, chunk_ids, outputs) -> None:
     """A filter's outputs for some chunks are usable: clean_p finite in [0, 1], keep boolean (UserError naming
     the filter and the first bad chunk otherwise). Run on the first round, before the other experts train."""
     clean_p, keep = np.asarray(outputs["clean_p"]), np.asarray(outputs["keep"])
@@ -79,7 +107,7 @@ def check_filter_outputs(settings: RunSettings, chunk_ids, outputs) -> None:
         raise UserError(f"{name} returned keep of dtype {keep.dtype}; it must be boolean")
 
 
-def train_missing_experts(settings: RunSettings, prepared, train_images_dev, misses, progress,
+def train_missing_experts(settings, prepared, train_images_dev, misses, progress,
                           on_compiling=None, on_round=None) -> dict:
     """{chunk: outputs} for the chunks in `misses`: clean_p and keep (plus features and final_loss with one
     process; features stay on the host that trained them).
@@ -114,7 +142,7 @@ def train_missing_experts(settings: RunSettings, prepared, train_images_dev, mis
     return result
 
 
-def run(settings: RunSettings, run_inputs: dict, prepared, train_images_dev, cache_folder: str,
+def run(settings, run_inputs: dict, prepared, train_images_dev, cache_folder: str,
         progress=True, on_compiling=None) -> dict:
     """clean_p and keep [C, D] of every chunk: read from the expert cache, the missing ones trained (in
     parallel over chunk groups and devices) and written to it. Returns them with hit/trained counts.

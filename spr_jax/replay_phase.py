@@ -24,7 +24,20 @@ from spr_jax import compilation
 from spr_jax import optim
 from spr_jax import rng
 from spr_jax import steps
-from spr_jax.settings import ReplaySettings
+from spr_jax import augment
+
+
+class ReplaySettings(NamedTuple):
+    """Static settings of the replay phase (hashable: a jit static argument)."""
+    epochs: int
+    batch_size: int
+    base_lr: float
+    warmup_epochs: int
+    temperature: float
+    views: augment.Views
+    policy: buffers.BufferPolicy
+    num_classes: int
+    data_parallel: int = 1  # >1: split every self-replay batch over this many local devices
 
 
 @flax.struct.dataclass

@@ -1,4 +1,5 @@
-"""Typed, frozen settings of each phase, built once from the run's config at the edge (docs/architecture.md).
+"""Typed, frozen settings of each phase, built once from the run's config at the edge (docs/architecture.md);
+each type is defined beside its phase (which so never imports this module) and re-exported here.
 
 Below this module nothing reads a ConfigDict: the expert phase gets `ExpertSettings`, the filter
 `FilterSettings`, the replay phase `ReplaySettings`, the evaluation `EvalSettings`. The plug-ins
@@ -18,63 +19,16 @@ import ml_collections
 import numpy as np
 
 from spr_jax import augment, buffers, filters, models, plugins
+# Each phase's settings type lives beside its phase; they are built here, and re-exported under these names.
+from spr_jax.evaluate import EvalSettings
+from spr_jax.expert_phase import ExpertSettings, FilterSettings
+from spr_jax.replay_phase import ReplaySettings
 from spr_jax.configlib import ConfigError
 
 # Built-in names of config.eval.loss -> import paths. A loss is fn(logits [B, K], labels [B]) -> scalar; a
 # two-network learner (attribute networks = 2, as JoCoR) is fn(logits [2, B, K], labels [B], epoch) -> scalar.
 EVAL_LOSSES = {"cross_entropy": "spr_jax.losses:cross_entropy", "sl": "spr_jax.losses:symmetric_cross_entropy",
                "jocor": "spr_jax.losses:jocor"}
-
-
-@dataclasses.dataclass(frozen=True)
-class ExpertSettings:
-    model: Any  # the SimCLR flax module
-    epochs: int
-    base_lr: float
-    warmup_epochs: int
-    views: augment.Views
-    group_size: int
-    temperature: float
-
-    def phase_kwargs(self) -> dict:
-        """Keyword arguments of experts.expert_phase."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-
-
-@dataclasses.dataclass(frozen=True)
-class FilterSettings:
-    kind: str
-    fn: Callable  # fn(key, features, labels, *, num_classes) -> (clean_p, keep), its settings bound
-    needs_features: bool  # False: no experts are trained, the filter sees zero features
-    num_classes: int
-
-
-class ReplaySettings(NamedTuple):
-    """Static settings of the replay phase (hashable: a jit static argument)."""
-    epochs: int
-    batch_size: int
-    base_lr: float
-    warmup_epochs: int
-    temperature: float
-    views: augment.Views
-    policy: buffers.BufferPolicy
-    num_classes: int
-    data_parallel: int = 1  # >1: split every self-replay batch over this many local devices
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalSettings:
-    classifier: Any  # the evaluation flax module (encoder + linear head)
-    epochs: int
-    batch_size: int
-    lr: float
-    decay_every: int
-    decay: float
-    clip: float
-    test_batch_size: int
-    loss: Callable  # fn(logits, labels) -> scalar; with networks=2, fn(logits [2, B, K], labels, epoch)
-    networks: int = 1  # 2: a two-network learner (JoCoR)
-    pretrained_base: bool = True  # False: the base is never trained (GDumb), so a second network starts afresh
 
 
 @dataclasses.dataclass(frozen=True)
