@@ -74,18 +74,6 @@ def cache_dir(cache_dir_setting: str, workdir: str) -> str:
     return cache_dir_setting or os.path.join(workdir, "expert_cache")
 
 
-def chunk_descriptions(run_inputs, prepared, settings) -> list:
-    """Everything a chunk's expert outputs depend on, one dict per chunk (the expert cache's keys).
-
-    `run_inputs` is the JSON-able account of the config the outputs depend on (see run_loop.expert_inputs).
-    """
-    s = prepared.stream
-    plugins = {k: settings.identities[k] for k in ("filter", "encoder")}
-    common = dict(run_inputs, expert=dict(run_inputs["expert"], plugins=plugins))
-    return [expert_cache.chunk_cache_description(chunk_index=c, chunk_indices=s.chunks[c], **common)
-            for c in range(s.num_chunks)]
-
-
 def _filter_args(settings, prepared, ids):
     keys = jax.vmap(lambda c: rng.chunk_key(settings.seed, rng.FILTER, c))(jnp.asarray(ids))
     return {"labels": prepared.noisy.noisy[prepared.stream.chunks[ids]], "key": keys}
@@ -142,10 +130,11 @@ def train_missing_experts(settings, prepared, train_images_dev, misses, progress
     return result
 
 
-def run(settings, run_inputs: dict, prepared, train_images_dev, cache_folder: str,
+def run(settings, descriptions: list, prepared, train_images_dev, cache_folder: str,
         progress=True, on_compiling=None) -> dict:
-    """clean_p and keep [C, D] of every chunk: read from the expert cache, the missing ones trained (in
-    parallel over chunk groups and devices) and written to it. Returns them with hit/trained counts.
+    """clean_p and keep [C, D] of every chunk: read from the expert cache (keyed by `descriptions`, see
+    run_identity.expert_chunk_descriptions), the missing ones trained (in parallel over chunk groups and
+    devices) and written to it. Returns them with hit/trained counts.
     on_compiling(), optional, is called once the experts' program is traced, as XLA starts compiling it (not at
     all when no expert trains)."""
     s = prepared.stream
@@ -156,7 +145,6 @@ def run(settings, run_inputs: dict, prepared, train_images_dev, cache_folder: st
         clean_p, keep = jax.device_get(fn(args["key"], jnp.asarray(args["labels"])))
         check_filter_outputs(settings, ids, {"clean_p": clean_p, "keep": keep})
         return {"clean_p": np.asarray(clean_p), "keep": np.asarray(keep), "cache_hits": 0, "trained": 0}
-    descriptions = chunk_descriptions(run_inputs, prepared, settings)
     keys = [expert_cache.description_key(d) for d in descriptions]
     cache = expert_cache.ExpertCache(cache_folder)
     hits, misses = cache.get_many(keys)

@@ -214,7 +214,7 @@ def scan_chunks(real, state, chunk_indices, clean_p, keep, active):
 def warm_up(model, settings: ReplaySettings, state, data: TrainData, chunk_size: int, piece: int) -> None:
     """Compiles `run_chunks` for segments of `piece` chunks ahead of the replay phase (state and data may be
     abstract; ahead-of-time compilation fills the cache the jit call looks up). Changes no result; see
-    run_loop._Warmup."""
+    warm_up.BackgroundCompile."""
     xs = (jax.ShapeDtypeStruct((piece, chunk_size), jnp.int32), jax.ShapeDtypeStruct((piece, chunk_size), jnp.float32),
           jax.ShapeDtypeStruct((piece, chunk_size), jnp.bool_), jax.ShapeDtypeStruct((piece,), jnp.bool_))
     run_chunks.lower(model, settings, state, data, *xs).compile()

@@ -8,7 +8,6 @@ summary.png.
 import json
 import os
 import shutil
-import threading
 import time
 
 import jax
@@ -16,86 +15,29 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-import spr_jax
 from spr_jax import checkpoint
 from spr_jax import compilation
 from spr_jax import configlib
 from spr_jax import evaluate
 from spr_jax import expert_phase
+from spr_jax import files
 from spr_jax import interrupt
 from spr_jax import metric_writers
 from spr_jax import online
-from spr_jax import files
 from spr_jax import outputs
 from spr_jax import profiling
 from spr_jax import replay_phase
 from spr_jax import rng
+from spr_jax import run_checks
+from spr_jax import run_identity
 from spr_jax import settings as settings_lib
+from spr_jax import warm_up as warm_up_lib
 from spr_jax.data import prepare as prepare_lib
-from spr_jax.errors import Diverged, UserError
+from spr_jax.errors import UserError
 
 # The files of a run in its workdir (--redo replaces them; the expert cache stays).
 RUN_FILES = ("checkpoints", "metrics.jsonl", "summary.json", "summary.png", "stream.json", "config.json",
-             "tensorboard")
-
-# Config fields that change no result: a run may resume with other values of these.
-_RESULT_NEUTRAL = ("checkpoint", "cache", "logging")
-
-
-def method_of(config) -> dict:
-    """The composition a run is (summary.json's "method"; outputs.method_name names it)."""
-    return {"filter": config.filter.kind, "buffer_policy": config.buffer.policy,
-            "encoder": config.model.encoder, "eval_loss": config.eval.loss,
-            "self_supervised_base": config.protocol == "spr" and int(config.base.epochs) > 0,
-            "protocol": config.protocol}
-
-
-def run_description(config, identities: dict) -> dict:
-    """WORKDIR/config.json: the resolved config, the plug-ins' identities (name and source hash), the
-    package versions and the machine of the latest session."""
-    import importlib.metadata
-    import platform
-    versions = {}
-    for package in ("spr_jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "ml-collections", "numpy"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = None
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    devices = jax.devices()
-    return {"config": config.to_dict(), "plugins": identities, "versions": versions, "python": platform.python_version(),
-            "machine": {"cpu": cpu, "platform": devices[0].platform, "device_kind": devices[0].device_kind,
-                        "devices": len(devices), "processes": jax.process_count()}}
-
-
-def run_fingerprint(config, identities: dict) -> dict:
-    """What a run's checkpoints must match: its config (less result-neutral fields), the code version and
-    the plug-ins' identities."""
-    d = config.to_dict()
-    for k in _RESULT_NEUTRAL:
-        d.pop(k, None)
-    d["expert"].pop("group_size", None)
-    d["eval"].pop("test_batch_size", None)
-    return {"config": d, "code_version": spr_jax.__version__, "plugins": identities}
-
-
-def expert_inputs(config, prepared) -> dict:
-    """The JSON-able part of the config that a chunk's expert outputs depend on (the cache's key material)."""
-    return dict(
-        dataset={"name": prepared.dataset.name, "subset_per_class": int(config.dataset.subset_per_class),
-                 "train_images": int(prepared.dataset.train.labels.size)},
-        noise={"kind": config.noise.kind, "rate": float(config.noise.rate)},
-        seed=int(config.seed),
-        stream={"chunk_size": prepared.stream.chunk_size, "batch": int(config.stream.batch),
-                "episodes": [list(map(int, t)) for t in prepared.episodes]},
-        expert={"model": config.model.to_dict(), "ssl": config.ssl.to_dict(), "epochs": int(config.expert.epochs),
-                "filter": config.filter.to_dict(), "precision": config.precision})
-
+             "tensorboard", "wandb", "profile")
 
 def data_parallel_devices(config) -> int:
     """Local devices the base's self-replay batches are split over (1 = off)."""
@@ -157,7 +99,7 @@ def fill_expert_cache(config, workdir: str, progress: bool = True) -> dict:
     os.makedirs(workdir, exist_ok=True)
     folder = expert_phase.cache_dir(config.cache.dir, workdir)
     with settings_lib.matmul_precision(s), compilation.cpu_opt_level(config.cache.cpu_opt_level):
-        out = expert_phase.run(s, expert_inputs(config, prepared), prepared,
+        out = expert_phase.run(s, run_identity.expert_chunk_descriptions(config, prepared, s.identities), prepared,
                                jnp.asarray(prepared.dataset.train.images), folder, progress)
     info = {"chunks": prepared.stream.num_chunks, "cache_hits": out["cache_hits"], "trained": out["trained"],
             "cache_dir": folder, "wall_time_s": round(time.time() - t0, 3)}
@@ -238,7 +180,7 @@ def _run(config, workdir, progress, redo, compiled) -> dict:
             elif os.path.exists(path):
                 os.remove(path)
     # Opened before anything is written, so a workdir holding another run's checkpoints is refused untouched.
-    ckpt = checkpoint.RunCheckpointer(workdir, run_fingerprint(config, s.identities), keep=int(config.checkpoint.keep))
+    ckpt = checkpoint.RunCheckpointer(workdir, run_identity.run_fingerprint(config, s.identities), keep=int(config.checkpoint.keep))
     done = finished_summary(workdir, ckpt, prepared.stream.num_chunks)
     if done is not None:
         try:
@@ -255,9 +197,9 @@ def _run(config, workdir, progress, redo, compiled) -> dict:
     if jax.process_index() == 0:
         files.write_atomic(os.path.join(workdir, "stream.json"), json.dumps(stream_info, indent=1))
         files.write_atomic(os.path.join(workdir, "config.json"),
-                             json.dumps(run_description(config, s.identities), indent=1, default=str))
+                             json.dumps(run_identity.run_description(config, s.identities), indent=1, default=str))
     if progress:
-        print(f"run: {outputs.method_name(method_of(config))}, seed {s.seed}", flush=True)
+        print(f"run: {outputs.method_name(run_identity.method_of(config))}, seed {s.seed}", flush=True)
         print(prepare_lib.format_stream_summary(stream_info), flush=True)
     ds, stream, noisy = prepared.dataset, prepared.stream, prepared.noisy
     data = replay_phase.TrainData(images=jnp.asarray(ds.train.images), noisy=jnp.asarray(noisy.noisy),
@@ -267,9 +209,9 @@ def _run(config, workdir, progress, redo, compiled) -> dict:
 
     t0 = time.time()
     piece = max(1, int(config.checkpoint.every_chunks))
-    warm_up = _Warmup(s, prepared, data, test_images, piece) if config.cache.warm_up else None
+    warm_up = warm_up_lib.BackgroundCompile(s, prepared, data, test_images, piece) if config.cache.warm_up else None
     with settings_lib.matmul_precision(s):
-        out = expert_phase.run(s, expert_inputs(config, prepared), prepared, data.images,
+        out = expert_phase.run(s, run_identity.expert_chunk_descriptions(config, prepared, s.identities), prepared, data.images,
                                expert_phase.cache_dir(config.cache.dir, workdir), progress,
                                on_compiling=warm_up.start if warm_up else None)
     if warm_up is not None:
@@ -291,7 +233,7 @@ def _run(config, workdir, progress, redo, compiled) -> dict:
     if s.replay.data_parallel > 1 and s.online is None:
         state = replay_phase.replicate(state, s.replay.data_parallel)
         data = replay_phase.replicate(data, s.replay.data_parallel)
-    writers = (metric_writers.writers_for(config, workdir, f"{outputs.method_name(method_of(config))}, seed {s.seed}")
+    writers = (metric_writers.writers_for(config, workdir, f"{outputs.method_name(run_identity.method_of(config))}, seed {s.seed}")
                if jax.process_index() == 0 else [])
     log = outputs.MetricsLog(workdir, writers)
     restored = ckpt.restore(state)
@@ -328,7 +270,7 @@ def _run(config, workdir, progress, redo, compiled) -> dict:
                         key=rng.chunk_key(s.seed, rng.EVAL, task), after_task=task,
                         chunks_processed=int(state.chunk))
                 clock["eval"] += time.time() - te
-                warnings = evaluation_warnings(s, record, log.chunks, prepared.episodes, task)
+                warnings = run_checks.evaluation_warnings(s, record, log.chunks, prepared.episodes, task)
                 if warnings:
                     record["warnings"] = warnings
                     for w in warnings:
@@ -351,7 +293,7 @@ def _run(config, workdir, progress, redo, compiled) -> dict:
                                                            np.arange(piece) < n)
                 m = jax.tree.map(np.asarray, m)
                 if s.online is None:  # before anything of these chunks is written
-                    check_replay(config, s, state, m, n, start, stream, keep, end)
+                    run_checks.check_replay(config, s, state, m, n, start, stream, keep, end)
                 for j in range(n):
                     c = start + j
                     log.write(outputs.chunk_record(c, int(stream.chunk_task[c]), {k: v[j] for k, v in m.items()},
@@ -375,7 +317,7 @@ def _run(config, workdir, progress, redo, compiled) -> dict:
     walls = _session_walls(walls, earlier, t0, clock["eval"], eval_before, compiled)
     compile_s = walls.pop("compile_s")
 
-    summary = outputs.summary(log, num_chunks=stream.num_chunks, method=method_of(config), seed=s.seed, dataset=ds.name,
+    summary = outputs.summary(log, num_chunks=stream.num_chunks, method=run_identity.method_of(config), seed=s.seed, dataset=ds.name,
                               noise={"kind": config.noise.kind, "rate": float(config.noise.rate)}, walls=walls,
                               stream_clean_share=None if stream_info["noise_rate_in_chunks"] is None
                               else 1.0 - stream_info["noise_rate_in_chunks"], compile_s=compile_s)
@@ -385,97 +327,6 @@ def _run(config, workdir, progress, redo, compiled) -> dict:
         writer.add_image_file("summary", os.path.join(workdir, "summary.png"), stream.num_chunks)
         writer.close()
     return summary
-
-
-def check_replay(config, s, state, m, n: int, start: int, stream, keep, end: int) -> None:
-    """The chunks [start, end) just replayed left a usable state: Diverged (naming the chunk and the field
-    to change) if the base's loss or weights are non-finite; UserError if the buffer policy admitted a
-    sample the filter did not keep. Run before anything of these chunks is written."""
-    if s.replay.epochs > 0:  # (an untrained base reports a NaN loss by design)
-        bad = np.flatnonzero(~np.isfinite(np.asarray(m["base_loss"])[:n]))
-        finite = all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(state.base.params))
-        if bad.size or not finite:
-            c = start + int(bad[0]) if bad.size else end - 1
-            raise Diverged(f"diverged: the base's self-supervised training gave a non-finite "
-                           f"{'loss' if bad.size else 'weight'} at chunk {c} (config.ssl.lr={config.ssl.lr}); "
-                           f"nothing of it was written",
-                           f"lower config.ssl.lr (the published value is 3e-4); the checkpoint before chunk "
-                           f"{start} is kept")
-    buffer = jax.device_get(state.buffer)
-    index, valid = np.asarray(buffer.index), np.asarray(buffer.valid)
-    if index.ndim == 2:  # replicated over data-parallel devices
-        index, valid = index[0], valid[0]
-    if s.buffer_size and valid.any():
-        offered = stream.chunks[:end][np.asarray(keep[:end], bool)]
-        stray = ~np.isin(index[valid], offered)
-        if stray.any():
-            raise UserError(f"config.buffer.policy={config.buffer.policy!r} admitted {int(stray.sum())} samples "
-                            f"the filter did not keep (e.g. training sample {int(index[valid][stray][0])}), by "
-                            f"chunk {end - 1}",
-                            "a buffer policy may only store candidates with keep=True (docs/extending.md)")
-
-
-def evaluation_warnings(s, record: dict, chunk_records: list, episodes, task: int) -> list:
-    """What makes an evaluation's numbers meaningless, in words: a memory too small to fine-tune on, or a
-    filter that kept nothing over the task's chunks."""
-    out = []
-    size = record.get("buffer_size", 0)
-    if s.online is None and size < s.eval.batch_size:
-        out.append(f"after task {task}: the memory holds {size} samples, fewer than config.eval.batch_size="
-                   f"{s.eval.batch_size}, so the classifier was not fine-tuned and its accuracy is chance level")
-    per_class = np.asarray(record.get("class_accuracy", []))
-    seen = sorted({k for t in range(task + 1) for k in episodes[t]}) if per_class.size else []
-    if len(seen) > 2 and np.sum(per_class[seen] == 1.0) == 1 and np.sum(per_class[seen] > 0) == 1:
-        k = seen[int(np.argmax(per_class[seen]))]
-        out.append(f"after task {task}: the classifier predicts class {k} for every test sample of the classes "
-                   f"seen (a collapsed fine-tuning or base; check config.eval.lr and config.ssl.lr)")
-    mine = [r for r in chunk_records if r["task"] == task]
-    if mine and s.online is None and sum(r["kept"] for r in mine) == 0:
-        out.append(f"task {task}: the filter kept no sample in any of its {len(mine)} chunks (check "
-                   f"config.ssl.lr and the expert's loss; with noise 0.0 see docs/algorithm.md)")
-    return out
-
-
-class _Warmup:
-    """Compiles the replay and evaluation programs in a thread while the experts train (`config.cache.warm_up`).
-
-    Started once the expert program is traced, while XLA compiles it: tracing is Python and holds one core,
-    XLA's compilation and a training step leave part of the cores idle. Ahead-of-time compilation fills the same
-    in-process cache (and the persistent one) that the replay phase's and the first evaluation's jit calls
-    look up, so they find their programs compiled. Result-neutral: the same programs; if the warm-up fails or
-    misses (e.g. a first evaluation on a buffer that is not yet full), a program compiles when it is first
-    called, as it would anyway. Only for the SPR protocol on one device, and only while experts train.
-    """
-
-    def __init__(self, s, prepared, data, test_images, piece: int):
-        self.args = (s, prepared, data, test_images, piece)
-        self.thread = None
-
-    def start(self):
-        s = self.args[0]
-        if self.thread is None and s.online is None and s.replay.data_parallel == 1:
-            self.thread = threading.Thread(target=self._work, name="spr_jax-warm-up", daemon=True)
-            self.thread.start()
-
-    def join(self):
-        if self.thread is not None:
-            self.thread.join()
-
-    def _work(self):
-        s, prepared, data, test_images, piece = self.args
-        ds = prepared.dataset
-        try:
-            # The replay's initial state, made (and discarded) here so that its init program is compiled too.
-            make = lambda: replay_phase.init_state(s.model, s.seed, ds.train.images.shape[1:], s.buffer_size,
-                                                   prepared.num_classes, s.replay.policy)
-            make()
-            state = jax.eval_shape(make)  # (weak types as the replay's own call has them)
-            abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), data)
-            with settings_lib.matmul_precision(s):
-                replay_phase.warm_up(s.model, s.replay, state, abstract, prepared.stream.chunk_size, piece)
-            evaluate.warm_up(s.eval, state.base, s.buffer_size, test_images, abstract.images)
-        except Exception:  # noqa: BLE001 - a failed warm-up only means the programs compile when first called
-            pass
 
 
 def _session_walls(walls, earlier, replay_start, eval_time, eval_before, compiled) -> dict:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny as tiny_config
-from spr_jax import checkpoint, compilation, expert_phase, experts, purify, replay_phase, rng, run_loop
+from spr_jax import checkpoint, compilation, expert_phase, experts, purify, replay_phase, rng, run_identity, run_loop
 
 
 def _lines(workdir):
@@ -88,7 +88,7 @@ def test_expert_phase_ahead_equals_experts_inside_the_loop(tmp_path):
     model = s.model
     data = replay_phase.TrainData(images=jnp.asarray(prepared.dataset.train.images),
                                   noisy=jnp.asarray(prepared.noisy.noisy), corrupt=jnp.asarray(prepared.noisy.corrupt))
-    ahead = expert_phase.run(s, run_loop.expert_inputs(config, prepared), prepared, data.images, str(tmp_path),
+    ahead = expert_phase.run(s, run_identity.expert_chunk_descriptions(config, prepared, s.identities), prepared, data.images, str(tmp_path),
                              progress=False)
     chunks = prepared.stream.chunks
     n = chunks.shape[0]
@@ -185,7 +185,7 @@ def test_the_expert_cache_is_hit_by_a_second_run_and_missed_on_other_noise(tiny_
     monkeypatch.setattr(experts, "expert_phase", counting)
     config.noise.rate = 0.3
     prepared, s = run_loop.prepare(config)
-    out = expert_phase.run(s, run_loop.expert_inputs(config, prepared), prepared,
+    out = expert_phase.run(s, run_identity.expert_chunk_descriptions(config, prepared, s.identities), prepared,
                            jnp.asarray(prepared.dataset.train.images), config.cache.dir, progress=False)
     assert out["trained"] == prepared.stream.num_chunks == trained[0] and out["cache_hits"] == 0
 

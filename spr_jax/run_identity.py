@@ -1,0 +1,77 @@
+"""What names a run, in one place: the checkpoint's fingerprint (what a resumed run must match), the expert
+cache's key material (what a chunk's expert outputs depend on), the composition a run is, and config.json's
+description. Plain data from the config, the prepared stream and the plug-ins' identities (plugins.identity).
+"""
+import jax
+
+import spr_jax
+from spr_jax import expert_cache
+
+# Config fields that change no result: a run may resume with other values of these.
+_RESULT_NEUTRAL = ("checkpoint", "cache", "logging")
+
+
+def method_of(config) -> dict:
+    """The composition a run is (summary.json's "method"; outputs.method_name names it)."""
+    return {"filter": config.filter.kind, "buffer_policy": config.buffer.policy,
+            "encoder": config.model.encoder, "eval_loss": config.eval.loss,
+            "self_supervised_base": config.protocol == "spr" and int(config.base.epochs) > 0,
+            "protocol": config.protocol}
+
+
+def run_description(config, identities: dict) -> dict:
+    """WORKDIR/config.json: the resolved config, the plug-ins' identities (name and source hash), the
+    package versions and the machine of the latest session."""
+    import importlib.metadata
+    import platform
+    versions = {}
+    for package in ("spr_jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "ml-collections", "numpy"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    devices = jax.devices()
+    return {"config": config.to_dict(), "plugins": identities, "versions": versions, "python": platform.python_version(),
+            "machine": {"cpu": cpu, "platform": devices[0].platform, "device_kind": devices[0].device_kind,
+                        "devices": len(devices), "processes": jax.process_count()}}
+
+
+def run_fingerprint(config, identities: dict) -> dict:
+    """What a run's checkpoints must match: its config (less result-neutral fields), the code version and
+    the plug-ins' identities."""
+    d = config.to_dict()
+    for k in _RESULT_NEUTRAL:
+        d.pop(k, None)
+    d["expert"].pop("group_size", None)
+    d["eval"].pop("test_batch_size", None)
+    return {"config": d, "code_version": spr_jax.__version__, "plugins": identities}
+
+
+def expert_inputs(config, prepared) -> dict:
+    """The JSON-able part of the config that a chunk's expert outputs depend on (the cache's key material)."""
+    return dict(
+        dataset={"name": prepared.dataset.name, "subset_per_class": int(config.dataset.subset_per_class),
+                 "train_images": int(prepared.dataset.train.labels.size)},
+        noise={"kind": config.noise.kind, "rate": float(config.noise.rate)},
+        seed=int(config.seed),
+        stream={"chunk_size": prepared.stream.chunk_size, "batch": int(config.stream.batch),
+                "episodes": [list(map(int, t)) for t in prepared.episodes]},
+        expert={"model": config.model.to_dict(), "ssl": config.ssl.to_dict(), "epochs": int(config.expert.epochs),
+                "filter": config.filter.to_dict(), "precision": config.precision})
+
+
+def expert_chunk_descriptions(config, prepared, identities: dict) -> list:
+    """Everything a chunk's expert outputs depend on, one dict per chunk (the expert cache's keys): the
+    config's share in them (expert_inputs), the filter's and encoder's identities, the chunk's samples."""
+    run_inputs = expert_inputs(config, prepared)
+    s = prepared.stream
+    plugins = {k: identities[k] for k in ("filter", "encoder")}
+    common = dict(run_inputs, expert=dict(run_inputs["expert"], plugins=plugins))
+    return [expert_cache.chunk_cache_description(chunk_index=c, chunk_indices=s.chunks[c], **common)
+            for c in range(s.num_chunks)]
