@@ -208,14 +208,14 @@ def main(argv) -> int:
     parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, auto=_DISTRIBUTED.value)
     check_backend()
     import jax
-    from spr_jax import interrupt, run_loop, workdir_lock
+    from spr_jax import interrupt, modes, run_loop, workdir_lock
     # One run per workdir (process 0 writes a multi-host run's files, so it alone locks), and signals stop
     # the run at its next safe point with its work kept.
     with workdir_lock.hold(_WORKDIR.value, enabled=jax.process_index() == 0), interrupt.handling():
         if _MODE.value == "stream":
-            run_loop.write_stream(config, _WORKDIR.value)
+            modes.write_stream(config, _WORKDIR.value)
         elif _MODE.value == "experts":
-            run_loop.fill_expert_cache(config, _WORKDIR.value)
+            modes.fill_expert_cache(config, _WORKDIR.value)
         elif _MODE.value == "compare":
             from spr_jax import comparison as compare
             try:

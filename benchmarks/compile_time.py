@@ -34,9 +34,9 @@ from benchmarks.end_to_end import load_config  # noqa: E402
 def compile_programs(config) -> dict:
     """XLA compile seconds of each program, compiled once, cold. The replay segment and the evaluation's
     programs are compiled by the run's own warm-up functions (what a run's warm-up thread compiles)."""
-    from spr_jax import compilation, evaluate, experts, replay_phase, run_loop, settings as settings_lib, steps
+    from spr_jax import compilation, evaluate, experts, replay_phase, run_setup, settings as settings_lib, steps
     jax.config.update("jax_enable_compilation_cache", False)
-    prepared, s = run_loop.prepare(config)
+    prepared, s = run_setup.prepare(config)
     ds, d = prepared.dataset, prepared.stream.chunk_size
     shape = ds.train.images.shape[1:]
     chunk = jax.ShapeDtypeStruct((d,) + shape, jnp.uint8)

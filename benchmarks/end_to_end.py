@@ -59,8 +59,8 @@ def step_time(config, n_steps: int, per_call: int = 20) -> dict:
     it: `per_call` steps scanned in one program (`steps.contrastive_fit`, the expert's regime), so that no
     per-step dispatch or host sync is counted. step_ms: median over n_steps // per_call calls, divided by
     per_call. Also the same step jitted alone and called once per step (step_call_ms), for comparison."""
-    from spr_jax import run_loop, settings as settings_lib, steps
-    prepared, s = run_loop.prepare(config)
+    from spr_jax import run_setup, settings as settings_lib, steps
+    prepared, s = run_setup.prepare(config)
     batch = min(int(config.base.batch_size), int(config.stream.delayed_buffer_size))
     images = jnp.asarray(prepared.dataset.train.images[:batch])
     lr = jnp.float32(3e-4)

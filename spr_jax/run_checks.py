@@ -7,17 +7,18 @@ import numpy as np
 from spr_jax.errors import Diverged, UserError
 
 
-def check_replay(config, s, state, m, n: int, start: int, stream, keep, end: int) -> None:
+def check_replay(names: dict, s, state, m, n: int, start: int, stream, keep, end: int) -> None:
     """The chunks [start, end) just replayed left a usable state: Diverged (naming the chunk and the field
     to change) if the base's loss or weights are non-finite; UserError if the buffer policy admitted a
-    sample the filter did not keep. Run before anything of these chunks is written."""
+    sample the filter did not keep. Run before anything of these chunks is written. `names` holds the
+    config values the messages quote ({"ssl.lr": ..., "buffer.policy": ...})."""
     if s.replay.epochs > 0:  # (an untrained base reports a NaN loss by design)
         bad = np.flatnonzero(~np.isfinite(np.asarray(m["base_loss"])[:n]))
         finite = all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(state.base.params))
         if bad.size or not finite:
             c = start + int(bad[0]) if bad.size else end - 1
             raise Diverged(f"diverged: the base's self-supervised training gave a non-finite "
-                           f"{'loss' if bad.size else 'weight'} at chunk {c} (config.ssl.lr={config.ssl.lr}); "
+                           f"{'loss' if bad.size else 'weight'} at chunk {c} (config.ssl.lr={names['ssl.lr']}); "
                            f"nothing of it was written",
                            f"lower config.ssl.lr (the published value is 3e-4); the checkpoint before chunk "
                            f"{start} is kept")
@@ -29,7 +30,7 @@ def check_replay(config, s, state, m, n: int, start: int, stream, keep, end: int
         offered = stream.chunks[:end][np.asarray(keep[:end], bool)]
         stray = ~np.isin(index[valid], offered)
         if stray.any():
-            raise UserError(f"config.buffer.policy={config.buffer.policy!r} admitted {int(stray.sum())} samples "
+            raise UserError(f"config.buffer.policy={names['buffer.policy']!r} admitted {int(stray.sum())} samples "
                             f"the filter did not keep (e.g. training sample {int(index[valid][stray][0])}), by "
                             f"chunk {end - 1}",
                             "a buffer policy may only store candidates with keep=True (docs/extending.md)")

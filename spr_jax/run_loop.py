@@ -17,97 +17,25 @@ from tqdm.auto import tqdm
 
 from spr_jax import checkpoint
 from spr_jax import compilation
-from spr_jax import configlib
-from spr_jax import evaluate
 from spr_jax import expert_phase
 from spr_jax import files
+from spr_jax import finished_run
 from spr_jax import interrupt
+from spr_jax import learners
 from spr_jax import metric_writers
-from spr_jax import online
 from spr_jax import outputs
 from spr_jax import profiling
 from spr_jax import replay_phase
-from spr_jax import rng
 from spr_jax import run_checks
 from spr_jax import run_identity
+from spr_jax import run_setup
 from spr_jax import settings as settings_lib
 from spr_jax import warm_up as warm_up_lib
 from spr_jax.data import prepare as prepare_lib
-from spr_jax.errors import UserError
 
 # The files of a run in its workdir (--redo replaces them; the expert cache stays).
 RUN_FILES = ("checkpoints", "metrics.jsonl", "summary.json", "summary.png", "stream.json", "config.json",
              "tensorboard", "wandb", "profile")
-
-def data_parallel_devices(config) -> int:
-    """Local devices the base's self-replay batches are split over (1 = off)."""
-    if not config.base.data_parallel:
-        return 1
-    n = jax.local_device_count()
-    half = int(config.base.batch_size) // 2
-    if half % n or min(int(config.base.batch_size), int(config.stream.delayed_buffer_size)) % n:
-        raise configlib.ConfigError(f"config.base.data_parallel splits batches over {n} devices, but batch sizes "
-                         f"{config.base.batch_size} and {half} are not all divisible by {n}")
-    return n
-
-
-def prepare(config):
-    """(prepared inputs, run settings): the config read once, every plug-in resolved and checked."""
-    settings_lib.apply_deprecations(config)
-    configlib.validate(config)
-    resolved = settings_lib.resolve_plugins(config)  # before the data: a bad plug-in path fails at once
-    prepared = prepare_inputs(config)
-    offered = prepared.stream.chunks.size
-    if int(config.buffer.size) > offered:  # (0 means a memory of the whole stream: the multitask bound)
-        raise configlib.ConfigError(
-            f"config.buffer.size={config.buffer.size} is larger than the {offered} samples the stream offers, so "
-            f"the buffer never fills and self-replay never mixes it in; use at most {offered}")
-    run_settings = settings_lib.build(
-        config, image_shape=prepared.dataset.train.images.shape[1:], num_classes=prepared.num_classes,
-        chunk_size=prepared.stream.chunk_size, data_parallel=data_parallel_devices(config), resolved=resolved,
-        buffer_size=int(config.buffer.size) or offered)
-    return prepared, run_settings
-
-
-def prepare_inputs(config):
-    """The data, noisy labels and stream of a config; a bad value or missing data is a UserError."""
-    try:
-        return prepare_lib.prepare(config)
-    except UserError:
-        raise
-    except (ValueError, FileNotFoundError, NotADirectoryError) as e:  # everything here comes from user input
-        raise UserError(str(e)) from e
-
-
-def write_stream(config, workdir: str, progress: bool = True) -> dict:
-    """--mode=stream: only the noisy stream, summarised to WORKDIR/stream.json."""
-    info = prepare_lib.stream_summary(prepare_inputs(config))
-    os.makedirs(workdir, exist_ok=True)
-    if jax.process_index() == 0:
-        files.write_atomic(os.path.join(workdir, "stream.json"), json.dumps(info, indent=1))
-    if progress:
-        print(prepare_lib.format_stream_summary(info))
-    return info
-
-
-def fill_expert_cache(config, workdir: str, progress: bool = True) -> dict:
-    """--mode=experts: only the expert phase (experts + filter for every chunk), written to the cache so
-    that later runs with the same data, noise, seed, expert settings and filter skip it."""
-    t0 = time.time()
-    compilation.use_persistent_cache(config.cache.compile_dir)
-    prepared, s = prepare(config)
-    os.makedirs(workdir, exist_ok=True)
-    folder = expert_phase.cache_dir(config.cache.dir, workdir)
-    with settings_lib.matmul_precision(s), compilation.cpu_opt_level(config.cache.cpu_opt_level):
-        out = expert_phase.run(s, run_identity.expert_chunk_descriptions(config, prepared, s.identities), prepared,
-                               jnp.asarray(prepared.dataset.train.images), folder, progress)
-    info = {"chunks": prepared.stream.num_chunks, "cache_hits": out["cache_hits"], "trained": out["trained"],
-            "cache_dir": folder, "wall_time_s": round(time.time() - t0, 3)}
-    if progress:
-        print(f"expert phase: {info['trained']} chunks trained, {info['cache_hits']} already cached, in "
-              f"{info['wall_time_s']:.1f} s -> {info['cache_dir']}")
-    return info
-
 
 def segments(stream, piece: int):
     """(task, start, end) pieces of at most `piece` chunks, never crossing an evaluation point."""
@@ -118,44 +46,6 @@ def segments(stream, piece: int):
             start = out[-1][2]
         out.append((t, None, None))  # the evaluation after task t
     return out
-
-
-def finished_summary(workdir: str, ckpt, num_chunks: int):
-    """summary.json of a run that completed in this workdir (its last checkpoint is after the last chunk
-    and its summary is readable), else None."""
-    path = os.path.join(workdir, "summary.json")
-    if ckpt.latest_step() != num_chunks or not os.path.isfile(path):
-        return None
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except ValueError:
-        return None
-
-
-def repair_finished_files(workdir: str, ckpt, prepared) -> list:
-    """A finished run's metrics.jsonl and stream.json are what its last checkpoint and its inputs say; any
-    that is missing, truncated or edited is rewritten (atomically). Returns the names rewritten."""
-    if jax.process_index() != 0:
-        return []
-    meta = ckpt.latest_meta()
-    log = outputs.MetricsLog(workdir)
-    log.chunks, log.evals = meta["chunks"], meta["evals"]
-    info = prepare_lib.stream_summary(prepared)
-    want = {"metrics.jsonl": (log.text(), lambda t: [json.loads(line) for line in t.splitlines()]),
-            "stream.json": (json.dumps(info, indent=1), json.loads)}
-    repaired = []
-    for name, (text, parse) in want.items():
-        path = os.path.join(workdir, name)
-        try:  # compared as records: the checkpoint holds them with sorted keys
-            with open(path) as f:
-                same = parse(f.read()) == parse(text)
-        except (OSError, ValueError):  # (UnicodeDecodeError and JSONDecodeError are ValueErrors)
-            same = False
-        if not same:
-            files.write_atomic(path, text)
-            repaired.append(name)
-    return repaired
 
 
 def run(config, workdir: str, progress: bool = True, redo: bool = False) -> dict:
@@ -171,7 +61,7 @@ def run(config, workdir: str, progress: bool = True, redo: bool = False) -> dict
 def _run(config, workdir, progress, redo, compiled) -> dict:
     walls = {}
     t0 = time.time()
-    prepared, s = prepare(config)
+    prepared, s = run_setup.prepare(config)
     if redo and jax.process_index() == 0:
         for name in RUN_FILES:
             path = os.path.join(workdir, name)
@@ -181,10 +71,10 @@ def _run(config, workdir, progress, redo, compiled) -> dict:
                 os.remove(path)
     # Opened before anything is written, so a workdir holding another run's checkpoints is refused untouched.
     ckpt = checkpoint.RunCheckpointer(workdir, run_identity.run_fingerprint(config, s.identities), keep=int(config.checkpoint.keep))
-    done = finished_summary(workdir, ckpt, prepared.stream.num_chunks)
+    done = finished_run.finished_summary(workdir, ckpt, prepared.stream.num_chunks)
     if done is not None:
         try:
-            repaired = repair_finished_files(workdir, ckpt, prepared)
+            repaired = finished_run.repair_finished_files(workdir, ckpt, prepared)
         finally:
             ckpt.close()
         if progress and repaired:
@@ -204,7 +94,7 @@ def _run(config, workdir, progress, redo, compiled) -> dict:
     ds, stream, noisy = prepared.dataset, prepared.stream, prepared.noisy
     data = replay_phase.TrainData(images=jnp.asarray(ds.train.images), noisy=jnp.asarray(noisy.noisy),
                                   corrupt=jnp.asarray(noisy.corrupt))
-    test_images, test_labels = jnp.asarray(ds.test.images), ds.test.labels
+    test_images = jnp.asarray(ds.test.images)
     walls["prepare_s"] = time.time() - t0
 
     t0 = time.time()
@@ -225,14 +115,9 @@ def _run(config, workdir, progress, redo, compiled) -> dict:
     walls["expert_phase_s"] = time.time() - t0
 
     t0 = time.time()
-    if s.online is not None:  # protocol=online: a supervised classifier trained on the stream
-        state = online.init_state(s.online, s.seed, ds.train.images.shape[1:], s.buffer_size)
-    else:
-        state = replay_phase.init_state(s.model, s.seed, ds.train.images.shape[1:], s.buffer_size,
-                                        prepared.num_classes, s.replay.policy)
-    if s.replay.data_parallel > 1 and s.online is None:
-        state = replay_phase.replicate(state, s.replay.data_parallel)
-        data = replay_phase.replicate(data, s.replay.data_parallel)
+    learner = learners.build(s, prepared, data, test_images, keep,
+                             names={"ssl.lr": config.ssl.lr, "buffer.policy": config.buffer.policy})
+    state = learner.init_state()
     writers = (metric_writers.writers_for(config, workdir, f"{outputs.method_name(run_identity.method_of(config))}, seed {s.seed}")
                if jax.process_index() == 0 else [])
     log = outputs.MetricsLog(workdir, writers)
@@ -257,18 +142,7 @@ def _run(config, workdir, progress, redo, compiled) -> dict:
                 if task < len(log.evals):
                     continue
                 te = time.time()
-                if s.online is not None:
-                    record = online.evaluation_record(
-                        s.online, state, test_images=test_images, test_labels=test_labels,
-                        episodes=prepared.episodes, num_classes=prepared.num_classes, noise_known=noisy.known,
-                        after_task=task, test_batch_size=s.eval.test_batch_size)
-                else:
-                    record = evaluate.evaluation_record(
-                        s.eval, base=state.base, buffer=state.buffer, train_images=data.images,
-                        test_images=test_images, test_labels=test_labels, episodes=prepared.episodes,
-                        num_classes=prepared.num_classes, noise_known=noisy.known,
-                        key=rng.chunk_key(s.seed, rng.EVAL, task), after_task=task,
-                        chunks_processed=int(state.chunk))
+                record = learner.evaluate(state, task)
                 clock["eval"] += time.time() - te
                 warnings = run_checks.evaluation_warnings(s, record, log.chunks, prepared.episodes, task)
                 if warnings:
@@ -286,14 +160,8 @@ def _run(config, workdir, progress, redo, compiled) -> dict:
                 xs = [np.concatenate([a[start:end], np.zeros((piece - n,) + a.shape[1:], a.dtype)])
                       for a in (stream.chunks, clean_p, keep)]
                 with settings_lib.matmul_precision(s):
-                    if s.online is not None:
-                        state, m = online.run_chunks(s.online, state, data, *xs, np.arange(piece) < n)
-                    else:
-                        state, m = replay_phase.run_chunks(s.model, s.replay, state, data, *xs,
-                                                           np.arange(piece) < n)
-                m = jax.tree.map(np.asarray, m)
-                if s.online is None:  # before anything of these chunks is written
-                    run_checks.check_replay(config, s, state, m, n, start, stream, keep, end)
+                    state, m = learner.run_segment(state, *xs, np.arange(piece) < n)
+                learner.check_segment(state, m, n, start, end)  # before anything of these chunks is written
                 for j in range(n):
                     c = start + j
                     log.write(outputs.chunk_record(c, int(stream.chunk_task[c]), {k: v[j] for k, v in m.items()},

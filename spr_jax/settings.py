@@ -96,7 +96,7 @@ def build(config, *, image_shape, num_classes: int, chunk_size: int, data_parall
     buffer_size = int(buffer_size or config.buffer.size)
     if buffer_size < 1:  # config.buffer.size = 0 needs the stream's length, which only the data knows
         raise ValueError("config.buffer.size = 0 (the whole stream) needs buffer_size=<the stream's length>; "
-                         "run_loop.prepare passes it")
+                         "run_setup.prepare passes it")
     image_shape = tuple(int(d) for d in image_shape)
     model_block = {k: v for k, v in config.model.items() if k not in ("encoder", "proj_dim")}
     try:

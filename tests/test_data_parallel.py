@@ -13,12 +13,12 @@ WORKER = r'''
 import json
 import jax, jax.numpy as jnp, numpy as np
 from configs import tiny
-from spr_jax import replay_phase, run_loop
+from spr_jax import replay_phase, run_loop, run_setup
 out = {}
 for dp in (False, True):
     c = tiny.get_config(); c.base.data_parallel = dp
     c.filter.kind, c.buffer.policy = "none", "class_balanced"
-    p, s = run_loop.prepare(c)
+    p, s = run_setup.prepare(c)
     data = replay_phase.TrainData(jnp.asarray(p.dataset.train.images), jnp.asarray(p.noisy.noisy), jnp.asarray(p.noisy.corrupt))
     state = replay_phase.init_state(s.model, c.seed, p.dataset.train.images.shape[1:], c.buffer.size, p.num_classes,
                                     s.replay.policy)

@@ -24,7 +24,7 @@ def _worker(out_path, cache_dir, coordinator="", num_processes="0", process_id="
     parallel.initialize(coordinator, int(num_processes), int(process_id))
     import jax.numpy as jnp
     from configs import tiny
-    from spr_jax import expert_phase, experts, run_identity, run_loop
+    from spr_jax import expert_phase, experts, run_identity, run_setup
     trained_here = []
     phase = experts.expert_phase
 
@@ -34,7 +34,7 @@ def _worker(out_path, cache_dir, coordinator="", num_processes="0", process_id="
 
     experts.expert_phase = recording_phase
     config = tiny.get_config()
-    prepared, settings = run_loop.prepare(config)
+    prepared, settings = run_setup.prepare(config)
     out = expert_phase.run(settings, run_identity.expert_chunk_descriptions(config, prepared, settings.identities), prepared,
                            jnp.asarray(prepared.dataset.train.images), cache_dir, progress=False)
     np.savez(out_path, clean_p=out["clean_p"], keep=out["keep"], trained=out["trained"],

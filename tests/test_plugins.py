@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from spr_jax import buffers, configlib, experts, filters, models, plugins, purify, run_loop, settings
+from spr_jax import buffers, configlib, experts, filters, models, plugins, purify, run_loop, run_setup, settings
 
 
 def _lines(workdir):
@@ -374,7 +374,7 @@ def test_jocor_loss_matches_a_numpy_transcription():
 def test_gdumb_jocor_trains_two_networks_and_so_does_online_replay(tiny_config, tmp_path):
     c = tiny_config
     c.filter.kind, c.buffer.policy, c.base.epochs, c.eval.loss = "none", "gdumb", 0, "jocor"
-    s = run_loop.prepare(c)[1]
+    s = run_setup.prepare(c)[1]
     assert s.eval.networks == 2 and not s.eval.pretrained_base
     assert s.eval.loss.keywords["noise_rate"] == c.noise.rate  # the forget rate defaults to the noise rate
     summary = run_loop.run(c, str(tmp_path / "jocor"), progress=False)
@@ -385,7 +385,7 @@ def test_gdumb_jocor_trains_two_networks_and_so_does_online_replay(tiny_config, 
     # Experience replay with JoCoR: two classifiers, stacked, trained online; the first one is tested.
     from spr_jax import online
     c.protocol, c.buffer.policy, c.eval.loss = "online", "reservoir", "jocor"
-    prepared, s = run_loop.prepare(c)
+    prepared, s = run_setup.prepare(c)
     state = online.init_state(s.online, s.seed, prepared.dataset.train.images.shape[1:], s.buffer_size)
     kernels = [a for a in jax.tree.leaves(state.learner.params) if a.ndim == 3]
     assert s.online.networks == 2 and kernels and all(k.shape[0] == 2 for k in kernels)
@@ -399,7 +399,7 @@ def test_gdumb_jocor_trains_two_networks_and_so_does_online_replay(tiny_config, 
 def test_buffer_size_zero_is_a_memory_of_the_whole_stream(tiny_config, tmp_path):
     c = tiny_config
     c.filter.kind, c.buffer.policy, c.buffer.size, c.base.epochs = "none", "reservoir", 0, 0
-    prepared, s = run_loop.prepare(c)
+    prepared, s = run_setup.prepare(c)
     assert s.buffer_size == prepared.stream.chunks.size
     with pytest.raises(ValueError, match="stream's length"):  # without the data, 0 cannot be resolved
         settings.build(c, image_shape=(8, 8, 1), num_classes=10, chunk_size=40)

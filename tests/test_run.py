@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny as tiny_config
-from spr_jax import checkpoint, compilation, expert_phase, experts, purify, replay_phase, rng, run_identity, run_loop
+from spr_jax import checkpoint, compilation, expert_phase, experts, purify, replay_phase, rng, run_identity, run_loop, run_setup
 
 
 def _lines(workdir):
@@ -84,7 +84,7 @@ def test_plain_replay_offers_every_sample_and_trains_no_expert(tmp_path, monkeyp
 
 def test_expert_phase_ahead_equals_experts_inside_the_loop(tmp_path):
     config = tiny_config()
-    prepared, s = run_loop.prepare(config)
+    prepared, s = run_setup.prepare(config)
     model = s.model
     data = replay_phase.TrainData(images=jnp.asarray(prepared.dataset.train.images),
                                   noisy=jnp.asarray(prepared.noisy.noisy), corrupt=jnp.asarray(prepared.noisy.corrupt))
@@ -184,7 +184,7 @@ def test_the_expert_cache_is_hit_by_a_second_run_and_missed_on_other_noise(tiny_
 
     monkeypatch.setattr(experts, "expert_phase", counting)
     config.noise.rate = 0.3
-    prepared, s = run_loop.prepare(config)
+    prepared, s = run_setup.prepare(config)
     out = expert_phase.run(s, run_identity.expert_chunk_descriptions(config, prepared, s.identities), prepared,
                            jnp.asarray(prepared.dataset.train.images), config.cache.dir, progress=False)
     assert out["trained"] == prepared.stream.num_chunks == trained[0] and out["cache_hits"] == 0
@@ -264,7 +264,7 @@ def test_self_replay_with_one_step_program_trains_as_the_two_branch_form(batch_s
     c = tiny_config()
     c.base.batch_size = batch_size
     c.filter.kind, c.buffer.policy = "none", "class_balanced"
-    p, s = run_loop.prepare(c)
+    p, s = run_setup.prepare(c)
     data = replay_phase.TrainData(jnp.asarray(p.dataset.train.images), jnp.asarray(p.noisy.noisy),
                                   jnp.asarray(p.noisy.corrupt))
     chunks = jnp.asarray(p.stream.chunks[:3])  # the buffer (P = D) fills on chunk 0: chunks 1-2 mix it in

@@ -1,0 +1,98 @@
+"""The learner a run drives chunk segment by chunk segment: one protocol, SPR's replay and the online
+baselines implementing it, so the run's loop (run_loop.py) has no branch on the protocol.
+
+A learner is built at the edge from the run's settings and data, then:
+- `init_state()`: the state of chunk 0 (a pytree, checkpointed as it is);
+- `run_segment(state, chunk_indices, clean_p, keep, active)`: the chunks of one segment (padded to its
+  fixed length, `active` marking the real ones), returning the new state and per-chunk metrics (host arrays);
+- `check_segment(state, metrics, n, start, end)`: raises before anything of the segment is written if it
+  left an unusable state (see run_checks);
+- `evaluate(state, task)`: metrics.jsonl's evaluation record after `task`.
+A new protocol is one more class here.
+"""
+from typing import Protocol
+
+import jax
+import numpy as np
+
+from spr_jax import evaluate as evaluate_lib
+from spr_jax import online
+from spr_jax import replay_phase
+from spr_jax import rng
+from spr_jax import run_checks
+
+
+class Learner(Protocol):
+    def init_state(self): ...
+
+    def run_segment(self, state, chunk_indices, clean_p, keep, active): ...
+
+    def check_segment(self, state, metrics: dict, n: int, start: int, end: int) -> None: ...
+
+    def evaluate(self, state, task: int) -> dict: ...
+
+
+class _Common:
+    def __init__(self, s, prepared, data, test_images, keep, names: dict):
+        """names: the config values the checks' messages quote ({"ssl.lr": ..., "buffer.policy": ...})."""
+        self.s, self.prepared, self.data, self.test_images, self.keep, self.names = (
+            s, prepared, data, test_images, keep, names)
+
+    def _evaluation_inputs(self) -> dict:
+        p = self.prepared
+        return dict(test_images=self.test_images, test_labels=p.dataset.test.labels, episodes=p.episodes,
+                    num_classes=p.num_classes, noise_known=p.noisy.known)
+
+
+class ReplayLearner(_Common):
+    """SPR's protocol: self-supervised replay of the base on chunks and the purified memory, evaluations
+    fine-tuning a copy of the base on the memory (replay_phase, evaluate)."""
+
+    def init_state(self):
+        s, p = self.s, self.prepared
+        state = replay_phase.init_state(s.model, s.seed, p.dataset.train.images.shape[1:], s.buffer_size,
+                                        p.num_classes, s.replay.policy)
+        if s.replay.data_parallel > 1:  # the state and the data, replicated over the local devices
+            state = replay_phase.replicate(state, s.replay.data_parallel)
+            self.data = replay_phase.replicate(self.data, s.replay.data_parallel)
+        return state
+
+    def run_segment(self, state, chunk_indices, clean_p, keep, active):
+        state, m = replay_phase.run_chunks(self.s.model, self.s.replay, state, self.data, chunk_indices, clean_p,
+                                           keep, active)
+        return state, jax.tree.map(np.asarray, m)
+
+    def check_segment(self, state, metrics, n, start, end):
+        run_checks.check_replay(self.names, self.s, state, metrics, n, start, self.prepared.stream, self.keep, end)
+
+    def evaluate(self, state, task):
+        return evaluate_lib.evaluation_record(
+            self.s.eval, base=state.base, buffer=state.buffer, train_images=self.data.images,
+            key=rng.chunk_key(self.s.seed, rng.EVAL, task), after_task=task, chunks_processed=int(state.chunk),
+            **self._evaluation_inputs())
+
+
+class OnlineLearner(_Common):
+    """The online baselines (config.protocol = "online"): a supervised classifier trained on the stream as it
+    arrives, with or without replay from a memory (online.py)."""
+
+    def init_state(self):
+        return online.init_state(self.s.online, self.s.seed, self.prepared.dataset.train.images.shape[1:],
+                                 self.s.buffer_size)
+
+    def run_segment(self, state, chunk_indices, clean_p, keep, active):
+        state, m = online.run_chunks(self.s.online, state, self.data, chunk_indices, clean_p, keep, active)
+        return state, jax.tree.map(np.asarray, m)
+
+    def check_segment(self, state, metrics, n, start, end):
+        pass  # its losses are supervised and its memory takes every sample
+
+    def evaluate(self, state, task):
+        return online.evaluation_record(self.s.online, state, after_task=task,
+                                        test_batch_size=self.s.eval.test_batch_size, **self._evaluation_inputs())
+
+
+def build(s, prepared, data, test_images, keep, names: dict) -> Learner:
+    """The learner of a run's settings."""
+    cls = OnlineLearner if s.online is not None else ReplayLearner
+    return cls(s, prepared, data, test_images, keep, names)
