@@ -81,11 +81,11 @@ def _lower_expert_round(s, prepared, *, with_filter: bool):
     """The expert phase's round program for one expert (a fresh copy: the round's own cache is bypassed)."""
     from spr_jax import expert_phase, experts, rng
     kw = s.expert.phase_kwargs()
-    post = expert_phase._post_fn(s.filter.fn, s.filter.num_classes) if with_filter else None
-    run_round = experts._round_fn.__wrapped__(kw["model"], kw["epochs"], kw["warmup_epochs"], kw["views"],
-                                              kw["temperature"], tuple(jax.local_devices()[:1]), post, False)[0]
+    post = expert_phase.filter_post_fn(s.filter.fn, s.filter.num_classes) if with_filter else None
+    run_round = experts.round_program(kw["model"], kw["epochs"], kw["warmup_epochs"], kw["views"],
+                                      kw["temperature"], tuple(jax.local_devices()[:1]), post, False, fresh=True)[0]
     ids = np.zeros(1, np.int32)
-    args = expert_phase._filter_args(s, prepared, ids) if with_filter else {}
+    args = expert_phase.filter_args(s, prepared, ids) if with_filter else {}
     images = jax.ShapeDtypeStruct(prepared.dataset.train.images.shape, jnp.uint8)
     return run_round.lower(images, rng.purpose_key(s.seed, rng.EXPERT), np.float32(kw["base_lr"]), ids,
                            prepared.stream.chunks[:1], args)

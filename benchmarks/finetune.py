@@ -33,10 +33,9 @@ def main():
     labels = jnp.asarray(rs.randint(0, 10, 300))
     kw = dict(epochs=a.epochs, batch_size=16, lr=2e-3, decay_every=300, decay=0.1, clip=0.5, loss=losses.cross_entropy,
               networks=1)
-    static = tuple(kw) + ("classifier",)
     programs, digests, times = {}, {}, {}
     for width in (256, 512):
-        jitted = jax.jit(evaluate.finetune._fun, static_argnames=static, compiler_options={
+        jitted = evaluate.finetune.with_compiler_options({
             "xla_backend_optimization_level": 1, "xla_cpu_prefer_vector_width": width})
         programs[width] = jitted.lower(clf, v, images, labels, key, **kw).compile()
         out = jax.block_until_ready(programs[width](v, images, labels, key))

@@ -96,6 +96,11 @@ class _Program:
     def lower(self, *args, **kwargs):
         return self._for_now().lower(*args, **kwargs)
 
+    def with_compiler_options(self, options: dict):
+        """This program as a new jax.jit with exactly these XLA compiler options (no backend defaults), e.g.
+        to compare options in a benchmark."""
+        return jax.jit(self._fun, compiler_options=options, **self._jit_kwargs)
+
 
 def jit(fun=None, *, cpu_options: dict | None = None, **jit_kwargs):
     """jax.jit (usable as `@jit`, `@functools.partial(jit, static_argnames=...)` or `jit(fn)`) with the

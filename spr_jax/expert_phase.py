@@ -51,7 +51,7 @@ class FilterSettings:
 
 
 @functools.lru_cache(maxsize=None)
-def _post_fn(filter_fn, num_classes: int):
+def filter_post_fn(filter_fn, num_classes: int):
     """experts.expert_phase's post_fn running the filter on each chunk's features.
 
     Cached and free of run-specific closures, so the compiled expert round is reused across runs."""
@@ -74,7 +74,7 @@ def cache_dir(cache_dir_setting: str, workdir: str) -> str:
     return cache_dir_setting or os.path.join(workdir, "expert_cache")
 
 
-def _filter_args(settings, prepared, ids):
+def filter_args(settings, prepared, ids):
     keys = jax.vmap(lambda c: rng.chunk_key(settings.seed, rng.FILTER, c))(jnp.asarray(ids))
     return {"labels": prepared.noisy.noisy[prepared.stream.chunks[ids]], "key": keys}
 
@@ -110,8 +110,8 @@ def train_missing_experts(settings, prepared, train_images_dev, misses, progress
     if mine.size:
         out = experts.expert_phase(
             train_images_dev, s.chunks[mine], settings.seed, chunk_ids=mine,
-            post_fn=_post_fn(settings.filter.fn, settings.filter.num_classes),
-            post_args=_filter_args(settings, prepared, mine), keep_losses=False, progress=progress,
+            post_fn=filter_post_fn(settings.filter.fn, settings.filter.num_classes),
+            post_args=filter_args(settings, prepared, mine), keep_losses=False, progress=progress,
             on_compiling=on_compiling, on_round=on_round, **settings.expert.phase_kwargs())
     if nproc == 1:
         return {int(c): {k: np.asarray(v[j]) for k, v in out.items()} for j, c in enumerate(mine)}
@@ -140,7 +140,7 @@ def run(settings, descriptions: list, prepared, train_images_dev, cache_folder: 
     s = prepared.stream
     if not settings.filter.needs_features:  # nothing to train: the filter alone, on every chunk at once
         ids = np.arange(s.num_chunks, dtype=np.int32)
-        args = _filter_args(settings, prepared, ids)
+        args = filter_args(settings, prepared, ids)
         fn = _featureless(settings.filter.fn, settings.filter.num_classes, int(settings.model.proj_dim))
         clean_p, keep = jax.device_get(fn(args["key"], jnp.asarray(args["labels"])))
         check_filter_outputs(settings, ids, {"clean_p": clean_p, "keep": keep})

@@ -132,6 +132,14 @@ def expert_phase(train_images, chunks, seed: int, *, model: nn.Module, epochs: i
     return jax.tree_util.tree_map(lambda *a: np.concatenate(a, axis=0), *results)
 
 
+def round_program(model, epochs, warmup_epochs, views, temperature, devices, post_fn, keep_losses,
+                  report_epochs=False, *, fresh: bool = False):
+    """(the compiled program of one round, its mesh); `fresh=True` builds a new copy instead of the cached one
+    (e.g. to time its compilation, as benchmarks/compile_time.py does)."""
+    build = _round_fn.__wrapped__ if fresh else _round_fn
+    return build(model, epochs, warmup_epochs, views, temperature, devices, post_fn, keep_losses, report_epochs)
+
+
 @functools.lru_cache(maxsize=16)
 def _round_fn(model, epochs, warmup_epochs, views, temperature, devices, post_fn, keep_losses,
               report_epochs=False):
