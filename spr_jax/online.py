@@ -25,7 +25,7 @@ import numpy as np
 import optax
 
 from spr_jax import buffers, compilation, evaluate, rng, steps
-from spr_jax.replay_phase import TrainData, scan_chunks
+from spr_jax.segment_scan import TrainData, scan_chunks
 
 
 class OnlineSettings(NamedTuple):

@@ -24,6 +24,7 @@ from spr_jax import compilation
 from spr_jax import optim
 from spr_jax import rng
 from spr_jax import steps
+from spr_jax.segment_scan import TrainData, scan_chunks  # (shared with the online protocol)
 from spr_jax import augment
 
 
@@ -46,13 +47,6 @@ class SPRState:
     buffer: Any  # the buffer policy's state (buffers.PurifiedBuffer for SPR)
     chunk: jax.Array  # int32: chunks processed so far (the schedule position and the key index)
     seed: jax.Array  # int32: the run's seed, so the state alone determines every later draw
-
-
-class TrainData(NamedTuple):
-    """Device-resident arrays the loop indexes into (never copied per chunk)."""
-    images: jax.Array  # uint8 [N, H, W, C]
-    noisy: jax.Array  # int32 [N]
-    corrupt: jax.Array  # bool [N]
 
 
 def data_mesh(devices: int) -> Mesh:
@@ -195,20 +189,6 @@ def run_chunks(model, settings: ReplaySettings, state: SPRState, data: TrainData
         return chunk_step(model, settings, data, state, indices, cp, kp)
 
     return scan_chunks(real, state, chunk_indices, clean_p, keep, active)
-
-
-def scan_chunks(real, state, chunk_indices, clean_p, keep, active):
-    """lax.scan of real(state, indices, clean_p, keep) -> (state, metrics) over a segment of chunks; rows with
-    active=False are skipped with zero metrics (padding: every segment has one shape, so it compiles once)."""
-    def skip(state, indices, cp, kp):
-        shapes = jax.eval_shape(real, state, indices, cp, kp)[1]
-        return state, jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
-
-    def body(state, xs):
-        indices, cp, kp, on = xs
-        return jax.lax.cond(on, real, skip, state, indices, cp, kp)
-
-    return jax.lax.scan(body, state, (chunk_indices, clean_p, keep, active))
 
 
 def warm_up(model, settings: ReplaySettings, state, data: TrainData, chunk_size: int, piece: int) -> None:

@@ -25,10 +25,10 @@ from spr_jax import learners
 from spr_jax import metric_writers
 from spr_jax import outputs
 from spr_jax import profiling
-from spr_jax import replay_phase
 from spr_jax import run_checks
 from spr_jax import run_identity
 from spr_jax import run_setup
+from spr_jax import segment_scan
 from spr_jax import settings as settings_lib
 from spr_jax import warm_up as warm_up_lib
 from spr_jax.data import prepare as prepare_lib
@@ -92,7 +92,7 @@ def _run(config, workdir, progress, redo, compiled) -> dict:
         print(f"run: {outputs.method_name(run_identity.method_of(config))}, seed {s.seed}", flush=True)
         print(prepare_lib.format_stream_summary(stream_info), flush=True)
     ds, stream, noisy = prepared.dataset, prepared.stream, prepared.noisy
-    data = replay_phase.TrainData(images=jnp.asarray(ds.train.images), noisy=jnp.asarray(noisy.noisy),
+    data = segment_scan.TrainData(images=jnp.asarray(ds.train.images), noisy=jnp.asarray(noisy.noisy),
                                   corrupt=jnp.asarray(noisy.corrupt))
     test_images = jnp.asarray(ds.test.images)
     walls["prepare_s"] = time.time() - t0
