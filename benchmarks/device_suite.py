@@ -27,7 +27,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from spr_jax import augment, experts, models, purify, steps  # noqa: E402
+from spr_jax import augment, experts, models, steps  # noqa: E402
+from spr_jax.filters import centrality  # noqa: E402
 
 FULL = dict(mlp_batch=300, groups=(8, 32, 128), expert_epochs=100, expert_rounds=1, resnet_batch=500,
             filter_chunks=((300, 10), (1250, 100)), repeats=5)
@@ -82,7 +83,7 @@ def filter_ms(d, k, repeats):
     labels = rs.randint(0, k, d).astype(np.int32)
     feats = means[labels] + rs.normal(size=(d, 128))
     feats = (feats / np.linalg.norm(feats, axis=1, keepdims=True)).astype(np.float32)
-    fn = jax.jit(lambda key, f, l: purify.purify_chunk(key, f, l, num_classes=k))
+    fn = jax.jit(lambda key, f, l: centrality.purify_chunk(key, f, l, num_classes=k))
     args = (jax.random.PRNGKey(0), jnp.asarray(feats), jnp.asarray(labels))
     return _median_time(lambda: fn(*args), repeats) * 1e3
 

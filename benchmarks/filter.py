@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from spr_jax.testing import reference_filter  # noqa: E402  (needs the test extras: networkx, scipy)
-from spr_jax import purify  # noqa: E402
+from spr_jax.filters import centrality  # noqa: E402
 
 
 def _times_ms(fn, runs):
@@ -56,12 +56,12 @@ def main():
     result = {}
     for size in (int(s) for s in args.sizes.split(",")):
         feats, labels, _ = reference_filter.clustered_chunk(size, size, args.classes, dim=128)
-        graph_u, keep_u = purify.filter_draws(jax.random.PRNGKey(size), size, args.graphs)
+        graph_u, keep_u = centrality.filter_draws(jax.random.PRNGKey(size), size, args.graphs)
         f_dev, l_dev = jax.device_put(feats), jax.device_put(labels)
 
         def ours():
             return jax.block_until_ready(
-                purify.self_centered_filter(f_dev, l_dev, graph_u, keep_u, num_classes=args.classes))
+                centrality.self_centered_filter(f_dev, l_dev, graph_u, keep_u, num_classes=args.classes))
 
         start = time.perf_counter()
         clean_p, keep = ours()
@@ -71,7 +71,7 @@ def main():
         # End to end with the draws (E D^2 threefry uniforms), as the expert phase calls it.
         key = jax.random.PRNGKey(size)
         chunk = lambda: jax.block_until_ready(  # noqa: E731
-            purify.purify_chunk(key, f_dev, l_dev, num_classes=args.classes, num_graphs=args.graphs))
+            centrality.purify_chunk(key, f_dev, l_dev, num_classes=args.classes, num_graphs=args.graphs))
         chunk()
         chunk_ms, _ = _times_ms(chunk, args.ours_runs)
 

@@ -12,7 +12,7 @@ this phase does not depend on the module that builds it), and its own settings t
 import dataclasses
 import functools
 import os
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -40,14 +40,6 @@ class ExpertSettings:
     def phase_kwargs(self) -> dict:
         """Keyword arguments of experts.expert_phase."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-
-
-@dataclasses.dataclass(frozen=True)
-class FilterSettings:
-    kind: str
-    fn: Callable  # fn(key, features, labels, *, num_classes) -> (clean_p, keep), its settings bound
-    needs_features: bool  # False: no experts are trained, the filter sees zero features
-    num_classes: int
 
 
 @functools.lru_cache(maxsize=None)

@@ -61,7 +61,7 @@ def expert_phase(train_images, chunks, seed: int, *, model: nn.Module, epochs: i
     inside the same compiled program (e.g. the self-centered filter, returning clean_p and keep); post_args
     is a pytree of arrays with leading axis C (e.g. the chunks' noisy labels [C, D]) sliced per chunk, or
     None. Its outputs are returned under their own names. The self-centered filter, for example:
-        post_fn = lambda c, features, labels: purify.purify_chunk(
+        post_fn = lambda c, features, labels: centrality.purify_chunk(
             rng.chunk_key(seed, rng.FILTER, c), features, labels, num_classes=k)
         expert_phase(..., post_fn=post_fn, post_args=noisy_labels[chunks])
     (a new function object compiles anew; keep one per run to reuse the compiled round).

@@ -21,7 +21,8 @@ import numpy as np
 from spr_jax import augment, buffers, filters, models, plugins
 # Each phase's settings type lives beside its phase; they are built here, and re-exported under these names.
 from spr_jax.evaluate import EvalSettings
-from spr_jax.expert_phase import ExpertSettings, FilterSettings
+from spr_jax.expert_phase import ExpertSettings
+from spr_jax.filters import FilterSettings
 from spr_jax.replay_phase import ReplaySettings
 from spr_jax.configlib import ConfigError
 

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from spr_jax import buffers, configlib, experts, filters, models, plugins, purify, run_loop, run_setup, settings
+from spr_jax import buffers, configlib, experts, filters, models, plugins, run_loop, run_setup, settings
+from spr_jax.filters import centrality
 
 
 def _lines(workdir):
@@ -28,8 +29,8 @@ def _launch(*args, pythonpath=""):
 # --- resolution -------------------------------------------------------------------------------------------
 
 def test_builtin_names_and_paths_resolve_to_the_same_object():
-    assert plugins.resolve("centrality", filters.FILTERS, "f") is purify.purify_chunk
-    assert plugins.resolve("spr_jax.purify:purify_chunk", filters.FILTERS, "f") is purify.purify_chunk
+    assert plugins.resolve("centrality", filters.FILTERS, "f") is centrality.purify_chunk
+    assert plugins.resolve("spr_jax.filters.centrality:purify_chunk", filters.FILTERS, "f") is centrality.purify_chunk
     assert plugins.resolve("reservoir", buffers.POLICIES, "p") is buffers.RESERVOIR
     assert plugins.resolve("convnet", models.ENCODERS, "e") is models.ConvNet
 
@@ -37,7 +38,7 @@ def test_builtin_names_and_paths_resolve_to_the_same_object():
 @pytest.mark.parametrize("kind, message", [
     ("nope", "not a built-in"),
     ("no_such_module_xyz:fn", "cannot be imported"),
-    ("spr_jax.purify:no_such_fn", "has no attribute 'no_such_fn'"),
+    ("spr_jax.filters.centrality:no_such_fn", "has no attribute 'no_such_fn'"),
     ("", "must be a built-in name"),
 ])
 def test_unresolvable_names_are_refused_naming_the_field(kind, message):
@@ -170,7 +171,7 @@ def test_a_changed_filter_never_reuses_the_cached_experts(tiny_config, tmp_path,
         trained.append(len(kwargs["chunk_ids"]))
         return real_phase(*args, **kwargs)
 
-    monkeypatch.setattr(purify, "purify_chunk", keep_everything)  # "centrality" now names another function
+    monkeypatch.setattr(centrality, "purify_chunk", keep_everything)  # "centrality" now names another function
     monkeypatch.setattr(experts, "expert_phase", counting)
     second = run_loop.run(tiny_config, str(tmp_path / "b"), progress=False)
     assert trained == [first["num_chunks"]]  # every chunk recomputed, none read from SPR's cache

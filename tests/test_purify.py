@@ -5,26 +5,26 @@ import networkx as nx
 import numpy as np
 import pytest
 
-from spr_jax import purify
+from spr_jax.filters import centrality
 from spr_jax.testing import reference_filter as ref
 
 clustered_chunk = ref.clustered_chunk
 
 
 def _draws(seed, size, num_graphs=5):
-    graph_u, keep_u = purify.filter_draws(jax.random.PRNGKey(seed), size, num_graphs)
+    graph_u, keep_u = centrality.filter_draws(jax.random.PRNGKey(seed), size, num_graphs)
     return np.asarray(graph_u), np.asarray(keep_u)
 
 
 # One compiled function per role, shared by the tests.
-_filter = purify.self_centered_filter  # jitted: compiled once per chunk shape
-_centrality = jax.jit(purify.eigenvector_centrality, static_argnames=("num_classes", "max_iter"))
-_posterior = jax.jit(purify.centrality_clean_posterior, static_argnames=("num_classes",))
+_filter = centrality.self_centered_filter  # jitted: compiled once per chunk shape
+_centrality = jax.jit(centrality.eigenvector_centrality, static_argnames=("num_classes", "max_iter"))
+_posterior = jax.jit(centrality.centrality_clean_posterior, static_argnames=("num_classes",))
 
 
 @jax.jit
 def _stochastic_centrality4(edges, labels, max_iter):
-    return purify.stochastic_graph_centrality(edges, labels, num_classes=4, max_iter=max_iter)
+    return centrality.stochastic_graph_centrality(edges, labels, num_classes=4, max_iter=max_iter)
 
 
 def _stochastic_centrality(edges, labels, max_iter=6000):
@@ -34,20 +34,20 @@ def _stochastic_centrality(edges, labels, max_iter=6000):
 
 def test_filter_draws_shapes_and_determinism():
     key = jax.random.PRNGKey(3)
-    graph_u, keep_u = purify.filter_draws(key, 7, 4)
+    graph_u, keep_u = centrality.filter_draws(key, 7, 4)
     assert graph_u.shape == (4, 7, 7) and keep_u.shape == (7,)
     assert graph_u.dtype == jnp.float32 and keep_u.dtype == jnp.float32
-    again = purify.filter_draws(key, 7, 4)
+    again = centrality.filter_draws(key, 7, 4)
     np.testing.assert_array_equal(graph_u, again[0])
     np.testing.assert_array_equal(keep_u, again[1])
-    other = purify.filter_draws(jax.random.PRNGKey(4), 7, 4)
+    other = centrality.filter_draws(jax.random.PRNGKey(4), 7, 4)
     assert not np.array_equal(graph_u, other[0])
 
 
 def test_graph_weights_are_the_networkx_graph_of_each_class():
     feats, labels, _ = clustered_chunk(0, 40, 3, spread=1.5)
     graph_u, _ = _draws(0, 40, num_graphs=2)
-    weights = np.asarray(jax.jit(lambda f, l, u: purify.graph_weights(purify.similarity(f), l, u))(
+    weights = np.asarray(jax.jit(lambda f, l, u: centrality.graph_weights(centrality.similarity(f), l, u))(
         feats, labels, graph_u))
     sim = ref.similarity(feats)
     for k in range(3):
@@ -88,7 +88,7 @@ def _sparse_chunk():
     # hundreds to thousands of iterations and stops far from the eigenvector, where float32 drifts.
     feats, labels, _ = clustered_chunk(31, 160, 4, dim=128, spread=10.0)
     graph_u, _ = _draws(31, 160, num_graphs=2)
-    edges = purify.edge_matrix(purify.similarity(feats), labels, graph_u)
+    edges = centrality.edge_matrix(centrality.similarity(feats), labels, graph_u)
     return ref.similarity(feats), labels, graph_u, edges
 
 
@@ -166,7 +166,7 @@ def assert_matches_release(clean_p, keep, want_p, want_keep):
     np.testing.assert_array_equal(keep, want_keep)
     defined = np.isfinite(want_p)
     np.testing.assert_allclose(clean_p[defined], want_p[defined], atol=1e-4)
-    assert (clean_p[~defined] == purify.UNDEFINED_P).all() and not keep[~defined].any()
+    assert (clean_p[~defined] == centrality.UNDEFINED_P).all() and not keep[~defined].any()
 
 
 def many_small_classes(seed, size=600, num_classes=100):
@@ -185,8 +185,8 @@ def test_filter_matches_the_release_on_many_small_classes(seed):
     feats, labels, sizes = many_small_classes(seed)
     assert sizes.min() >= 1 and sizes.max() <= 30 and (sizes <= 3).any()
     d = labels.shape[0]
-    graph_u, keep_u = purify.filter_draws(jax.random.PRNGKey(100 + seed), d, 5)
-    clean_p, keep = jax.jit(purify.self_centered_filter, static_argnames=("num_classes", "max_iter"))(
+    graph_u, keep_u = centrality.filter_draws(jax.random.PRNGKey(100 + seed), d, 5)
+    clean_p, keep = jax.jit(centrality.self_centered_filter, static_argnames=("num_classes", "max_iter"))(
         feats, labels, graph_u, keep_u, num_classes=100)
     want_p, want_keep = ref.self_centered_filter(feats, labels, np.asarray(graph_u), np.asarray(keep_u))
     assert np.isnan(want_p).sum() > 50  # the regime where the release's fit is often undefined
@@ -221,7 +221,7 @@ def test_degenerate_classes_are_never_kept_and_never_nan(kind):
     clean_p, keep = _filter(feats, labels, graph_u, keep_u, num_classes=K)
     clean_p = np.asarray(clean_p)
     assert np.isfinite(clean_p).all() and ((clean_p >= 0) & (clean_p <= 1)).all()
-    assert (clean_p[labels == 9] == purify.UNDEFINED_P).all() and not np.asarray(keep)[labels == 9].any()
+    assert (clean_p[labels == 9] == centrality.UNDEFINED_P).all() and not np.asarray(keep)[labels == 9].any()
     want_p, want_keep = ref.self_centered_filter(feats, labels, graph_u, keep_u)
     assert np.isnan(want_p[labels == 9]).all()
     assert_matches_release(clean_p, keep, want_p, want_keep)
@@ -232,13 +232,13 @@ def test_purify_chunk_is_deterministic_and_vmaps_over_chunks():
     feats = np.stack([c[0] for c in chunks])
     labels = np.stack([c[1] for c in chunks])
     keys = jax.random.split(jax.random.PRNGKey(0), 3)
-    one = lambda k, f, l: purify.purify_chunk(k, f, l, num_classes=K)  # noqa: E731
+    one = lambda k, f, l: centrality.purify_chunk(k, f, l, num_classes=K)  # noqa: E731
     # purify_chunk is jitted: vmap batches the traced program (its float64 part included).
     batch_p, batch_keep = jax.vmap(one)(keys, feats, labels)
     again_p, _ = jax.vmap(one)(keys, feats, labels)
     np.testing.assert_array_equal(again_p, batch_p)
     for i in range(3):  # per chunk: purify_chunk is filter_draws + self_centered_filter
-        graph_u, keep_u = purify.filter_draws(keys[i], D, 5)
+        graph_u, keep_u = centrality.filter_draws(keys[i], D, 5)
         p, keep = _filter(feats[i], labels[i], graph_u, keep_u, num_classes=K)
         np.testing.assert_allclose(batch_p[i], p, atol=1e-6)
         np.testing.assert_array_equal(batch_keep[i], keep)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import tiny as tiny_config
-from spr_jax import checkpoint, compilation, expert_phase, experts, purify, replay_phase, rng, run_identity, run_loop, run_setup
+from spr_jax import checkpoint, compilation, expert_phase, experts, replay_phase, rng, run_identity, run_loop, run_setup
+from spr_jax.filters import centrality
 
 
 def _lines(workdir):
@@ -97,7 +98,7 @@ def test_expert_phase_ahead_equals_experts_inside_the_loop(tmp_path):
         _, features, _ = experts.train_expert(
             model, data.images[indices], rng.chunk_key(config.seed, rng.EXPERT, chunk), epochs=config.expert.epochs,
             base_lr=config.ssl.lr, warmup_epochs=config.ssl.warmup_epochs)
-        return purify.purify_chunk(rng.chunk_key(config.seed, rng.FILTER, chunk), features, data.noisy[indices],
+        return centrality.purify_chunk(rng.chunk_key(config.seed, rng.FILTER, chunk), features, data.noisy[indices],
                                    num_classes=prepared.num_classes, num_graphs=config.filter.num_graphs,
                                    max_iter=config.filter.max_iter)
 

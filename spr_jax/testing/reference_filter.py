@@ -1,6 +1,6 @@
 """The Self-Centered filter written straight from docs/algorithm.md section 3 step 3 with numpy, networkx and scipy.
 
-This is the reference pipeline that `spr_jax.purify` is tested and benchmarked against. It runs the way the
+This is the reference pipeline that `spr_jax.filters.centrality` is tested and benchmarked against. It runs the way the
 original release does: class by class of the chunk's noisy labels, graph by graph, building a networkx graph
 from each class's weight matrix and fitting a scipy beta mixture on its centralities, in float64.
 

@@ -432,7 +432,8 @@ def self_centered_filter(features, labels, graph_u, keep_u, *, num_classes: int,
 
     features: [D, F] expert features (L2-normalised; normalised again here); labels: [D] int noisy labels in
     [0, num_classes). clean_p is the mean over the E graphs of each sample's clean posterior; a sample is
-    kept when clean_p > keep_u. Degenerate (graph, class) fits contribute 0.5 (see the module docstring).
+    kept when clean_p > keep_u. A sample of an undefined (graph, class) fit is never kept and its clean_p is
+    UNDEFINED_P (see the module docstring).
     """
     labels = labels.astype(jnp.int32)
     edges = edge_matrix(similarity(features), labels, graph_u)

@@ -1,4 +1,6 @@
-"""Filters: which of a chunk's samples may enter the buffer, and how clean each one looks.
+"""Filters: which of a chunk's samples may enter the buffer, and how clean each one looks. This package
+holds the seam: the interface (below), its settings (`FilterSettings`), its check (`check`), the built-ins
+(`none` here, SPR's self-centered filter in `centrality.py`) and their registry (`FILTERS`).
 
 A filter is a pure, jit-able function on one chunk (docs/extending.md):
 
@@ -13,10 +15,21 @@ name (spr_jax.plugins.bind).
 A filter that does not look at the features sets the attribute `needs_features = False`; the run then
 trains no experts and calls it with zero features.
 """
+import dataclasses
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 
 from spr_jax.configlib import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class FilterSettings:
+    kind: str
+    fn: Callable  # fn(key, features, labels, *, num_classes) -> (clean_p, keep), its settings bound
+    needs_features: bool  # False: no experts are trained, the filter sees zero features
+    num_classes: int
 
 
 def keep_all(key, features, labels, *, num_classes):
@@ -29,7 +42,7 @@ def keep_all(key, features, labels, *, num_classes):
 keep_all.needs_features = False
 
 # Built-in names of config.filter.kind -> import paths.
-FILTERS = {"centrality": "spr_jax.purify:purify_chunk", "none": "spr_jax.filters:keep_all"}
+FILTERS = {"centrality": "spr_jax.filters.centrality:purify_chunk", "none": "spr_jax.filters:keep_all"}
 
 
 def needs_features(fn) -> bool:
