@@ -136,7 +136,7 @@ def chunk_step(s: OnlineSettings, data: TrainData, state: OnlineState, indices, 
         "base_loss": losses[-1], "replayed_buffer": jnp.any(replayed), "kept": keep.sum(),
         "kept_clean": (keep & ~corrupt).sum(), "clean": (~corrupt).sum(), "buffer_valid": buffer.valid.sum(),
         "buffer_clean": (buffer.valid & ~buffer.corrupt).sum(),
-        "buffer_counts": buffers.memory_counts(buffer, s.num_classes),
+        "buffer_counts": buffers.class_counts(buffer, s.num_classes),
     }
     return state.replace(learner=learner, buffer=buffer, chunk=state.chunk + 1), metrics
 

@@ -20,6 +20,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from spr_jax import buffers
+from spr_jax.buffers import purified
 from spr_jax import compilation
 from spr_jax import optim
 from spr_jax import rng
@@ -44,7 +45,7 @@ class ReplaySettings(NamedTuple):
 @flax.struct.dataclass
 class SPRState:
     base: steps.TrainState  # the persistent SimCLR base: params, BatchNorm statistics, Adam state
-    buffer: Any  # the buffer policy's state (buffers.PurifiedBuffer for SPR)
+    buffer: Any  # the buffer policy's state (buffers.purified.PurifiedBuffer for SPR)
     chunk: jax.Array  # int32: chunks processed so far (the schedule position and the key index)
     seed: jax.Array  # int32: the run's seed, so the state alone determines every later draw
 
@@ -63,7 +64,7 @@ def replicate(tree, devices: int):
 
 
 def init_state(model, seed: int, input_shape, buffer_size: int, num_classes: int,
-               policy: buffers.BufferPolicy = buffers.PURIFIED) -> SPRState:
+               policy: buffers.BufferPolicy = purified.PURIFIED) -> SPRState:
     base = steps.init_state(model, rng.purpose_key(seed, rng.BASE_INIT), input_shape)
     return SPRState(base=base, buffer=policy.init(buffer_size, num_classes),
                     chunk=jnp.zeros((), jnp.int32), seed=jnp.asarray(seed, jnp.int32))
@@ -90,7 +91,7 @@ def self_replay(model, s: ReplaySettings, base, chunk_images, buffer, data: Trai
     """
     d = chunk_images.shape[0]
     if s.epochs == 0:
-        return base, jnp.float32(jnp.nan), buffers.memory_is_full(buffer)
+        return base, jnp.float32(jnp.nan), buffers.is_full(buffer)
     b1 = min(s.batch_size, d)
     half = s.batch_size // 2
     n1, n2 = d // b1, d // half
@@ -115,7 +116,7 @@ def self_replay(model, s: ReplaySettings, base, chunk_images, buffer, data: Trai
             images = jax.lax.with_sharding_constraint(images, batch_sharding(s.data_parallel))
         return steps.contrastive_step(model, base, images, k, lr, views=s.views, temperature=s.temperature)
 
-    full = buffers.memory_is_full(buffer)
+    full = buffers.is_full(buffer)
     if one_step_program and b1 == 2 * half:
         def pad(a):  # [n1, ...] -> [n2, ...] (n2 >= 2 n1 here); the padding rows are never trained on
             return jnp.concatenate([a, jnp.zeros((n2 - n1,) + a.shape[1:], a.dtype)]) if n2 > n1 else a
@@ -169,7 +170,7 @@ def chunk_step(model, s: ReplaySettings, data: TrainData, state: SPRState, indic
         "clean": (~corrupt).sum(),
         "buffer_valid": buffer.valid.sum(),
         "buffer_clean": (buffer.valid & ~buffer.corrupt).sum(),
-        "buffer_counts": buffers.memory_counts(buffer, s.num_classes),
+        "buffer_counts": buffers.class_counts(buffer, s.num_classes),
     }
     return state.replace(base=base, buffer=buffer, chunk=state.chunk + 1), metrics
 

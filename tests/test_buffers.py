@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from spr_jax import buffers as B
+from spr_jax import buffers
+from spr_jax.buffers import purified as B
 
 
 # --- A direct transcription of docs/algorithm.md section 2 (lists and dicts, no JAX) ---------------------------
@@ -144,7 +145,7 @@ def test_offer_matches_direct_transcription(seed, plain_replay):
         buf = B.offer(buf, draws, *chunk, plain_replay=plain_replay)
         ref.offer_chunk(jax.tree_util.tree_map(np.asarray, draws), *chunk, plain_replay=plain_replay)
         _assert_same(buf, ref)
-    assert bool(B.is_full(buf))
+    assert bool(buffers.is_full(buf))
     assert ref.evictions >= 10 and (plain_replay or ref.tied_evictions >= 3), vars(ref)
 
 
@@ -173,7 +174,7 @@ def test_never_exceeds_size_never_holds_nan_and_stays_full():
         offered.update({int(i): (int(l), bool(co), 0.0 if np.isnan(p) else float(p))
                         for i, l, co, p in zip(index, label, corrupt, clean_p)})
         buf = B.offer(buf, B.offer_draws(jax.random.PRNGKey(c), d), index, label, corrupt, clean_p, mask)
-        counts = np.asarray(B.class_counts(buf))
+        counts = np.asarray(buffers.class_counts(buf, B.num_classes(buf)))
         buf_np = jax.tree_util.tree_map(np.asarray, buf)
         valid = buf_np.valid
         assert counts.sum() == valid.sum() <= size
@@ -185,8 +186,8 @@ def test_never_exceeds_size_never_holds_nan_and_stays_full():
         for slot in np.flatnonzero(valid):
             got = (int(buf_np.label[slot]), bool(buf_np.corrupt[slot]), float(buf_np.clean_p[slot]))
             assert got == offered[int(buf_np.index[slot])]
-        assert was_full <= bool(B.is_full(buf))
-        was_full = bool(B.is_full(buf))
+        assert was_full <= bool(buffers.is_full(buf))
+        was_full = bool(buffers.is_full(buf))
     assert was_full
 
 
@@ -199,7 +200,7 @@ def _stream_counts(key, index, label, clean_p, *, size, k):
         c, index, label, clean_p = x
         draws = B.offer_draws(jax.random.fold_in(key, c), d)
         buf = B.offer(buf, draws, index, label, jnp.zeros(d, bool), clean_p, jnp.ones(d, bool))
-        return buf, B.class_counts(buf)
+        return buf, buffers.class_counts(buf, B.num_classes(buf))
 
     return jax.lax.scan(body, B.init_buffer(size, k), (jnp.arange(label.shape[0]), index, label, clean_p))
 
@@ -230,7 +231,7 @@ def test_balanced_streams_become_and_stay_balanced(size, k, first_class_only):
     settled = spreads[20:]
     assert settled.max() <= 8, spreads
     assert settled.mean() <= 4.5, spreads
-    assert int(jnp.sum(B.class_counts(buf) > 0)) == k
+    assert int(jnp.sum(buffers.class_counts(buf, B.num_classes(buf)) > 0)) == k
 
 
 def test_balance_within_one_is_not_guaranteed_by_the_rule():
@@ -239,21 +240,21 @@ def test_balance_within_one_is_not_guaranteed_by_the_rule():
     # 5, 4, 4, 4, 3.
     buf = _filled(SIZE, K, np.repeat(np.arange(5), 4))
     buf = _offer_single(buf, 99, 0, admit_u=0.0, class_u=0.9)
-    np.testing.assert_array_equal(B.class_counts(buf), [5, 4, 4, 4, 3])
+    np.testing.assert_array_equal(buffers.class_counts(buf, B.num_classes(buf)), [5, 4, 4, 4, 3])
 
 
 @pytest.mark.parametrize("size,k,fill_classes", [(SIZE, K, [0, 1]), (4, K, [0, 1, 2, 3])])
 def test_first_sample_of_a_new_class_is_always_admitted_when_full(size, k, fill_classes):
     # (4, K, [0..3]): every slot holds a different class, so C = P and m = 1: still admitted.
     base = _filled(size, k, np.resize(np.array(fill_classes), size))
-    assert bool(B.is_full(base))
+    assert bool(buffers.is_full(base))
     new_class = k - 1
     for admit_u in [0.0, 0.5, 0.99999994]:
         for class_u in [0.0, 0.5, 0.99999994]:
             buf = _offer_single(base, 777, new_class, clean_p=0.5, admit_u=admit_u, class_u=class_u)
-            assert int(B.class_counts(buf)[new_class]) == 1
+            assert int(buffers.class_counts(buf, B.num_classes(buf))[new_class]) == 1
             assert 777 in np.asarray(buf.index).tolist()
-            assert int(B.size(buf)) == size
+            assert int(buffers.size(buf)) == size
 
 
 def test_eviction_takes_the_lowest_clean_p_of_the_chosen_class_ties_the_oldest():
@@ -302,19 +303,19 @@ def test_admission_uses_the_count_of_earlier_offers():
 def test_sample_indices_returns_only_valid_slots_uniformly():
     buf = B.init_buffer(10, 3)
     buf = buf.replace(valid=jnp.array([0, 1, 1, 0, 1, 0, 0, 1, 0, 1], bool))
-    slots = np.asarray(B.sample_indices(buf, jax.random.PRNGKey(0), 5000))
+    slots = np.asarray(buffers.sample_indices(buf, jax.random.PRNGKey(0), 5000))
     assert slots.dtype == np.int32 and slots.shape == (5000,)
     assert np.asarray(buf.valid)[slots].all()
     freq = np.bincount(slots, minlength=10)[np.asarray(buf.valid)] / 5000
     np.testing.assert_allclose(freq, 0.2, atol=0.03)
-    assert (np.asarray(B.sample_indices(B.init_buffer(4, 2), jax.random.PRNGKey(0), 3)) == -1).all()
+    assert (np.asarray(buffers.sample_indices(B.init_buffer(4, 2), jax.random.PRNGKey(0), 3)) == -1).all()
 
 
 def test_determinism_per_key():
     buf = B.init_buffer(10, 3).replace(valid=jnp.ones(10, bool))
-    a = B.sample_indices(buf, jax.random.PRNGKey(3), 64)
-    b = B.sample_indices(buf, jax.random.PRNGKey(3), 64)
-    c = B.sample_indices(buf, jax.random.PRNGKey(4), 64)
+    a = buffers.sample_indices(buf, jax.random.PRNGKey(3), 64)
+    b = buffers.sample_indices(buf, jax.random.PRNGKey(3), 64)
+    c = buffers.sample_indices(buf, jax.random.PRNGKey(4), 64)
     np.testing.assert_array_equal(a, b)
     assert (np.asarray(a) != np.asarray(c)).any()
 
@@ -350,8 +351,8 @@ def test_offer_under_vmap_matches_one_by_one():
 
 def test_purity_and_helpers():
     buf = B.init_buffer(4, 3)
-    assert float(B.purity(buf)) == 1.0 and not bool(B.is_full(buf))
+    assert float(B.purity(buf)) == 1.0 and not bool(buffers.is_full(buf))
     buf = buf.replace(valid=jnp.array([1, 1, 1, 0], bool), corrupt=jnp.array([0, 1, 0, 0], bool),
                       label=jnp.array([2, 2, 0, -1], jnp.int32))
     assert float(B.purity(buf)) == pytest.approx(2 / 3)
-    np.testing.assert_array_equal(B.class_counts(buf), [1, 0, 2])
+    np.testing.assert_array_equal(buffers.class_counts(buf, B.num_classes(buf)), [1, 0, 2])

@@ -14,6 +14,7 @@ import pytest
 from conftest import ROOT
 from spr_jax import buffers, configlib, experts, filters, models, plugins, run_loop, run_setup, settings
 from spr_jax.filters import centrality
+from spr_jax.buffers import baselines, purified
 
 
 def _lines(workdir):
@@ -31,7 +32,7 @@ def _launch(*args, pythonpath=""):
 def test_builtin_names_and_paths_resolve_to_the_same_object():
     assert plugins.resolve("centrality", filters.FILTERS, "f") is centrality.purify_chunk
     assert plugins.resolve("spr_jax.filters.centrality:purify_chunk", filters.FILTERS, "f") is centrality.purify_chunk
-    assert plugins.resolve("reservoir", buffers.POLICIES, "p") is buffers.RESERVOIR
+    assert plugins.resolve("reservoir", buffers.POLICIES, "p") is baselines.RESERVOIR
     assert plugins.resolve("convnet", models.ENCODERS, "e") is models.ConvNet
 
 
@@ -93,7 +94,7 @@ def test_wrong_filter_outputs_are_refused(tiny_config, tmp_path, monkeypatch):
 
 def test_bad_policies_encoders_and_losses_are_refused(tiny_config):
     c = tiny_config
-    c.buffer.policy = "spr_jax.buffers:init_buffer"  # a function, not a policy
+    c.buffer.policy = "spr_jax.buffers.purified:init_buffer"  # a function, not a policy
     with pytest.raises(configlib.ConfigError, match="config.buffer.policy.*BufferPolicy"):
         _build(c)
     c.buffer.policy = "purified"
@@ -195,9 +196,9 @@ def test_reservoir_keeps_every_offered_sample_with_probability_size_over_n():
 
     @jax.jit
     def one_run(key):
-        state = buffers.RESERVOIR.init(size, 3)
+        state = baselines.RESERVOIR.init(size, 3)
         for c in range(chunks):
-            state = buffers.RESERVOIR.offer(state, jax.random.fold_in(key, c),
+            state = baselines.RESERVOIR.offer(state, jax.random.fold_in(key, c),
                                             _cands(jnp.arange(c * d, (c + 1) * d), jnp.zeros(d)))
         return state
 
@@ -215,7 +216,7 @@ def test_reservoir_keeps_every_offered_sample_with_probability_size_over_n():
 
 
 def test_reservoir_skips_samples_the_filter_dropped():
-    state = buffers.RESERVOIR.offer(buffers.RESERVOIR.init(4, 2), jax.random.PRNGKey(0),
+    state = baselines.RESERVOIR.offer(baselines.RESERVOIR.init(4, 2), jax.random.PRNGKey(0),
                                     _cands([5, 6, 7, 8], [0, 1, 0, 1], keep=[True, False, True, False]))
     assert int(state.seen) == 2 and np.asarray(state.index).tolist() == [5, 7, -1, -1]
 
@@ -224,8 +225,8 @@ def test_class_balanced_policy_is_plain_replays_offer():
     k, size, d = 3, 6, 12
     key = jax.random.PRNGKey(4)
     c = _cands(np.arange(d), np.arange(d) % k)
-    got = buffers.CLASS_BALANCED.offer(buffers.CLASS_BALANCED.init(size, k), key, c)
-    want = buffers.offer(buffers.init_buffer(size, k), buffers.offer_draws(key, d), c.index, c.label, c.corrupt,
+    got = purified.CLASS_BALANCED.offer(purified.CLASS_BALANCED.init(size, k), key, c)
+    want = purified.offer(purified.init_buffer(size, k), purified.offer_draws(key, d), c.index, c.label, c.corrupt,
                          c.clean_p, c.keep, plain_replay=True)
     jax.tree.map(np.testing.assert_array_equal, got, want)
 
@@ -275,15 +276,15 @@ def test_gdumb_memory_stays_class_balanced_and_within_size_on_random_streams():
     size, k, d = 24, 6, 30
     for seed in range(4):
         rng = np.random.default_rng(seed)
-        state = buffers.GDUMB.init(size, k)
+        state = baselines.GDUMB.init(size, k)
         largest_when_full = size
         for c in range(16):
             classes_now = min(k, 1 + c // 2)  # classes arrive over time, as in a class-incremental stream
             label = rng.integers(0, classes_now, d)
             keep = rng.random(d) < 0.8
-            state = buffers.GDUMB.offer(state, jax.random.PRNGKey(100 * seed + c),
+            state = baselines.GDUMB.offer(state, jax.random.PRNGKey(100 * seed + c),
                                         _cands(np.arange(c * d, (c + 1) * d), label, keep=keep))
-            counts = np.asarray(buffers.memory_counts(state, k))
+            counts = np.asarray(buffers.class_counts(state, k))
             seen = int((np.asarray(state.offers) > 0).sum())
             assert counts.sum() <= size and int(state.valid.sum()) == counts.sum()
             assert seen <= min(k, 1 + c // 2)

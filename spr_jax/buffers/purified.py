@@ -1,17 +1,5 @@
-"""Buffer policies: the replay memory as a pytree with pure `init / offer / sample` (docs/algorithm.md
-section 2, docs/extending.md).
-
-A policy is a `BufferPolicy(init, offer, sample)` of pure functions, chosen by `config.buffer.policy`:
-  * init(size, num_classes) -> state: a pytree with (at least) the [size] fields index, label, corrupt,
-    clean_p and valid: the memory the replay phase samples from and the evaluation fine-tunes on.
-  * offer(state, key, candidates) -> state: one chunk's `Candidates` ([D] index, label, corrupt, clean_p,
-    keep); only kept ones may enter. Same tree structure and shapes in and out (it runs inside lax.scan).
-  * sample(state, key, n) -> int32 [n] slots to replay (with replacement).
-Built-ins: `purified` (SPR's class-balanced buffer with lowest-clean_p eviction, below), `class_balanced`
-(the same admission with uniform eviction within the chosen class: plain replay's buffer), `reservoir`
-(Vitter's algorithm R over every offered sample) and `gdumb` (GDumb's greedy class-balanced sampler).
-
-The purified buffer: a fixed-size, class-balanced reservoir as a pytree.
+"""SPR's purified buffer: a fixed-size, class-balanced reservoir as a pytree (and, with uniform eviction,
+plain replay's class-balanced buffer).
 
 The buffer holds P slots of training-set indices (not images, so it stays small and the images never leave
 the device), each with its noisy label, its corrupt flag, and the clean probability the filter gave it.
@@ -54,13 +42,13 @@ the oldest of them keeps the class's samples turning over, where a fixed slot or
 churn while the rest of the class froze.
 """
 import functools
-from typing import Any, Callable, NamedTuple
 
 import flax
 import jax
 import jax.numpy as jnp
 
 from spr_jax import compilation
+from spr_jax.buffers import BufferPolicy, Candidates, class_counts, sample_indices, size
 
 
 @flax.struct.dataclass
@@ -102,24 +90,6 @@ def capacity(buf: PurifiedBuffer) -> int:
 
 def num_classes(buf: PurifiedBuffer) -> int:
     return buf.offers.shape[-1]
-
-
-def _counts(label, valid, k):
-    # One-hot compare instead of a scatter: empty slots (label -1) match no class.
-    return jnp.sum((label[:, None] == jnp.arange(k)[None, :]) & valid[:, None], axis=0, dtype=jnp.int32)
-
-
-def class_counts(buf: PurifiedBuffer) -> jax.Array:
-    """int32 [K]: how many valid slots hold each class."""
-    return _counts(buf.label, buf.valid, num_classes(buf))
-
-
-def size(buf: PurifiedBuffer) -> jax.Array:
-    return jnp.sum(buf.valid, dtype=jnp.int32)
-
-
-def is_full(buf: PurifiedBuffer) -> jax.Array:
-    return size(buf) >= capacity(buf)
 
 
 def purity(buf: PurifiedBuffer) -> jax.Array:
@@ -216,55 +186,13 @@ def offer(buf: PurifiedBuffer, draws: OfferDraws, index, label, corrupt, clean_p
     d = order.shape[0]
     us = (draws.admit_u[:d], draws.class_u[:d], draws.evict_u[:d])
 
-    carry = (buf.index, buf.label, buf.corrupt, buf.clean_p, buf.valid, buf.offers, class_counts(buf),
+    carry = (buf.index, buf.label, buf.corrupt, buf.clean_p, buf.valid, buf.offers, class_counts(buf, num_classes(buf)),
              buf.entered, buf.entries)
     step = functools.partial(_offer_one, capacity_=capacity_, k=k, plain_replay=plain_replay)
     carry, _ = jax.lax.scan(step, carry, (xs, us))
     index, label, corrupt, clean_p, valid, offers, _, entered, entries = carry
     return PurifiedBuffer(index=index, label=label, corrupt=corrupt, clean_p=clean_p, valid=valid,
                           offers=offers, entered=entered, entries=entries)
-
-
-def sample_indices(buf: PurifiedBuffer, key, n: int) -> jax.Array:
-    """int32 [n]: slots drawn uniformly with replacement among the valid slots (for self-replay).
-
-    Returns slots, not training-set indices: use buf.index[slots] / buf.label[slots]. An empty buffer gives
-    -1 everywhere (the caller only replays from a full buffer).
-    """
-    total = size(buf)
-    r = jnp.floor(jax.random.uniform(key, (n,)) * total).astype(jnp.int32)
-    r = jnp.minimum(r, total - 1)
-    # The r-th valid slot: first position where the running count of valid slots exceeds r.
-    slots = jnp.searchsorted(jnp.cumsum(buf.valid.astype(jnp.int32)), r, side="right").astype(jnp.int32)
-    return jnp.where(total > 0, slots, -1)
-
-
-# ---------------------------------------------------------------------------------------- policies
-
-@flax.struct.dataclass
-class Candidates:
-    """One chunk's samples as offered to a buffer policy ([D] each)."""
-    index: jax.Array  # int32 training-set index
-    label: jax.Array  # int32 noisy label
-    corrupt: jax.Array  # bool label != true label (False when unknown): for metrics only, never for decisions
-    clean_p: jax.Array  # float32 the filter's clean probability
-    keep: jax.Array  # bool kept by the filter: only these may enter
-
-
-class BufferPolicy(NamedTuple):
-    """A replay-memory policy: three pure functions (see the module docstring)."""
-    init: Callable[[int, int], Any]
-    offer: Callable[[Any, jax.Array, Candidates], Any]
-    sample: Callable[[Any, jax.Array, int], jax.Array]
-
-
-def memory_counts(state, num_classes: int) -> jax.Array:
-    """int32 [K]: valid slots per class, for any policy's state."""
-    return _counts(state.label, state.valid, num_classes)
-
-
-def memory_is_full(state) -> jax.Array:
-    return jnp.all(state.valid)
 
 
 def _class_balanced_offer(plain_replay: bool):
@@ -276,92 +204,3 @@ def _class_balanced_offer(plain_replay: bool):
 
 PURIFIED = BufferPolicy(init=init_buffer, offer=_class_balanced_offer(False), sample=sample_indices)
 CLASS_BALANCED = BufferPolicy(init=init_buffer, offer=_class_balanced_offer(True), sample=sample_indices)
-
-
-@flax.struct.dataclass
-class ReservoirBuffer:
-    index: jax.Array  # int32 [P] (-1 when empty)
-    label: jax.Array  # int32 [P]
-    corrupt: jax.Array  # bool [P]
-    clean_p: jax.Array  # float32 [P]
-    valid: jax.Array  # bool [P]
-    seen: jax.Array  # int32 (): samples offered so far
-
-
-def _scan_candidates(one, state, c: Candidates, u):
-    """lax.scan of one(state, (index, label, corrupt, clean_p, keep, u)) over a chunk's candidates in chunk
-    order (clean_p made finite, as in the purified buffer)."""
-    clean = jnp.nan_to_num(jnp.asarray(c.clean_p, jnp.float32), nan=0.0, posinf=1.0, neginf=0.0)
-    xs = (jnp.asarray(c.index, jnp.int32), jnp.asarray(c.label, jnp.int32), jnp.asarray(c.corrupt, bool), clean,
-          jnp.asarray(c.keep, bool), u)
-    return jax.lax.scan(one, state, xs)[0]
-
-
-def reservoir_init(size: int, num_classes: int) -> ReservoirBuffer:
-    del num_classes
-    b = init_buffer(size, 1)
-    return ReservoirBuffer(index=b.index, label=b.label, corrupt=b.corrupt, clean_p=b.clean_p, valid=b.valid,
-                           seen=jnp.zeros((), jnp.int32))
-
-
-def reservoir_offer(state: ReservoirBuffer, key, c: Candidates) -> ReservoirBuffer:
-    """Algorithm R (Vitter, 1985) over the kept candidates in chunk order: the t-th offered sample (t counted
-    from 0 over the whole stream) fills slot t while t < P, else replaces slot floor(u (t + 1)) if that is
-    < P. Every offered sample is then in the buffer with probability P / (samples offered so far)."""
-    size = state.valid.shape[0]
-    u = jax.random.uniform(key, c.index.shape, jnp.float32)
-
-    def one(s, x):
-        index, label, corrupt, clean_p, keep, u = x
-        t = s.seen
-        j = jnp.where(t < size, t, jnp.floor(u * (t + 1).astype(jnp.float32)).astype(jnp.int32))
-        write = keep & (j < size)
-        slot = jnp.clip(j, 0, size - 1)
-        upd = lambda a, v: a.at[slot].set(jnp.where(write, v, a[slot]))
-        s = s.replace(index=upd(s.index, index), label=upd(s.label, label), corrupt=upd(s.corrupt, corrupt),
-                      clean_p=upd(s.clean_p, clean_p), valid=upd(s.valid, True),
-                      seen=s.seen + keep.astype(jnp.int32))
-        return s, None
-
-    return _scan_candidates(one, state, c, u)
-
-
-RESERVOIR = BufferPolicy(init=reservoir_init, offer=reservoir_offer, sample=sample_indices)
-
-
-def gdumb_offer(state: PurifiedBuffer, key, c: Candidates) -> PurifiedBuffer:
-    """GDumb's greedy class-balanced sampler (Prabhu et al., ECCV 2020) over the kept candidates in chunk order:
-    store while there is room; when full, a sample of class y enters only if y holds fewer than P / (classes
-    seen so far, y included) slots, replacing a uniformly drawn sample of the largest class (the lowest class
-    id among equally large ones). `offers` counts the samples seen per class, as in the purified buffer."""
-    k = num_classes(state)
-    size = capacity(state)
-    u = jax.random.uniform(key, c.index.shape, jnp.float32)
-
-    def one(s, x):
-        index, label, corrupt, clean_p, keep, u = x
-        label = jnp.clip(label, 0, k - 1)
-        offers = s.offers.at[label].add(keep.astype(jnp.int32))
-        counts = _counts(s.label, s.valid, k)
-        full = jnp.sum(counts) >= size
-        seen = jnp.sum(offers > 0)
-        room_for_class = counts[label] * seen < size  # counts[y] < P / seen, in integers
-        largest = jnp.argmax(counts).astype(jnp.int32)
-        in_largest = s.valid & (s.label == largest)
-        r = jnp.minimum(jnp.floor(u * counts[largest]).astype(jnp.int32), counts[largest] - 1)
-        slot = jnp.where(full, _nth_true(in_largest, r), jnp.argmax(~s.valid).astype(jnp.int32))
-        write = keep & (~full | room_for_class)
-        upd = lambda a, v: a.at[slot].set(jnp.where(write, v, a[slot]))
-        s = s.replace(index=upd(s.index, index), label=upd(s.label, label), corrupt=upd(s.corrupt, corrupt),
-                      clean_p=upd(s.clean_p, clean_p), valid=upd(s.valid, True), offers=offers,
-                      entered=upd(s.entered, s.entries), entries=s.entries + write.astype(jnp.int32))
-        return s, None
-
-    return _scan_candidates(one, state, c, u)
-
-
-GDUMB = BufferPolicy(init=init_buffer, offer=gdumb_offer, sample=sample_indices)
-
-# Built-in names of config.buffer.policy -> import paths (spr_jax.plugins resolves both the same way).
-POLICIES = {"purified": "spr_jax.buffers:PURIFIED", "class_balanced": "spr_jax.buffers:CLASS_BALANCED",
-            "reservoir": "spr_jax.buffers:RESERVOIR", "gdumb": "spr_jax.buffers:GDUMB"}
