@@ -34,7 +34,7 @@ from benchmarks.end_to_end import load_config  # noqa: E402
 def compile_programs(config) -> dict:
     """XLA compile seconds of each program, compiled once, cold. The replay segment and the evaluation's
     programs are compiled by the run's own warm-up functions (what a run's warm-up thread compiles)."""
-    from spr_jax import compilation, evaluate, experts, replay_phase, run_setup, settings as settings_lib, steps
+    from spr_jax import compilation, evaluate, experts, replay_phase, run_setup, settings as settings_lib, simclr
     jax.config.update("jax_enable_compilation_cache", False)
     prepared, s = run_setup.prepare(config)
     ds, d = prepared.dataset, prepared.stream.chunk_size
@@ -47,7 +47,7 @@ def compile_programs(config) -> dict:
     data = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), data)
     batch = jax.ShapeDtypeStruct((min(int(config.base.batch_size), d),) + shape, jnp.uint8)
     compile_one = {
-        "contrastive_step": lambda: steps.contrastive_step.lower(
+        "contrastive_step": lambda: simclr.contrastive_step.lower(
             s.model, state.base, batch, key, lr, views=s.replay.views, temperature=s.replay.temperature).compile(),
         "train_expert": lambda: experts.train_expert.lower(
             s.expert.model, chunk, key, epochs=s.expert.epochs, base_lr=lr, warmup_epochs=s.expert.warmup_epochs,

@@ -27,7 +27,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from spr_jax import augment, experts, models, steps  # noqa: E402
+from spr_jax import augment, experts, models, simclr  # noqa: E402
 from spr_jax.filters import centrality  # noqa: E402
 
 FULL = dict(mlp_batch=300, groups=(8, 32, 128), expert_epochs=100, expert_rounds=1, resnet_batch=500,
@@ -47,10 +47,10 @@ def _median_time(fn, repeats):
 
 
 def simclr_step_ms(model, images, views, repeats):
-    state = steps.init_state(model, jax.random.PRNGKey(0), images.shape[1:])
+    state = simclr.init_state(model, jax.random.PRNGKey(0), images.shape[1:])
     lr = jnp.float32(3e-4)
     t = time.perf_counter()
-    fn = steps.contrastive_step.lower(model, state, images, jax.random.PRNGKey(1), lr, views=views).compile()
+    fn = simclr.contrastive_step.lower(model, state, images, jax.random.PRNGKey(1), lr, views=views).compile()
     compile_s = time.perf_counter() - t
     box = [state]
 

@@ -26,7 +26,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from spr_jax import augment, experts, models, optim, steps  # noqa: E402
+from spr_jax import augment, experts, models, optim, simclr  # noqa: E402
 
 
 def _times(fn, n):
@@ -48,10 +48,10 @@ def _matmul_fn(n):
 def step_benchmark(model, images, n_steps, views, matmul_sizes=()):
     """Median / min step time, compile time, XLA's FLOP count; matmuls of `matmul_sizes` are timed
     interleaved with the steps, so both see the same machine load (this machine is shared)."""
-    state = steps.init_state(model, jax.random.PRNGKey(0), images.shape[1:])
+    state = simclr.init_state(model, jax.random.PRNGKey(0), images.shape[1:])
     lr = jnp.float32(3e-4)
     t = time.perf_counter()
-    compiled = steps.contrastive_step.lower(model, state, images, jax.random.PRNGKey(1), lr,
+    compiled = simclr.contrastive_step.lower(model, state, images, jax.random.PRNGKey(1), lr,
                                             views=views).compile()
     compile_s = time.perf_counter() - t
     cost = compiled.cost_analysis()
@@ -82,7 +82,7 @@ def mlp_breakdown(model, state, images, n):
     x = views(key, images)  # the release's semantics, no colour jitter (grey images)
 
     def loss_fn(params, x):
-        return steps.contrastive_loss(model, params, state.batch_stats, x)[0]
+        return simclr.contrastive_loss(model, params, state.batch_stats, x)[0]
 
     fwd = jax.jit(loss_fn)
     grad = jax.jit(jax.grad(loss_fn))

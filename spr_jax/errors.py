@@ -30,3 +30,9 @@ class Diverged(RunStopped):
 
     def __init__(self, message: str, hint: str = ""):
         super().__init__(message, hint, exit_status=3)
+
+
+def first_line(e: Exception) -> str:
+    """'TypeName: first line of the message', for one-line errors that quote a plug-in's exception."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"

@@ -21,7 +21,7 @@ from spr_jax import losses
 from spr_jax.errors import Diverged
 from spr_jax import metrics as metrics_lib
 from spr_jax import optim
-from spr_jax import steps
+from spr_jax import simclr
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +57,7 @@ def _init_head(classifier, key, features):
     return classifier.init(key, features, method=type(classifier).head_only)
 
 
-def classifier_variables(classifier, base: steps.TrainState, key, input_shape):
+def classifier_variables(classifier, base: simclr.TrainState, key, input_shape):
     """A fresh classifier whose encoder (params and BatchNorm statistics) is a copy of the base's.
 
     Only the head is initialised, to the values a whole init gives it: the encoder a whole init would draw is

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from spr_jax import augment, compilation, rng, steps
+from spr_jax import augment, compilation, rng, simclr
 
 AXIS = "chunks"
 
@@ -32,11 +32,11 @@ def train_expert(model: nn.Module, images_uint8, key, *, epochs: int, base_lr, w
     Returns (TrainState, features [D, proj_dim] (L2-normalised projections, BN eval mode), losses [epochs]).
     """
     init_key, fit_key = jax.random.split(key)
-    state = steps.init_state(model, init_key, images_uint8.shape[1:])
-    state, losses = steps.contrastive_fit(model, state, images_uint8, fit_key, epochs=epochs, base_lr=base_lr,
+    state = simclr.init_state(model, init_key, images_uint8.shape[1:])
+    state, losses = simclr.contrastive_fit(model, state, images_uint8, fit_key, epochs=epochs, base_lr=base_lr,
                                           warmup_epochs=warmup_epochs, views=views,
                                           temperature=temperature, on_epoch=on_epoch)
-    features = steps.embed(model, state.params, state.batch_stats, images_uint8)
+    features = simclr.embed(model, state.params, state.batch_stats, images_uint8)
     return state, features, losses
 
 

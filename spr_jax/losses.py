@@ -4,6 +4,9 @@ joint loss of two networks with small-loss selection."""
 import jax
 import jax.numpy as jnp
 
+from spr_jax.configlib import ConfigError
+from spr_jax.errors import first_line
+
 
 def nt_xent(z_a, z_b, temperature: float = 0.5):
     """Normalised-temperature cross-entropy of two views [N, d] each; mean over the 2N anchors.
@@ -91,3 +94,27 @@ def jocor(logits, labels, epoch, *, noise_rate: float, jocor_lambda: float = 0.1
 
 
 jocor.networks = 2  # the learner trains two networks: called as fn(logits [2, N, K], labels, epoch)
+
+
+# Built-in names of config.eval.loss -> import paths. A loss is fn(logits [B, K], labels [B]) -> scalar; a
+# two-network learner (attribute networks = 2, as JoCoR) is fn(logits [2, B, K], labels [B], epoch) -> scalar.
+EVAL_LOSSES = {"cross_entropy": "spr_jax.losses:cross_entropy", "sl": "spr_jax.losses:symmetric_cross_entropy",
+               "jocor": "spr_jax.losses:jocor"}
+
+
+def check(loss, num_classes: int, kind, networks: int = 1) -> None:
+    """A loss plug-in runs on abstract logits of the run's classes and returns a scalar (ConfigError naming
+    config.eval.loss if not)."""
+    labels = jax.ShapeDtypeStruct((4,), jnp.int32)
+    if networks == 2:
+        shape, args, form = (2, 4, num_classes), (jax.ShapeDtypeStruct((), jnp.int32),), "fn(logits, labels, epoch)"
+    else:
+        shape, args, form = (4, num_classes), (), "fn(logits, labels)"
+    try:
+        out = jax.eval_shape(loss, jax.ShapeDtypeStruct(shape, jnp.float32), labels, *args)
+    except Exception as e:
+        raise ConfigError(f"config.eval.loss={kind!r} fails on logits {list(shape)} ({first_line(e)}); "
+                          f"a loss is {form} -> scalar") from e
+    if getattr(out, "shape", None) != ():
+        raise ConfigError(f"config.eval.loss={kind!r} returns {getattr(out, 'shape', type(out).__name__)}; "
+                          f"it must return a scalar")

@@ -21,6 +21,9 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from spr_jax.configlib import ConfigError
+from spr_jax.errors import first_line
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -228,3 +231,19 @@ def make_classifier(encoder, num_classes: int, input_norm: str = "") -> Classifi
 
 def param_count(tree: Any) -> int:
     return int(sum(x.size for x in jax.tree_util.tree_leaves(tree)))
+
+
+def check_encoder(model, image_shape, kind) -> None:
+    """The SimCLR model of an encoder plug-in runs on abstract images of the run's shape (ConfigError naming
+    config.model.encoder if not)."""
+    x = jax.ShapeDtypeStruct((2,) + image_shape, jnp.float32)
+    try:
+        variables = jax.eval_shape(lambda k, x: model.init(k, x, train=False), jax.random.PRNGKey(0), x)
+        (h, _), _ = jax.eval_shape(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]),
+                                   variables, x)
+    except Exception as e:
+        raise ConfigError(f"config.model.encoder={kind!r} fails on images {image_shape} "
+                          f"({first_line(e)}); an encoder maps (x [B, H, W, C], train) to features [B, d]") from e
+    if h.ndim != 2 or h.shape[0] != 2:
+        raise ConfigError(f"config.model.encoder={kind!r} returns features of shape {h.shape} for 2 images; "
+                          f"it must return [B, d]")

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from spr_jax import buffers, compilation, evaluate, rng, steps
+from spr_jax import buffers, compilation, evaluate, rng, simclr
 from spr_jax.segment_scan import TrainData, scan_chunks
 
 
@@ -42,7 +42,7 @@ class OnlineSettings(NamedTuple):
 
 @flax.struct.dataclass
 class OnlineState:
-    learner: steps.TrainState  # the classifier (encoder + linear head), its BatchNorm statistics, Adam state
+    learner: simclr.TrainState  # the classifier (encoder + linear head), its BatchNorm statistics, Adam state
     buffer: Any
     chunk: jax.Array
     seed: jax.Array
@@ -61,7 +61,7 @@ def init_state(s: OnlineSettings, seed: int, input_shape, buffer_size: int) -> O
     if s.networks == 2:  # the second classifier from its own key, stacked on a leading axis
         second = init(jax.random.fold_in(key, 1), x, train=False)
         variables = jax.tree.map(lambda a, b: jnp.stack([a, b]), dict(variables), dict(second))
-    learner = steps.TrainState.create(apply_fn=None, params=variables["params"], tx=optimizer(s.lr),
+    learner = simclr.TrainState.create(apply_fn=None, params=variables["params"], tx=optimizer(s.lr),
                                       batch_stats=variables.get("batch_stats", {}))
     return OnlineState(learner=learner, buffer=s.policy.init(buffer_size, s.num_classes),
                        chunk=jnp.zeros((), jnp.int32), seed=jnp.asarray(seed, jnp.int32))

@@ -24,7 +24,7 @@ from spr_jax.buffers import purified
 from spr_jax import compilation
 from spr_jax import optim
 from spr_jax import rng
-from spr_jax import steps
+from spr_jax import simclr
 from spr_jax.segment_scan import TrainData, scan_chunks  # (shared with the online protocol)
 from spr_jax import augment
 
@@ -44,7 +44,7 @@ class ReplaySettings(NamedTuple):
 
 @flax.struct.dataclass
 class SPRState:
-    base: steps.TrainState  # the persistent SimCLR base: params, BatchNorm statistics, Adam state
+    base: simclr.TrainState  # the persistent SimCLR base: params, BatchNorm statistics, Adam state
     buffer: Any  # the buffer policy's state (buffers.purified.PurifiedBuffer for SPR)
     chunk: jax.Array  # int32: chunks processed so far (the schedule position and the key index)
     seed: jax.Array  # int32: the run's seed, so the state alone determines every later draw
@@ -65,7 +65,7 @@ def replicate(tree, devices: int):
 
 def init_state(model, seed: int, input_shape, buffer_size: int, num_classes: int,
                policy: buffers.BufferPolicy = purified.PURIFIED) -> SPRState:
-    base = steps.init_state(model, rng.purpose_key(seed, rng.BASE_INIT), input_shape)
+    base = simclr.init_state(model, rng.purpose_key(seed, rng.BASE_INIT), input_shape)
     return SPRState(base=base, buffer=policy.init(buffer_size, num_classes),
                     chunk=jnp.zeros((), jnp.int32), seed=jnp.asarray(seed, jnp.int32))
 
@@ -114,7 +114,7 @@ def self_replay(model, s: ReplaySettings, base, chunk_images, buffer, data: Trai
     def step(base, images, k, lr):
         if s.data_parallel > 1:  # GSPMD splits the batch; gradients and BatchNorm stats stay global
             images = jax.lax.with_sharding_constraint(images, batch_sharding(s.data_parallel))
-        return steps.contrastive_step(model, base, images, k, lr, views=s.views, temperature=s.temperature)
+        return simclr.contrastive_step(model, base, images, k, lr, views=s.views, temperature=s.temperature)
 
     full = buffers.is_full(buffer)
     if one_step_program and b1 == 2 * half:

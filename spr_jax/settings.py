@@ -18,19 +18,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from spr_jax import augment, buffers, filters, models, plugins
+from spr_jax import augment, buffers, filters, losses, models, plugins
 # Each phase's settings type lives beside its phase; they are built here, and re-exported under these names.
 from spr_jax.evaluate import EvalSettings
 from spr_jax.expert_phase import ExpertSettings
 from spr_jax.filters import FilterSettings
 from spr_jax.replay_phase import ReplaySettings
 from spr_jax.configlib import ConfigError
-
-# Built-in names of config.eval.loss -> import paths. A loss is fn(logits [B, K], labels [B]) -> scalar; a
-# two-network learner (attribute networks = 2, as JoCoR) is fn(logits [2, B, K], labels [B], epoch) -> scalar.
-EVAL_LOSSES = {"cross_entropy": "spr_jax.losses:cross_entropy", "sl": "spr_jax.losses:symmetric_cross_entropy",
-               "jocor": "spr_jax.losses:jocor"}
-
+from spr_jax.errors import first_line
 
 @dataclasses.dataclass(frozen=True)
 class RunSettings:
@@ -79,7 +74,7 @@ def resolve_plugins(config) -> Plugins:
     encoder = plugins.resolve(config.model.encoder, models.ENCODERS, "config.model.encoder")
     if not callable(encoder):
         raise ConfigError(f"config.model.encoder={config.model.encoder!r} is not a flax module factory")
-    loss = plugins.resolve(config.eval.loss, EVAL_LOSSES, "config.eval.loss")
+    loss = plugins.resolve(config.eval.loss, losses.EVAL_LOSSES, "config.eval.loss")
     if not callable(loss):
         raise ConfigError(f"config.eval.loss={config.eval.loss!r} is not a function fn(logits, labels) -> loss")
     identities = {"filter": plugins.identity(config.filter.kind, fn),
@@ -104,24 +99,24 @@ def build(config, *, image_shape, num_classes: int, chunk_size: int, data_parall
         encoder = p.encoder(**plugins.accepted_settings(p.encoder, model_block))
     except Exception as e:
         raise ConfigError(f"config.model.encoder={config.model.encoder!r} cannot be built from config.model "
-                          f"({_first_line(e)}); an encoder is a flax module factory") from e
+                          f"({first_line(e)}); an encoder is a flax module factory") from e
     if not isinstance(encoder, nn.Module):
         raise ConfigError(f"config.model.encoder={config.model.encoder!r} returns a {type(encoder).__name__}, "
                           f"not a flax module")
     model = models.SimCLRModel(encoder, int(config.model.proj_dim))
-    _check_encoder(model, image_shape, config.model.encoder)
+    models.check_encoder(model, image_shape, config.model.encoder)
     classifier = models.Classifier(encoder, num_classes)
     views = view_settings(config, channels=image_shape[-1])
 
     filter_fn = plugins.bind(p.filter, plugins.accepted_settings(p.filter, config.filter, exclude=("num_classes",)))
     filters.check(filter_fn, chunk_size=chunk_size, feature_dim=int(config.model.proj_dim), num_classes=num_classes)
-    _check_policy(p.policy, buffer_size, num_classes, chunk_size, config.buffer.policy)
+    buffers.check(p.policy, buffer_size, num_classes, chunk_size, config.buffer.policy)
     loss_settings = plugins.accepted_settings(p.loss, config.eval)
     if "noise_rate" in plugins.accepted_settings(p.loss, {"noise_rate": 0.0}):  # e.g. JoCoR's forget rate
         loss_settings["noise_rate"] = float(config.noise.rate)
     loss = plugins.bind(p.loss, loss_settings)
     networks = loss_networks(p.loss, config)
-    _check_loss(loss, num_classes, config.eval.loss, networks)
+    losses.check(loss, num_classes, config.eval.loss, networks)
 
     ssl = dict(base_lr=float(config.ssl.lr), warmup_epochs=int(config.ssl.warmup_epochs),
                temperature=float(config.ssl.temperature), views=views)
@@ -200,66 +195,3 @@ def view_settings(config, channels: int) -> augment.Views:
     return augment.Views(color_jitter=channels == 3, semantics=config.ssl.augment,
                          normalize_first=config.model.input_norm if config.ssl.normalize_first else "",
                          separate_batches=config.ssl.view_batches == "separate")
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
-
-
-def _check_encoder(model, image_shape, kind) -> None:
-    x = jax.ShapeDtypeStruct((2,) + image_shape, jnp.float32)
-    try:
-        variables = jax.eval_shape(lambda k, x: model.init(k, x, train=False), jax.random.PRNGKey(0), x)
-        (h, _), _ = jax.eval_shape(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]),
-                                   variables, x)
-    except Exception as e:
-        raise ConfigError(f"config.model.encoder={kind!r} fails on images {image_shape} "
-                          f"({_first_line(e)}); an encoder maps (x [B, H, W, C], train) to features [B, d]") from e
-    if h.ndim != 2 or h.shape[0] != 2:
-        raise ConfigError(f"config.model.encoder={kind!r} returns features of shape {h.shape} for 2 images; "
-                          f"it must return [B, d]")
-
-
-def _check_policy(policy: buffers.BufferPolicy, size: int, num_classes: int, chunk_size: int, kind) -> None:
-    field = f"config.buffer.policy={kind!r}"
-    d = chunk_size
-    cands = buffers.Candidates(index=jnp.zeros(d, jnp.int32), label=jnp.zeros(d, jnp.int32),
-                               corrupt=jnp.zeros(d, bool), clean_p=jnp.zeros(d, jnp.float32), keep=jnp.ones(d, bool))
-    key = jax.random.PRNGKey(0)
-    try:
-        state = jax.eval_shape(lambda: policy.init(size, num_classes))
-        after = jax.eval_shape(policy.offer, state, key, cands)
-        slots = jax.eval_shape(lambda st, k: policy.sample(st, k, 7), state, key)
-    except Exception as e:
-        raise ConfigError(f"{field}: its init/offer/sample fail on a buffer of {size} and a chunk of {d} "
-                          f"({_first_line(e)})") from e
-    for name, dtype in (("index", jnp.int32), ("label", jnp.int32), ("corrupt", jnp.bool_),
-                        ("clean_p", jnp.float32), ("valid", jnp.bool_)):
-        leaf = getattr(state, name, None)
-        if leaf is None or leaf.shape != (size,) or leaf.dtype != dtype:
-            raise ConfigError(f"{field}: init's state needs a field {name!r} of shape ({size},) and dtype "
-                              f"{jnp.dtype(dtype).name}; got {None if leaf is None else (leaf.shape, leaf.dtype)}")
-    if jax.tree.structure(after) != jax.tree.structure(state) or jax.tree.map(
-            lambda a, b: (a.shape, a.dtype) != (b.shape, b.dtype), after, state) != jax.tree.map(lambda a: False, state):
-        raise ConfigError(f"{field}: offer must return a state of the same structure, shapes and dtypes as it "
-                          f"receives (it runs inside lax.scan)")
-    if slots.shape != (7,) or not jnp.issubdtype(slots.dtype, jnp.integer):
-        raise ConfigError(f"{field}: sample(state, key, n) must return n integer slots; got {slots.shape} "
-                          f"{slots.dtype}")
-
-
-def _check_loss(loss, num_classes: int, kind, networks: int = 1) -> None:
-    labels = jax.ShapeDtypeStruct((4,), jnp.int32)
-    if networks == 2:
-        shape, args, form = (2, 4, num_classes), (jax.ShapeDtypeStruct((), jnp.int32),), "fn(logits, labels, epoch)"
-    else:
-        shape, args, form = (4, num_classes), (), "fn(logits, labels)"
-    try:
-        out = jax.eval_shape(loss, jax.ShapeDtypeStruct(shape, jnp.float32), labels, *args)
-    except Exception as e:
-        raise ConfigError(f"config.eval.loss={kind!r} fails on logits {list(shape)} ({_first_line(e)}); "
-                          f"a loss is {form} -> scalar") from e
-    if getattr(out, "shape", None) != ():
-        raise ConfigError(f"config.eval.loss={kind!r} returns {getattr(out, 'shape', type(out).__name__)}; "
-                          f"it must return a scalar")

@@ -89,8 +89,8 @@ def test_resnet18_forward_init_and_batchnorm_momentum():
 
 @pytest.mark.parametrize("encoder,shape", [("mlp", (28, 28, 1)), ("convnet", (16, 16, 3))])
 def test_an_evaluation_classifier_is_the_base_encoder_plus_the_head_a_whole_init_draws(encoder, shape):
-    from spr_jax import evaluate, steps
-    base = steps.init_state(models.make_simclr(encoder, 32), jax.random.PRNGKey(1), shape)
+    from spr_jax import evaluate, simclr
+    base = simclr.init_state(models.make_simclr(encoder, 32), jax.random.PRNGKey(1), shape)
     clf = models.make_classifier(encoder, 10)
     got = evaluate.classifier_variables(clf, base, jax.random.PRNGKey(2), shape)
     whole = clf.init(jax.random.PRNGKey(2), jnp.zeros((1,) + shape), train=False)  # head drawn with the encoder

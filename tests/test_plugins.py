@@ -310,7 +310,7 @@ def test_sl_loss_matches_a_numpy_transcription():
     for alpha, beta in [(0.1, 1.0), (1.0, 0.5)]:
         got = losses.symmetric_cross_entropy(jnp.asarray(logits), jnp.asarray(labels), sl_alpha=alpha, sl_beta=beta)
         np.testing.assert_allclose(got, alpha * ce + beta * rce, rtol=1e-5)
-    assert plugins.resolve("sl", settings.EVAL_LOSSES, "config.eval.loss") is losses.symmetric_cross_entropy
+    assert plugins.resolve("sl", losses.EVAL_LOSSES, "config.eval.loss") is losses.symmetric_cross_entropy
 
 
 def test_gdumb_with_sl_runs_as_a_memory_only_learner(tiny_config, tmp_path):
@@ -370,7 +370,7 @@ def test_jocor_loss_matches_a_numpy_transcription():
     got = losses.jocor(jnp.asarray(logits), jnp.asarray(labels), epoch, noise_rate=rate, jocor_lambda=lam,
                        jocor_gradual_epochs=tk)
     np.testing.assert_allclose(got, want, rtol=1e-5)
-    assert plugins.resolve("jocor", settings.EVAL_LOSSES, "config.eval.loss") is losses.jocor
+    assert plugins.resolve("jocor", losses.EVAL_LOSSES, "config.eval.loss") is losses.jocor
 
 
 def test_gdumb_jocor_trains_two_networks_and_so_does_online_replay(tiny_config, tmp_path):

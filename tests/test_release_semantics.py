@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from spr_jax import augment, losses, models, steps
+from spr_jax import augment, losses, models, simclr
 
 R = augment.Views(color_jitter=True, semantics="release")
 
@@ -251,14 +251,14 @@ def test_separate_view_batches_equal_two_apply_calls_threading_batch_stats():
     x = jax.random.uniform(jax.random.PRNGKey(0), (6, 8, 8, 3))
     v = model.init(jax.random.PRNGKey(1), x, train=False)
     params, stats = v["params"], v["batch_stats"]
-    loss, new_stats = steps.contrastive_loss(model, params, stats, x, separate_batches=True)
+    loss, new_stats = simclr.contrastive_loss(model, params, stats, x, separate_batches=True)
     (_, z_a), up_a = model.apply({"params": params, "batch_stats": stats}, x[:3], train=True, mutable=["batch_stats"])
     (_, z_b), up_b = model.apply({"params": params, "batch_stats": up_a["batch_stats"]}, x[3:], train=True,
                                  mutable=["batch_stats"])
     np.testing.assert_allclose(loss, losses.nt_xent(z_a, z_b), rtol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), new_stats, up_b["batch_stats"])
     # Running statistics moved twice: mean = 0.9 (0.9 * 0 + 0.1 m_a) + 0.1 m_b, unlike one batch of 6.
-    joint_loss, joint_stats = steps.contrastive_loss(model, params, stats, x, separate_batches=False)
+    joint_loss, joint_stats = simclr.contrastive_loss(model, params, stats, x, separate_batches=False)
     assert not np.allclose(joint_loss, loss)
     assert not np.allclose(joint_stats["encoder"]["bn1"]["mean"], new_stats["encoder"]["bn1"]["mean"])
 
@@ -267,6 +267,6 @@ def test_views_without_batchnorm_give_the_same_loss_either_way():
     model = models.make_simclr("mlp")
     x = jax.random.uniform(jax.random.PRNGKey(0), (6, 8, 8, 1))
     params = model.init(jax.random.PRNGKey(1), x)["params"]
-    a, _ = steps.contrastive_loss(model, params, {}, x, separate_batches=True)
-    b, _ = steps.contrastive_loss(model, params, {}, x, separate_batches=False)
+    a, _ = simclr.contrastive_loss(model, params, {}, x, separate_batches=True)
+    b, _ = simclr.contrastive_loss(model, params, {}, x, separate_batches=False)
     assert float(a) == float(b) and math.isfinite(float(a))

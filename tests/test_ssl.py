@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from spr_jax import augment, losses, models, optim, steps
+from spr_jax import augment, losses, models, optim, simclr
 
 
 # ------------------------------------------------------------------ losses
@@ -231,13 +231,13 @@ def _patterns(n, size=8, seed=0):
 def test_contrastive_fit_lowers_the_loss_and_embed_is_normalised():
     model = models.make_simclr("mlp")
     x = _patterns(32)
-    state = steps.init_state(model, jax.random.PRNGKey(0), x.shape[1:])
-    state, hist = steps.contrastive_fit(model, state, x, jax.random.PRNGKey(1), epochs=40, base_lr=1e-3,
+    state = simclr.init_state(model, jax.random.PRNGKey(0), x.shape[1:])
+    state, hist = simclr.contrastive_fit(model, state, x, jax.random.PRNGKey(1), epochs=40, base_lr=1e-3,
                                         warmup_epochs=11)
     hist = np.asarray(hist)
     assert hist.shape == (40,) and np.all(np.isfinite(hist))
     assert hist[-5:].mean() < hist[:5].mean() - 0.2, hist
-    z = steps.embed(model, state.params, state.batch_stats, x)
+    z = simclr.embed(model, state.params, state.batch_stats, x)
     assert z.shape == (32, 256)
     np.testing.assert_allclose(np.linalg.norm(np.asarray(z), axis=1), 1.0, rtol=1e-5)
 
@@ -246,10 +246,10 @@ def test_contrastive_step_is_the_fit_body():
     """One fit epoch at lr0 equals one contrastive_step on the same key (fit folds the epoch into its key)."""
     model = models.make_simclr("mlp")
     x = _patterns(8)
-    s0 = steps.init_state(model, jax.random.PRNGKey(0), x.shape[1:])
+    s0 = simclr.init_state(model, jax.random.PRNGKey(0), x.shape[1:])
     copy = lambda s: jax.tree_util.tree_map(jnp.array, s)
-    s1, l1 = steps.contrastive_step(model, copy(s0), x, jax.random.fold_in(jax.random.PRNGKey(5), 0), 3e-4)
-    s2, l2 = steps.contrastive_fit(model, copy(s0), x, jax.random.PRNGKey(5), epochs=1, base_lr=3e-4,
+    s1, l1 = simclr.contrastive_step(model, copy(s0), x, jax.random.fold_in(jax.random.PRNGKey(5), 0), 3e-4)
+    s2, l2 = simclr.contrastive_fit(model, copy(s0), x, jax.random.PRNGKey(5), epochs=1, base_lr=3e-4,
                                    warmup_epochs=11)
     assert float(l1) == pytest.approx(float(l2[0]), rel=1e-5)
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), s1.params, s2.params)
@@ -268,12 +268,12 @@ class _TinyBN(nn.Module):
 def test_contrastive_step_threads_batchnorm_statistics():
     model = models.SimCLRModel(_TinyBN(), proj_dim=16)
     x = _images((4, 6, 6, 3))
-    state = steps.init_state(model, jax.random.PRNGKey(0), x.shape[1:])
+    state = simclr.init_state(model, jax.random.PRNGKey(0), x.shape[1:])
     before = np.asarray(state.batch_stats["encoder"]["BatchNorm_0"]["mean"])
-    state, loss = steps.contrastive_step(model, state, x, jax.random.PRNGKey(1), 3e-4)
+    state, loss = simclr.contrastive_step(model, state, x, jax.random.PRNGKey(1), 3e-4)
     assert np.isfinite(float(loss))
     after = np.asarray(state.batch_stats["encoder"]["BatchNorm_0"]["mean"])
     assert np.all(before == 0) and not np.allclose(after, 0)
-    z = steps.embed(model, state.params, state.batch_stats, x)
+    z = simclr.embed(model, state.params, state.batch_stats, x)
     assert z.shape == (4, 16)
     np.testing.assert_allclose(np.linalg.norm(np.asarray(z), axis=1), 1.0, rtol=1e-5)

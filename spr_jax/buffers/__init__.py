@@ -22,6 +22,9 @@ import flax
 import jax
 import jax.numpy as jnp
 
+from spr_jax.configlib import ConfigError
+from spr_jax.errors import first_line
+
 
 @flax.struct.dataclass
 class Candidates:
@@ -69,6 +72,36 @@ def sample_indices(buf, key, n: int) -> jax.Array:
     # The r-th valid slot: first position where the running count of valid slots exceeds r.
     slots = jnp.searchsorted(jnp.cumsum(buf.valid.astype(jnp.int32)), r, side="right").astype(jnp.int32)
     return jnp.where(total > 0, slots, -1)
+
+
+def check(policy: BufferPolicy, size: int, num_classes: int, chunk_size: int, kind) -> None:
+    """A policy's init/offer/sample run on abstract inputs of the run's shapes and keep the contract above
+    (ConfigError naming config.buffer.policy if not)."""
+    field = f"config.buffer.policy={kind!r}"
+    d = chunk_size
+    cands = Candidates(index=jnp.zeros(d, jnp.int32), label=jnp.zeros(d, jnp.int32),
+                               corrupt=jnp.zeros(d, bool), clean_p=jnp.zeros(d, jnp.float32), keep=jnp.ones(d, bool))
+    key = jax.random.PRNGKey(0)
+    try:
+        state = jax.eval_shape(lambda: policy.init(size, num_classes))
+        after = jax.eval_shape(policy.offer, state, key, cands)
+        slots = jax.eval_shape(lambda st, k: policy.sample(st, k, 7), state, key)
+    except Exception as e:
+        raise ConfigError(f"{field}: its init/offer/sample fail on a buffer of {size} and a chunk of {d} "
+                          f"({first_line(e)})") from e
+    for name, dtype in (("index", jnp.int32), ("label", jnp.int32), ("corrupt", jnp.bool_),
+                        ("clean_p", jnp.float32), ("valid", jnp.bool_)):
+        leaf = getattr(state, name, None)
+        if leaf is None or leaf.shape != (size,) or leaf.dtype != dtype:
+            raise ConfigError(f"{field}: init's state needs a field {name!r} of shape ({size},) and dtype "
+                              f"{jnp.dtype(dtype).name}; got {None if leaf is None else (leaf.shape, leaf.dtype)}")
+    if jax.tree.structure(after) != jax.tree.structure(state) or jax.tree.map(
+            lambda a, b: (a.shape, a.dtype) != (b.shape, b.dtype), after, state) != jax.tree.map(lambda a: False, state):
+        raise ConfigError(f"{field}: offer must return a state of the same structure, shapes and dtypes as it "
+                          f"receives (it runs inside lax.scan)")
+    if slots.shape != (7,) or not jnp.issubdtype(slots.dtype, jnp.integer):
+        raise ConfigError(f"{field}: sample(state, key, n) must return n integer slots; got {slots.shape} "
+                          f"{slots.dtype}")
 
 
 # Built-in names of config.buffer.policy -> import paths (spr_jax.plugins resolves both the same way).
