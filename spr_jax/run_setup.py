@@ -25,7 +25,7 @@ def prepare(config):
     settings_lib.apply_deprecations(config)
     configlib.validate(config)
     resolved = settings_lib.resolve_plugins(config)  # before the data: a bad plug-in path fails at once
-    prepared = prepare_inputs(config)
+    prepared = _prepare_data(config)
     offered = prepared.stream.chunks.size
     if int(config.buffer.size) > offered:  # (0 means a memory of the whole stream: the multitask bound)
         raise configlib.ConfigError(
@@ -40,6 +40,11 @@ def prepare(config):
 
 def prepare_inputs(config):
     """The data, noisy labels and stream of a config; a bad value or missing data is a UserError."""
+    configlib.validate(config)
+    return _prepare_data(config)
+
+
+def _prepare_data(config):  # (of a validated config)
     try:
         return prepare_lib.prepare(config)
     except UserError:

@@ -32,7 +32,7 @@ def resolve_episodes(config, dataset: sources.Dataset) -> list:
 
 
 def prepare(config) -> Prepared:
-    configlib.validate(config)
+    """The run's fixed inputs of a config that configlib.validate accepted (run_setup validates it first)."""
     dataset = sources.load_dataset(config.dataset.name, data_dir=config.dataset.data_dir,
                                    source=config.dataset.source)
     if config.dataset.subset_per_class:
