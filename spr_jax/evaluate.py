@@ -21,6 +21,7 @@ from spr_jax import losses
 from spr_jax.errors import Diverged
 from spr_jax import metrics as metrics_lib
 from spr_jax import optim
+from spr_jax.segment_scan import stack_networks
 from spr_jax import simclr
 
 
@@ -144,7 +145,7 @@ def initial_variables(s: EvalSettings, base, k_init, input_shape):
         k_second = jax.random.fold_in(k_init, 1)
         second = (classifier_variables(s.classifier, base, k_second, input_shape) if s.pretrained_base
                   else s.classifier.init(k_second, jnp.zeros((1,) + tuple(input_shape)), train=False))
-        variables = jax.tree.map(lambda a, b: jnp.stack([a, b]), variables, dict(second))
+        variables = stack_networks(variables, second)
     return variables
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import optax
 
 from spr_jax import buffers, compilation, evaluate, rng, simclr
-from spr_jax.segment_scan import TrainData, scan_chunks
+from spr_jax.segment_scan import TrainData, chunk_key, chunk_metrics, scan_chunks, stack_networks
 
 
 class OnlineSettings(NamedTuple):
@@ -60,15 +60,11 @@ def init_state(s: OnlineSettings, seed: int, input_shape, buffer_size: int) -> O
     variables = init(key, x, train=False)
     if s.networks == 2:  # the second classifier from its own key, stacked on a leading axis
         second = init(jax.random.fold_in(key, 1), x, train=False)
-        variables = jax.tree.map(lambda a, b: jnp.stack([a, b]), dict(variables), dict(second))
+        variables = stack_networks(variables, second)
     learner = simclr.TrainState.create(apply_fn=None, params=variables["params"], tx=optimizer(s.lr),
                                       batch_stats=variables.get("batch_stats", {}))
     return OnlineState(learner=learner, buffer=s.policy.init(buffer_size, s.num_classes),
                        chunk=jnp.zeros((), jnp.int32), seed=jnp.asarray(seed, jnp.int32))
-
-
-def _key(state: OnlineState, purpose: int):
-    return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(state.seed), purpose), state.chunk)
 
 
 def _forward(s: OnlineSettings, params, batch_stats, x):
@@ -100,7 +96,7 @@ def chunk_step(s: OnlineSettings, data: TrainData, state: OnlineState, indices, 
     """One chunk: a step per stream batch (plus replay), each batch then offered to the memory."""
     n = indices.shape[0] // s.stream_batch
     batches = indices[:n * s.stream_batch].reshape(n, s.stream_batch)
-    keys = jax.random.split(_key(state, rng.REPLAY), n)
+    keys = jax.random.split(chunk_key(state, rng.REPLAY), n)
     keep = jnp.asarray(keep, bool)
 
     def step(carry, xs):
@@ -132,12 +128,7 @@ def chunk_step(s: OnlineSettings, data: TrainData, state: OnlineState, indices, 
     xs = (batches, keys, clean_p[:n * s.stream_batch].reshape(n, -1), keep[:n * s.stream_batch].reshape(n, -1))
     (learner, buffer), (losses, replayed) = jax.lax.scan(step, (state.learner, state.buffer), xs)
     corrupt = data.corrupt[indices]
-    metrics = {
-        "base_loss": losses[-1], "replayed_buffer": jnp.any(replayed), "kept": keep.sum(),
-        "kept_clean": (keep & ~corrupt).sum(), "clean": (~corrupt).sum(), "buffer_valid": buffer.valid.sum(),
-        "buffer_clean": (buffer.valid & ~buffer.corrupt).sum(),
-        "buffer_counts": buffers.class_counts(buffer, s.num_classes),
-    }
+    metrics = chunk_metrics(losses[-1], jnp.any(replayed), keep, corrupt, buffer, s.num_classes)
     return state.replace(learner=learner, buffer=buffer, chunk=state.chunk + 1), metrics
 
 

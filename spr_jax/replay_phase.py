@@ -25,7 +25,7 @@ from spr_jax import compilation
 from spr_jax import optim
 from spr_jax import rng
 from spr_jax import simclr
-from spr_jax.segment_scan import TrainData, scan_chunks  # (shared with the online protocol)
+from spr_jax.segment_scan import TrainData, chunk_key, chunk_metrics, scan_chunks  # (shared with online)
 from spr_jax import augment
 
 
@@ -68,10 +68,6 @@ def init_state(model, seed: int, input_shape, buffer_size: int, num_classes: int
     base = simclr.init_state(model, rng.purpose_key(seed, rng.BASE_INIT), input_shape)
     return SPRState(base=base, buffer=policy.init(buffer_size, num_classes),
                     chunk=jnp.zeros((), jnp.int32), seed=jnp.asarray(seed, jnp.int32))
-
-
-def _key(state: SPRState, purpose: int) -> jax.Array:
-    return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(state.seed), purpose), state.chunk)
 
 
 def self_replay(model, s: ReplaySettings, base, chunk_images, buffer, data: TrainData, key, call_index,
@@ -156,22 +152,13 @@ def self_replay(model, s: ReplaySettings, base, chunk_images, buffer, data: Trai
 def chunk_step(model, s: ReplaySettings, data: TrainData, state: SPRState, indices, clean_p, keep):
     """One chunk: self-replay of the base, then the chunk's candidates are offered to the buffer policy."""
     base, loss, mixed = self_replay(model, s, state.base, data.images[indices], state.buffer, data,
-                                    _key(state, rng.REPLAY), state.chunk)
+                                    chunk_key(state, rng.REPLAY), state.chunk)
     corrupt = data.corrupt[indices]
     keep = jnp.asarray(keep, bool)
     candidates = buffers.Candidates(index=indices, label=data.noisy[indices], corrupt=corrupt, clean_p=clean_p,
                                     keep=keep)
-    buffer = s.policy.offer(state.buffer, _key(state, rng.BUFFER), candidates)
-    metrics = {
-        "base_loss": loss,
-        "replayed_buffer": mixed,
-        "kept": keep.sum(),
-        "kept_clean": (keep & ~corrupt).sum(),
-        "clean": (~corrupt).sum(),
-        "buffer_valid": buffer.valid.sum(),
-        "buffer_clean": (buffer.valid & ~buffer.corrupt).sum(),
-        "buffer_counts": buffers.class_counts(buffer, s.num_classes),
-    }
+    buffer = s.policy.offer(state.buffer, chunk_key(state, rng.BUFFER), candidates)
+    metrics = chunk_metrics(loss, mixed, keep, corrupt, buffer, s.num_classes)
     return state.replace(base=base, buffer=buffer, chunk=state.chunk + 1), metrics
 
 

@@ -1,9 +1,13 @@
-"""What every protocol's replay loop shares: the device-resident training data it indexes into, and the
-scan over one segment of chunks (padded to a fixed length, so each protocol's segment compiles once)."""
+"""What every protocol's replay loop shares: the device-resident training data it indexes into, the scan
+over one segment of chunks (padded to a fixed length, so each protocol's segment compiles once), a chunk's
+key for each purpose, its metrics record, and the stacking of a two-network learner."""
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from spr_jax import buffers
+from spr_jax import rng
 
 
 class TrainData(NamedTuple):
@@ -25,3 +29,28 @@ def scan_chunks(real, state, chunk_indices, clean_p, keep, active):
         return jax.lax.cond(on, real, skip, state, indices, cp, kp)
 
     return jax.lax.scan(body, state, (chunk_indices, clean_p, keep, active))
+
+
+def chunk_key(state, purpose: int) -> jax.Array:
+    """rng.chunk_key of `purpose` for the chunk a state is at: a function of the state alone (its seed and
+    chunk count), so a resumed run draws what an uninterrupted one does."""
+    return rng.chunk_key(state.seed, purpose, state.chunk)
+
+
+def chunk_metrics(loss, replayed, keep, corrupt, buffer, num_classes: int) -> dict:
+    """The per-chunk metrics every protocol reports (outputs.chunk_record turns them into metrics.jsonl's row)."""
+    return {
+        "base_loss": loss,
+        "replayed_buffer": replayed,
+        "kept": keep.sum(),
+        "kept_clean": (keep & ~corrupt).sum(),
+        "clean": (~corrupt).sum(),
+        "buffer_valid": buffer.valid.sum(),
+        "buffer_clean": (buffer.valid & ~buffer.corrupt).sum(),
+        "buffer_counts": buffers.class_counts(buffer, num_classes),
+    }
+
+
+def stack_networks(first, second):
+    """Two networks' variables stacked on a leading axis (a two-network learner such as JoCoR)."""
+    return jax.tree.map(lambda a, b: jnp.stack([a, b]), dict(first), dict(second))
