@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny as tiny_config
-from spr_jax import checkpoint, compilation, expert_phase, experts, replay_phase, rng, run_identity, run_loop, run_setup
+from spr_jax import checkpoint, compilation, expert_phase, experts, replay_phase, rng, run_identity, run_loop, run_setup, segment_scan
 from spr_jax.filters import centrality
 
 
@@ -274,10 +274,10 @@ def test_self_replay_with_one_step_program_trains_as_the_two_branch_form(batch_s
         def chunk(state, indices):
             base, loss, mixed = replay_phase.self_replay(
                 s.model, s.replay, state.base, data.images[indices], state.buffer, data,
-                replay_phase._key(state, rng.REPLAY), state.chunk, one_step_program=one_step_program)
+                segment_scan.chunk_key(state, rng.REPLAY), state.chunk, one_step_program=one_step_program)
             offered = buffers.Candidates(index=indices, label=data.noisy[indices], corrupt=data.corrupt[indices],
                                          clean_p=jnp.ones(indices.shape), keep=jnp.ones(indices.shape, bool))
-            buffer = s.replay.policy.offer(state.buffer, replay_phase._key(state, rng.BUFFER), offered)
+            buffer = s.replay.policy.offer(state.buffer, segment_scan.chunk_key(state, rng.BUFFER), offered)
             return state.replace(base=base, buffer=buffer, chunk=state.chunk + 1), (loss, mixed)
 
         state = replay_phase.init_state(s.model, c.seed, p.dataset.train.images.shape[1:], c.buffer.size,
