@@ -48,14 +48,16 @@ class ReplayLearner(_Common):
     """SPR's protocol: self-supervised replay of the base on chunks and the purified memory, evaluations
     fine-tuning a copy of the base on the memory (replay_phase, evaluate)."""
 
+    def __init__(self, s, *args, **kwargs):
+        super().__init__(s, *args, **kwargs)
+        if s.replay.data_parallel > 1:  # the data, replicated over the local devices (and the state below)
+            self.data = replay_phase.replicate(self.data, s.replay.data_parallel)
+
     def init_state(self):
         s, p = self.s, self.prepared
         state = replay_phase.init_state(s.model, s.seed, p.dataset.train.images.shape[1:], s.buffer_size,
                                         p.num_classes, s.replay.policy)
-        if s.replay.data_parallel > 1:  # the state and the data, replicated over the local devices
-            state = replay_phase.replicate(state, s.replay.data_parallel)
-            self.data = replay_phase.replicate(self.data, s.replay.data_parallel)
-        return state
+        return replay_phase.replicate(state, s.replay.data_parallel) if s.replay.data_parallel > 1 else state
 
     def run_segment(self, state, chunk_indices, clean_p, keep, active):
         state, m = replay_phase.run_chunks(self.s.model, self.s.replay, state, self.data, chunk_indices, clean_p,

@@ -132,13 +132,10 @@ class WandB:
             self._run = None
 
 
-WANDB_MODES = ("", "offline", "online")
-
-
-def writers_for(config, workdir: str, run_name: str) -> list:
-    """The writers config.logging asks for (process 0 of a run only; the caller checks)."""
-    out = [TensorBoard(workdir)] if config.logging.tensorboard else []
-    if config.logging.wandb:
-        out.append(WandB(workdir, mode=config.logging.wandb, project=config.logging.wandb_project,
-                         config=config.to_dict(), name=run_name))
+def writers_for(workdir: str, *, tensorboard: bool, wandb: str, wandb_project: str, run_config: dict,
+                run_name: str) -> list:
+    """The writers a run's logging settings ask for (process 0 of a run only; the caller checks)."""
+    out = [TensorBoard(workdir)] if tensorboard else []
+    if wandb:
+        out.append(WandB(workdir, mode=wandb, project=wandb_project, config=run_config, name=run_name))
     return out

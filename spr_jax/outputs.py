@@ -288,15 +288,11 @@ def _plot_finetune_loss(ax, evals):
         ax.legend(loc="upper right", fontsize=8)
     else:
         _no_data(ax, "no fine-tune\n(memory smaller than a batch, or an online learner)")
-    ax.xaxis.set_major_locator(matplotlib_integer_ticks())
+    from matplotlib.ticker import MaxNLocator
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs
     ax.set_xlabel("fine-tune epoch"), ax.set_ylabel("loss")
     ax.set_title("evaluation: classifier fine-tune loss", fontsize=10)
     ax.grid(alpha=0.3)
-
-
-def matplotlib_integer_ticks():
-    from matplotlib.ticker import MaxNLocator
-    return MaxNLocator(integer=True)
 
 
 def matplotlib_colours(n: int) -> list:

@@ -88,8 +88,10 @@ def _run(config, workdir, progress, redo, compiled) -> dict:
         files.write_atomic(os.path.join(workdir, "stream.json"), json.dumps(stream_info, indent=1))
         files.write_atomic(os.path.join(workdir, "config.json"),
                              json.dumps(run_identity.run_description(config, s.identities), indent=1, default=str))
+    method = run_identity.method_of(config)
+    run_name = f"{outputs.method_name(method)}, seed {s.seed}"
     if progress:
-        print(f"run: {outputs.method_name(run_identity.method_of(config))}, seed {s.seed}", flush=True)
+        print(f"run: {run_name}", flush=True)
         print(prepare_lib.format_stream_summary(stream_info), flush=True)
     ds, stream, noisy = prepared.dataset, prepared.stream, prepared.noisy
     data = segment_scan.TrainData(images=jnp.asarray(ds.train.images), noisy=jnp.asarray(noisy.noisy),
@@ -118,8 +120,9 @@ def _run(config, workdir, progress, redo, compiled) -> dict:
     learner = learners.build(s, prepared, data, test_images, keep,
                              names={"ssl.lr": config.ssl.lr, "buffer.policy": config.buffer.policy})
     state = learner.init_state()
-    writers = (metric_writers.writers_for(config, workdir, f"{outputs.method_name(run_identity.method_of(config))}, seed {s.seed}")
-               if jax.process_index() == 0 else [])
+    writers = (metric_writers.writers_for(workdir, tensorboard=config.logging.tensorboard, wandb=config.logging.wandb,
+                                          wandb_project=config.logging.wandb_project, run_config=config.to_dict(),
+                                          run_name=run_name) if jax.process_index() == 0 else [])
     log = outputs.MetricsLog(workdir, writers)
     restored = ckpt.restore(state)
     done_chunks, eval_time, earlier = 0, 0.0, {}
@@ -185,7 +188,7 @@ def _run(config, workdir, progress, redo, compiled) -> dict:
     walls = _session_walls(walls, earlier, t0, clock["eval"], eval_before, compiled)
     compile_s = walls.pop("compile_s")
 
-    summary = outputs.summary(log, num_chunks=stream.num_chunks, method=run_identity.method_of(config), seed=s.seed, dataset=ds.name,
+    summary = outputs.summary(log, num_chunks=stream.num_chunks, method=method, seed=s.seed, dataset=ds.name,
                               noise={"kind": config.noise.kind, "rate": float(config.noise.rate)}, walls=walls,
                               stream_clean_share=None if stream_info["noise_rate_in_chunks"] is None
                               else 1.0 - stream_info["noise_rate_in_chunks"], compile_s=compile_s)
