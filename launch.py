@@ -95,7 +95,7 @@ def split_plugin_settings(argv, base):
     """config_flags knows only the config file's fields, so the --config.BLOCK.NAME=V that set a plug-in's
     keyword setting the file does not hold (e.g. --config.filter.k=7 for a filter taking k) are taken out
     of argv here, to be set after the flags are parsed. Every other override must name a field of the file
-    (a misspelling gets a 'did you mean'). Returns (argv without them, {dotted: text})."""
+    (a misspelling gets a 'did you mean'). Returns (argv without them, {dotted: value parsed as its default's type})."""
     overrides = config_overrides(argv)
     given = {field: text for _, _, field, text in overrides}
     probe = base.copy_and_resolve_references()
@@ -103,16 +103,8 @@ def split_plugin_settings(argv, base):
     for _, _, field, _ in overrides:
         config_files.check_field(probe, field)
     drop = {j for first, last, field, _ in overrides if field in plugin_fields for j in range(first, last + 1)}
-    return [a for j, a in enumerate(argv) if j not in drop], {f: given[f] for f in plugin_fields}
-
-
-def set_plugin_settings(config, settings: dict) -> None:
-    """Sets the plug-in keyword settings split_plugin_settings took out of argv, parsed as their defaults' types."""
-    config_files.declare_plugin_settings(config, settings)
-    for dotted, text in settings.items():
-        block, name = dotted.split(".")
-        with config.unlocked():
-            config[block][name] = config_files.parse_text(text, config[block][name], dotted)
+    values = {f: config_files.parse_text(given[f], probe[f.split(".")[0]][f.split(".")[1]], f) for f in plugin_fields}
+    return [a for j, a in enumerate(argv) if j not in drop], values
 
 
 def check_workdir(path: str) -> None:
@@ -141,15 +133,10 @@ def check_backend() -> None:
         jax.devices()
     except (RuntimeError, AssertionError) as e:  # an uninstalled plugin fails on an empty assert
         requested = os.environ.get("JAX_PLATFORMS", "") or jax.config.jax_platforms or "default"
-        cause = _one_line(e) or "JAX has no plug-in for it installed"
+        cause = config_files.one_line(e) or "JAX has no plug-in for it installed"
         raise UserError(f"JAX_PLATFORMS={requested}: JAX cannot start this platform here ({cause})",
                         "unset JAX_PLATFORMS to use what this machine has, or install JAX's package for the "
                         "accelerator, e.g. pip install -U 'jax[cuda12]'") from e
-
-
-def _one_line(e) -> str:
-    text = str(e.args[0]) if len(getattr(e, "args", ())) == 1 and isinstance(e.args[0], str) else str(e)
-    return " ".join(text.split())
 
 
 def field_meanings() -> dict:
@@ -196,9 +183,9 @@ def main(argv) -> int:
     try:
         flags.FLAGS(argv)
     except flags.Error as e:
-        raise UserError(_one_line(e), "python launch.py --help lists the flags") from e
+        raise UserError(config_files.one_line(e), "python launch.py --help lists the flags") from e
     config = _CONFIG.value
-    set_plugin_settings(config, plugin_settings)
+    config_files.apply_overrides(config, plugin_settings)  # (declared at their defaults, then set)
     if _MODE.value == "config":
         print(format_config(config))
         return 0
@@ -292,10 +279,10 @@ def entry() -> None:
         os._exit(0)
     except UserError as e:
         held.release(show=True)
-        _leave(f"error: {_one_line(e)}", getattr(e, "hint", ""), 2)
+        _leave(f"error: {config_files.one_line(e)}", getattr(e, "hint", ""), 2)
     except RunStopped as e:  # a signal (128 + its number) or a divergence (3): the work so far is kept
         held.release(show=True)
-        _leave(_one_line(e), e.hint, e.exit_status)
+        _leave(config_files.one_line(e), e.hint, e.exit_status)
     except Exception as e:  # noqa: BLE001 - storage errors get one line; anything else is a bug
         where = storage_error(e)
         held.release(show=where is None)
@@ -312,7 +299,7 @@ def entry() -> None:
 def _leave(line: str, hint: str, status: int) -> None:
     print(line, file=sys.stderr)
     if hint:
-        print(f"hint: {_one_line(hint)}", file=sys.stderr)
+        print(f"hint: {config_files.one_line(hint)}", file=sys.stderr)
     sys.stderr.flush()
     sys.stdout.flush()
     # Leave at once: orbax's half-finished async work would otherwise print tracebacks at shutdown.
