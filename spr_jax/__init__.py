@@ -7,7 +7,7 @@ The public API (docs/api.md), imported on first use so that `import spr_jax` sta
     read_run(workdir) -> Run(summary, config, chunks, evals, accuracy_matrix)
 """
 
-__version__ = "0.1.0"
+from spr_jax.version import __version__
 
 _API = ("load_config", "run", "compare", "read_run", "Run")
 _ERRORS = ("UserError", "RunStopped", "Diverged")

@@ -1,4 +1,5 @@
-"""SimCLR views as pure, vmapped JAX functions (docs/algorithm.md section 4).
+"""SimCLR views as pure, vmapped JAX functions (docs/algorithm.md section 4), and the input normalisation
+the encoders start with (it is an image transform too, and the release's webvision views apply it first).
 
 Per image, with its own key: a random resized crop to the input size (scale 0.08-1, ratio 3/4-4/3) with
 bilinear resampling, a horizontal flip (p = 0.5), and for RGB inputs a colour jitter (0.5, 0.5, 0.5, 0.2)
@@ -29,8 +30,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-
-from spr_jax import models
 
 
 class Views(NamedTuple):
@@ -158,6 +157,31 @@ def resized_crop_flip(u, img, semantics: str = "release"):
     return jnp.einsum("ywc,xw->yxc", rows, wx, precision="highest")
 
 
+# ---------------------------------------------------------------- input normalisation
+# (the encoders' first step, config.model.input_norm; the release's webvision views run on normalised values)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def normalize_input(x, input_norm: str):
+    """'' keeps pixels in [0, 1]; 'imagenet' subtracts the ImageNet mean and divides by its std (webvision)."""
+    if input_norm == "":
+        return x
+    if input_norm == "imagenet":
+        return (x - jnp.asarray(IMAGENET_MEAN, x.dtype)) / jnp.asarray(IMAGENET_STD, x.dtype)
+    raise ValueError(f"input_norm={input_norm!r} is unknown; use '' or 'imagenet'")
+
+
+def denormalize_input(x, input_norm: str):
+    """The inverse of normalize_input (augmentations that run on normalised values hand pixels back)."""
+    if input_norm == "":
+        return x
+    if input_norm == "imagenet":
+        return x * jnp.asarray(IMAGENET_STD, x.dtype) + jnp.asarray(IMAGENET_MEAN, x.dtype)
+    raise ValueError(f"input_norm={input_norm!r} is unknown; use '' or 'imagenet'")
+
+
 # ---------------------------------------------------------------- colour jitter
 
 def _grey(img):
@@ -269,7 +293,7 @@ def augment_one(key, image_uint8, *, color_jitter: bool = False, views: Views = 
     img = image_uint8.astype(jnp.float32) * (1.0 / 255.0)
     if views.normalize_first:
         # The release normalises before augmenting: its [0, 1] clamps then act on normalised values.
-        img = models.normalize_input(img, views.normalize_first)
+        img = normalize_input(img, views.normalize_first)
         out = resized_crop_flip(u, img, views.semantics)
     else:
         out = jnp.clip(resized_crop_flip(u, img, views.semantics), 0.0, 1.0)
@@ -278,7 +302,7 @@ def augment_one(key, image_uint8, *, color_jitter: bool = False, views: Views = 
             raise ValueError(f"colour jitter needs RGB images, got {channels} channels")
         out = jnp.where(u[_APPLY] < JITTER_P, jitter_colors(u, out, order=order, semantics=views.semantics), out)
     if views.normalize_first:  # back to pixel units: the model normalises its input itself
-        out = models.denormalize_input(out, views.normalize_first)
+        out = denormalize_input(out, views.normalize_first)
     return out
 
 

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from spr_jax import files
 from spr_jax import run_loop
-from spr_jax.configlib import ConfigError
+from spr_jax.errors import ConfigError
 
 # name -> (config overrides, one line on what it is). Hyperparameters are the config's unless stated.
 METHODS = {

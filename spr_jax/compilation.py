@@ -22,7 +22,7 @@ import threading
 import jax
 from jax import monitoring
 
-from spr_jax import configlib
+from spr_jax.errors import ConfigError
 
 # XLA's LLVM optimisation level for programs compiled for a CPU; None leaves XLA's default (a run sets it
 # from config.cache.cpu_opt_level for its duration).
@@ -34,8 +34,8 @@ def set_cpu_opt_level(level) -> None:
     negative level leaves XLA's default."""
     global _cpu_opt_level
     if level is not None and int(level) > 3:
-        raise configlib.ConfigError(f"config.cache.cpu_opt_level={level} is not an LLVM optimisation level; use "
-                                    f"0-3, or -1 for XLA's default")
+        raise ConfigError(f"config.cache.cpu_opt_level={level} is not an LLVM optimisation level; use "
+                          f"0-3, or -1 for XLA's default")
     _cpu_opt_level = None if level is None or int(level) < 0 else int(level)
 
 

@@ -7,7 +7,7 @@ import math
 
 import ml_collections
 
-from spr_jax.errors import UserError
+from spr_jax.errors import ConfigError  # (raised by validate; spr_jax.configlib.ConfigError is this)
 
 MNIST_EPISODES = ((7, 6), (2, 3), (0, 1), (5, 9), (8, 4))
 PRECISIONS = ("highest", "default", "bfloat16")
@@ -129,10 +129,6 @@ def base_config() -> ml_collections.ConfigDict:
     # Accelerators always keep XLA's defaults.
     c.cache.cpu_opt_level = 1
     return c
-
-
-class ConfigError(UserError, ValueError):
-    """A config value that cannot work; the message says what to change."""
 
 
 SEED_MAX = 2 ** 31 - 1

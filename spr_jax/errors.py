@@ -1,6 +1,8 @@
-"""The one error type for mistakes a user can fix (a bad config value, missing data, a workdir of another
-run, a damaged checkpoint). launch.py prints its message as one line (plus an optional hint line) and
-exits with status 2, without a traceback; any other exception is a bug and keeps its traceback."""
+"""The error types of spr_jax: a mistake a user can fix (a bad config value, missing data, a workdir of
+another run, a damaged checkpoint) and a run stopped on purpose. launch.py prints either as one line (plus
+an optional hint line), without a traceback; any other exception is a bug and keeps its traceback.
+
+This module imports nothing of spr_jax, so every module can raise these."""
 
 
 class UserError(Exception):
@@ -11,6 +13,10 @@ class UserError(Exception):
     def __init__(self, message: str, hint: str = ""):
         super().__init__(message)
         self.hint = hint
+
+
+class ConfigError(UserError, ValueError):
+    """A config value that cannot work; the message says what to change."""
 
 
 class RunStopped(Exception):

@@ -4,7 +4,7 @@ joint loss of two networks with small-loss selection."""
 import jax
 import jax.numpy as jnp
 
-from spr_jax.configlib import ConfigError
+from spr_jax.errors import ConfigError
 from spr_jax.errors import first_line
 
 

@@ -21,11 +21,9 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from spr_jax.configlib import ConfigError
+from spr_jax import augment
+from spr_jax.errors import ConfigError
 from spr_jax.errors import first_line
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for the kernel: variance 1 / (3 fan_in).
 torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
@@ -54,24 +52,6 @@ class TorchDense(nn.Module):
         return x @ kernel + bias
 
 
-def normalize_input(x, input_norm: str):
-    """'' keeps pixels in [0, 1]; 'imagenet' subtracts the ImageNet mean and divides by its std (webvision)."""
-    if input_norm == "":
-        return x
-    if input_norm == "imagenet":
-        return (x - jnp.asarray(IMAGENET_MEAN, x.dtype)) / jnp.asarray(IMAGENET_STD, x.dtype)
-    raise ValueError(f"input_norm={input_norm!r} is unknown; use '' or 'imagenet'")
-
-
-def denormalize_input(x, input_norm: str):
-    """The inverse of normalize_input (augmentations that run on normalised values hand pixels back)."""
-    if input_norm == "":
-        return x
-    if input_norm == "imagenet":
-        return x * jnp.asarray(IMAGENET_STD, x.dtype) + jnp.asarray(IMAGENET_MEAN, x.dtype)
-    raise ValueError(f"input_norm={input_norm!r} is unknown; use '' or 'imagenet'")
-
-
 class MLPEncoder(nn.Module):
     """Flatten, then Linear(in, 512)-ReLU-Linear(512, 512)-ReLU: 664,576 params for 784 inputs."""
     hidden: Sequence[int] = (512, 512)
@@ -80,7 +60,7 @@ class MLPEncoder(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         del train  # no BatchNorm
-        x = normalize_input(x, self.input_norm)
+        x = augment.normalize_input(x, self.input_norm)
         x = x.reshape(x.shape[0], -1)
         for i, width in enumerate(self.hidden):
             x = nn.relu(TorchDense(width, name=f"fc{i + 1}")(x))
@@ -121,7 +101,7 @@ class ResNet18(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        x = normalize_input(x, self.input_norm)
+        x = augment.normalize_input(x, self.input_norm)
         x = nn.Conv(self.stage_channels[0], (7, 7), (2, 2), padding=[(3, 3), (3, 3)], use_bias=False,
                     kernel_init=resnet_conv_init, name="conv1")(x)
         x = nn.relu(_bn(train, "bn1")(x))
@@ -189,7 +169,7 @@ class ConvNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        x = normalize_input(x, self.input_norm)
+        x = augment.normalize_input(x, self.input_norm)
         for i, c in enumerate(self.widths):
             x = nn.Conv(c, (3, 3), padding=[(1, 1), (1, 1)], use_bias=False, kernel_init=resnet_conv_init,
                         name=f"conv{i + 1}")(x)

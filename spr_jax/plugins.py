@@ -29,7 +29,7 @@ import inspect
 import sys
 from typing import Any, Mapping
 
-from spr_jax.configlib import ConfigError
+from spr_jax.errors import ConfigError
 
 
 def resolve(kind: str, registry: Mapping[str, str], field: str) -> Any:

@@ -4,8 +4,8 @@ description. Plain data from the config, the prepared stream and the plug-ins' i
 """
 import jax
 
-import spr_jax
 from spr_jax import expert_cache
+from spr_jax.version import __version__
 
 # Config fields that change no result: a run may resume with other values of these.
 _RESULT_NEUTRAL = ("checkpoint", "cache", "logging")
@@ -50,7 +50,7 @@ def run_fingerprint(config, identities: dict) -> dict:
         d.pop(k, None)
     d["expert"].pop("group_size", None)
     d["eval"].pop("test_batch_size", None)
-    return {"config": d, "code_version": spr_jax.__version__, "plugins": identities}
+    return {"config": d, "code_version": __version__, "plugins": identities}
 
 
 def expert_inputs(config, prepared) -> dict:

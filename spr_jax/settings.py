@@ -23,8 +23,9 @@ from spr_jax import augment, buffers, filters, losses, models, plugins
 from spr_jax.evaluate import EvalSettings
 from spr_jax.expert_phase import ExpertSettings
 from spr_jax.filters import FilterSettings
+from spr_jax.online import OnlineSettings
 from spr_jax.replay_phase import ReplaySettings
-from spr_jax.configlib import ConfigError
+from spr_jax.errors import ConfigError
 from spr_jax.errors import first_line
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +39,7 @@ class RunSettings:
     replay: ReplaySettings
     eval: EvalSettings
     identities: dict  # plug-in identities (spr_jax.plugins.identity), for cache keys and fingerprints
-    online: Any = None  # online.OnlineSettings when config.protocol == "online"
+    online: OnlineSettings = None  # when config.protocol == "online"
 
 
 class Plugins(NamedTuple):
@@ -150,11 +151,10 @@ def loss_networks(loss, config) -> int:
 def online_settings(config, classifier, loss, policy, num_classes: int, chunk_size: int, networks: int = 1):
     if config.protocol != "online":
         return None
-    from spr_jax import online
     if chunk_size % int(config.online.stream_batch):
         raise ConfigError(f"config.online.stream_batch={config.online.stream_batch} must divide the chunk size "
                           f"{chunk_size}")
-    return online.OnlineSettings(classifier=classifier, lr=float(config.online.lr), replay=bool(config.online.replay),
+    return OnlineSettings(classifier=classifier, lr=float(config.online.lr), replay=bool(config.online.replay),
                                  stream_batch=int(config.online.stream_batch),
                                  replay_batch=int(config.online.replay_batch), loss=loss, policy=policy,
                                  num_classes=num_classes, networks=networks)

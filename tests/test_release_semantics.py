@@ -233,7 +233,7 @@ def test_normalise_first_clamps_normalised_values():
     images = jnp.asarray(np.random.RandomState(6).randint(0, 256, (4, 8, 8, 3)), jnp.uint8)
     spec = augment.Views(color_jitter=True, semantics="release", normalize_first="imagenet")
     out = augment.augment(jax.random.PRNGKey(1), images, views=spec)
-    seen = np.asarray(models.normalize_input(out, "imagenet"))  # what the encoder computes on
+    seen = np.asarray(augment.normalize_input(out, "imagenet"))  # what the encoder computes on
     jittered = [i for i in range(4) if float(jax.random.uniform(
         jax.random.split(jax.random.split(jax.random.PRNGKey(1))[1], 4)[i],
         (augment.NUM_UNIFORMS,))[augment._APPLY]) < augment.JITTER_P]

@@ -22,7 +22,7 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from spr_jax.configlib import ConfigError
+from spr_jax.errors import ConfigError
 from spr_jax.errors import first_line
 
 

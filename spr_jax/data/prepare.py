@@ -3,7 +3,7 @@ import dataclasses
 
 import numpy as np
 
-from spr_jax import configlib
+from spr_jax.errors import ConfigError
 from spr_jax.data import noise as noise_lib
 from spr_jax.data import sources
 from spr_jax.data import stream as stream_lib
@@ -24,8 +24,8 @@ class Prepared:
 def resolve_episodes(config, dataset: sources.Dataset) -> list:
     if config.superclass_episodes:
         if dataset.superclass_of is None:
-            raise configlib.ConfigError(f"config.superclass_episodes needs a dataset with superclasses (cifar100); "
-                             f"{dataset.name} has none")
+            raise ConfigError(f"config.superclass_episodes needs a dataset with superclasses (cifar100); "
+                              f"{dataset.name} has none")
         return [np.flatnonzero(dataset.superclass_of == k).tolist()
                 for k in range(int(dataset.superclass_of.max()) + 1)]
     return [list(task) for task in config.episodes]
@@ -40,7 +40,7 @@ def prepare(config) -> Prepared:
         train = sources.Split(images=dataset.train.images[keep], labels=dataset.train.labels[keep])
         dataset = dataclasses.replace(dataset, train=train)
     if config.noise.kind == "real" and not dataset.real_noise:
-        raise configlib.ConfigError(
+        raise ConfigError(
             f"config.noise.kind='real' but {dataset.name} has no real label noise (its labels are clean), so the "
             f"run would be noise-free; use --config.noise.kind=symmetric (or asymmetric) with a rate")
     episodes = resolve_episodes(config, dataset)

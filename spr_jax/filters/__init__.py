@@ -21,7 +21,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from spr_jax.configlib import ConfigError
+from spr_jax.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
