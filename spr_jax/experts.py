@@ -9,7 +9,8 @@ optional per-chunk `post_fn` (the self-centered filter), so only small per-chunk
 """
 import functools
 import math
-from typing import Any, Callable, Optional, Sequence
+import threading
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -83,8 +84,8 @@ def expert_phase(train_images, chunks, seed: int, *, model: nn.Module, epochs: i
     devices = tuple(devices) if devices is not None else tuple(jax.local_devices())
     per_round = len(devices) * group_size
     rounds = math.ceil(num_chunks / per_round)
-    run_round, mesh = _round_fn(model, epochs, warmup_epochs, views, temperature, devices, post_fn,
-                                keep_losses, bool(progress))
+    run_round, mesh, round_progress = _round_fn(model, epochs, warmup_epochs, views, temperature, devices,
+                                                post_fn, keep_losses, bool(progress))
     replicated, split = NamedSharding(mesh, P()), NamedSharding(mesh, P(AXIS))
     if not isinstance(train_images, jax.Array):
         train_images = np.asarray(train_images)
@@ -110,32 +111,35 @@ def expert_phase(train_images, chunks, seed: int, *, model: nn.Module, epochs: i
         # the GIL) runs while XLA compiles this program (which releases it).
         run_round.lower(*round_args(0))
         on_compiling()
-    pending = dispatch(0) if rounds else None
-    for r in range(rounds):
-        out, n_real = pending
-        _ROUND.update(bar=bar, start=r * per_round, size=n_real, epochs=epochs)  # the round the host waits on
-        # Queue the next round before waiting on this one, so the device never idles on the host.
-        pending = dispatch(r + 1) if r + 1 < rounds else None
-        results.append(jax.tree_util.tree_map(lambda a: np.asarray(a)[:n_real], out))
-        bar.update(r * per_round + n_real - bar.n)
-        if on_round is not None:
-            try:
+    round_progress.watch(bar, epochs=epochs, total=num_chunks)
+    try:
+        pending = dispatch(0) if rounds else None
+        for r in range(rounds):
+            out, n_real = pending
+            # Queue the next round before waiting on this one, so the device never idles on the host.
+            pending = dispatch(r + 1) if r + 1 < rounds else None
+            results.append(jax.tree_util.tree_map(lambda a: np.asarray(a)[:n_real], out))
+            round_progress.experts_done(r * per_round + n_real)
+            if on_round is not None:
                 on_round(chunk_ids[r * per_round:r * per_round + n_real], results[-1])
-            except BaseException:
-                _ROUND.clear()
-                bar.close()
-                raise
-    _ROUND.clear()
-    bar.close()
+    finally:
+        round_progress.watch(None)
+        bar.close()
     if not results:
         return {}
     return jax.tree_util.tree_map(lambda *a: np.concatenate(a, axis=0), *results)
 
 
+class RoundProgram(NamedTuple):
+    program: Any  # (images, expert_key, base_lr, ids [R], idx [R, D], args) -> outputs
+    mesh: Mesh
+    progress: "RoundProgress"  # what its host callback reports to (with report_epochs)
+
+
 def round_program(model, epochs, warmup_epochs, views, temperature, devices, post_fn, keep_losses,
-                  report_epochs=False, *, fresh: bool = False):
-    """(the compiled program of one round, its mesh); `fresh=True` builds a new copy instead of the cached one
-    (e.g. to time its compilation, as benchmarks/compile_time.py does)."""
+                  report_epochs=False, *, fresh: bool = False) -> RoundProgram:
+    """The compiled program of one round, its mesh and progress; `fresh=True` builds a new copy instead of the
+    cached one (e.g. to time its compilation, as benchmarks/compile_time.py does)."""
     build = _round_fn.__wrapped__ if fresh else _round_fn
     return build(model, epochs, warmup_epochs, views, temperature, devices, post_fn, keep_losses, report_epochs)
 
@@ -144,8 +148,9 @@ def round_program(model, epochs, warmup_epochs, views, temperature, devices, pos
 def _round_fn(model, epochs, warmup_epochs, views, temperature, devices, post_fn, keep_losses,
               report_epochs=False):
     """The compiled program of one round, cached so that repeated expert phases (other seeds, data or lr)
-    with the same settings reuse it: (images, expert_key, base_lr, ids [R], idx [R, D], args) -> outputs."""
+    with the same settings reuse it (see round_program)."""
     mesh = Mesh(np.asarray(devices), (AXIS,))
+    progress = RoundProgress()
 
     def one(chunk_id, idx, args, images, expert_key, base_lr):
         # = rng.chunk_key(seed, rng.EXPERT, chunk_id)
@@ -153,7 +158,7 @@ def _round_fn(model, epochs, warmup_epochs, views, temperature, devices, post_fn
         _, features, losses = train_expert(model, jnp.take(images, idx, axis=0), key, epochs=epochs,
                                            base_lr=base_lr, warmup_epochs=warmup_epochs,
                                            views=views, temperature=temperature,
-                                           on_epoch=_epoch_done if report_epochs else None)
+                                           on_epoch=progress.epoch_done if report_epochs else None)
         out = {"features": features, "final_loss": losses[-1]}
         if keep_losses:
             out["losses"] = losses
@@ -169,24 +174,41 @@ def _round_fn(model, epochs, warmup_epochs, views, temperature, devices, post_fn
         return jax.vmap(one, in_axes=(0, 0, 0, None, None, None))(ids, idx, args, images, expert_key, base_lr)
 
     specs = (P(), P(), P(), P(AXIS), P(AXIS), P(AXIS))
-    return compilation.jit(jax.shard_map(per_device, mesh=mesh, in_specs=specs, out_specs=P(AXIS),
-                                 check_vma=False)), mesh
+    program = compilation.jit(jax.shard_map(per_device, mesh=mesh, in_specs=specs, out_specs=P(AXIS),
+                                            check_vma=False))
+    return RoundProgram(program, mesh, progress)
 
 
-# The round the host is waiting on, for the progress bar: {bar, start, size, epochs}.
-_ROUND = {}
+class RoundProgress:
+    """The progress bar a round program's host callback moves, owned by that (cached) program.
 
+    The compiled round calls `epoch_done` once per expert and epoch (from each device and vmapped expert, as
+    each finishes), so the experts done are the calls counted over the phase divided by the epochs, whichever
+    round is running: the host queues the next round before it waits on the current one."""
 
-def _epoch_done(epoch) -> None:
-    """Host callback after each epoch of a round: moves the bar to the round's share of experts done.
+    def __init__(self):
+        self._lock = threading.Lock()  # the callbacks run on the runtime's threads, the host on its own
+        self._bar, self._epochs, self._total, self._calls = None, 1, 0, 0
 
-    It reads only the epoch index, so repeated calls (one per device or per vmapped expert) are harmless."""
-    r = dict(_ROUND)
-    if not r:
-        return
-    position = r["start"] + int(r["size"] * (int(epoch) + 1) / r["epochs"])
-    if position > r["bar"].n and position < r["start"] + r["size"]:  # the round's end is set by the host
-        r["bar"].update(position - r["bar"].n)
+    def watch(self, bar, epochs: int = 1, total: int = 0) -> None:
+        """Reports a phase of `total` experts of `epochs` epochs on `bar` from now on (None: report nothing)."""
+        with self._lock:
+            self._bar, self._epochs, self._total, self._calls = bar, max(1, int(epochs)), int(total), 0
+
+    def epoch_done(self, epoch) -> None:
+        del epoch  # (an expert's epoch index: the count of calls is what tells the experts done)
+        with self._lock:
+            self._calls += 1
+            self._move_to(self._calls // self._epochs)
+
+    def experts_done(self, n: int) -> None:
+        """The host's count, as each round's results arrive (the bar never moves back)."""
+        with self._lock:
+            self._move_to(n)
+
+    def _move_to(self, n: int) -> None:
+        if self._bar is not None and self._bar.n < min(n, self._total):
+            self._bar.update(min(n, self._total) - self._bar.n)
 
 
 class _NoBar:

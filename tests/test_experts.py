@@ -153,3 +153,46 @@ def test_group_size_zero_is_chosen_for_the_backend():
     big = settings.expert_group_size(0, model, (28, 28, 1), 300, device=FakeGPU())
     small = settings.expert_group_size(0, models.make_simclr("resnet18"), (32, 32, 3), 500, device=FakeGPU())
     assert big > small >= 1 and big >= 32  # MLP experts are small: many fit an 80 GiB card
+
+
+class _Bar:
+    def __init__(self):
+        self.n, self.moves = 0, []
+
+    def update(self, k):
+        self.n += k
+        self.moves.append(self.n)
+
+    def close(self):
+        pass
+
+
+def test_round_progress_counts_experts_from_the_epochs_reported():
+    progress, bar = experts.RoundProgress(), _Bar()
+    progress.epoch_done(0)  # watching nothing: no bar to move
+    progress.watch(bar, epochs=3, total=4)
+    for e in (0, 0, 1, 1, 2):  # two experts in parallel: after 5 of their 6 epochs, one expert's worth
+        progress.epoch_done(e)
+    progress.epoch_done(2)
+    progress.experts_done(1)  # the host's count never moves the bar back
+    assert bar.moves == [1, 2]
+    for _ in range(9):  # a padded last round repeats real chunks: the bar stops at the phase's experts
+        progress.epoch_done(0)
+    assert bar.n == 4
+    progress.watch(None)
+    progress.epoch_done(0)
+    assert bar.n == 4
+
+
+def test_an_expert_phase_moves_its_bar_from_inside_a_round(monkeypatch):
+    images, chunks, _ = _data()
+    bar = _Bar()
+    monkeypatch.setattr(experts, "_progress", lambda total, enabled: bar)
+    model = models.make_simclr("mlp")
+    experts.expert_phase(images, chunks[:4], SEED, model=model, group_size=4, devices=jax.local_devices()[:1],
+                         progress=True, epochs=2, base_lr=1e-3, warmup_epochs=1)
+    # One round of 4 experts: the bar moved from inside it, before the round's results arrived.
+    assert bar.moves[0] < 4 and bar.moves[-1] == 4 and bar.moves == sorted(set(bar.moves)), bar.moves
+    round_ = experts.round_program(model, 2, 1, experts.augment.Views(), 0.5, tuple(jax.local_devices()[:1]), None,
+                                   True, report_epochs=True)
+    assert round_.progress._bar is None  # the program's progress reports to no bar after the phase
