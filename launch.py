@@ -195,10 +195,12 @@ def main(argv) -> int:
     parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, auto=_DISTRIBUTED.value)
     check_backend()
     import jax
+    if jax.process_count() > 1:  # each process says where it runs (e.g. in a cluster job's logs)
+        print(parallel.describe(), flush=True)
     from spr_jax import interrupt, modes, run_loop, workdir_lock
     # One run per workdir (process 0 writes a multi-host run's files, so it alone locks), and signals stop
     # the run at its next safe point with its work kept.
-    with workdir_lock.hold(_WORKDIR.value, enabled=jax.process_index() == 0), interrupt.handling():
+    with workdir_lock.hold(_WORKDIR.value, enabled=parallel.is_primary()), interrupt.handling():
         if _MODE.value == "stream":
             modes.write_stream(config, _WORKDIR.value)
         elif _MODE.value == "experts":

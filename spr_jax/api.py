@@ -34,8 +34,8 @@ def run(config, workdir: str, *, progress: bool = True, redo: bool = False) -> d
     """Runs SPR (or the config's composition of plug-ins) in `workdir` and returns summary.json's dict. A
     finished run is read back as it is (redo=True runs it again from scratch, keeping the expert cache); an
     interrupted one resumes from its last checkpoint."""
-    from spr_jax import run_loop, workdir_lock
-    with workdir_lock.hold(workdir, enabled=_primary()):
+    from spr_jax import parallel, run_loop, workdir_lock
+    with workdir_lock.hold(workdir, enabled=parallel.is_primary()):
         return run_loop.run(config, workdir, progress=progress, redo=redo)
 
 
@@ -43,8 +43,8 @@ def compare(config, workdir: str, *, methods=(), rates=(), seeds=(), sweeps=(), 
     """Every method x sweep point x noise rate x seed on `config` (as `launch.py --mode=compare`), finished
     runs reused; `sweeps` as `--sweep`: ["buffer.size=100,300", ...]. Writes compare.json, compare.md and
     compare.png in `workdir` and returns compare.json's rows."""
-    from spr_jax import comparison, workdir_lock
-    with workdir_lock.hold(workdir, enabled=_primary()):
+    from spr_jax import comparison, parallel, workdir_lock
+    with workdir_lock.hold(workdir, enabled=parallel.is_primary()):
         return comparison.run(config, workdir, methods, rates, seeds, progress=progress, sweeps=sweeps)
 
 
@@ -95,7 +95,3 @@ def _json_or_none(path):
     except (OSError, ValueError):
         return None
 
-
-def _primary() -> bool:
-    import jax
-    return jax.process_index() == 0

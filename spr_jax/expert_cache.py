@@ -42,6 +42,8 @@ def canonical_json(description: dict) -> str:
 
 
 def description_key(description: dict) -> str:
+    """sha256 hex naming one chunk's expert outputs (of chunk_cache_description's dict). Plain Python values
+    in it (e.g. config.to_dict()): 0.4 and np.float32(0.4) are different numbers and give different keys."""
     return hashlib.sha256(canonical_json(description).encode()).hexdigest()
 
 
@@ -57,15 +59,6 @@ def chunk_cache_description(*, dataset: str, noise: dict, seed: int, stream: dic
         "chunk_index": int(chunk_index), "chunk_indices_shape": list(idx.shape),
         "chunk_indices_sha256": hashlib.sha256(idx.tobytes()).hexdigest(),
     }
-
-
-def chunk_cache_key(*, dataset: str, noise: dict, seed: int, stream: dict, expert: dict, chunk_index: int,
-                    chunk_indices: np.ndarray) -> str:
-    """sha256 hex naming one chunk's expert outputs. Pass plain Python values (e.g. config.to_dict()):
-    0.4 and np.float32(0.4) are different numbers and give different keys."""
-    return description_key(chunk_cache_description(
-        dataset=dataset, noise=noise, seed=seed, stream=stream, expert=expert, chunk_index=chunk_index,
-        chunk_indices=chunk_indices))
 
 
 class ExpertCache:

@@ -3,10 +3,10 @@ against its last checkpoint (and rewritten from it if they do not match) before 
 import json
 import os
 
-import jax
 
 from spr_jax import files
 from spr_jax import outputs
+from spr_jax import parallel
 from spr_jax.data import prepare as prepare_lib
 
 
@@ -26,7 +26,7 @@ def finished_summary(workdir: str, ckpt, num_chunks: int):
 def repair_finished_files(workdir: str, ckpt, prepared) -> list:
     """A finished run's metrics.jsonl and stream.json are what its last checkpoint and its inputs say; any
     that is missing, truncated or edited is rewritten (atomically). Returns the names rewritten."""
-    if jax.process_index() != 0:
+    if not parallel.is_primary():
         return []
     meta = ckpt.latest_meta()
     log = outputs.MetricsLog(workdir)

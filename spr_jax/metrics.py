@@ -47,12 +47,6 @@ def forgetting(matrix) -> float:
     return float(np.mean(drops))
 
 
-def filter_precision_recall(keep: np.ndarray, corrupt: np.ndarray) -> tuple:
-    """(precision, recall) of the keep decisions for clean samples; None where undefined."""
-    keep, clean = np.asarray(keep, bool), ~np.asarray(corrupt, bool)
-    return precision_recall_from_counts(int(keep.sum()), int((keep & clean).sum()), int(clean.sum()))
-
-
 def purity(corrupt) -> float | None:
     """Share of a memory's samples whose label is right (corrupt flags of its valid slots); None if empty."""
     corrupt = np.asarray(corrupt, bool)

@@ -4,13 +4,12 @@ import json
 import os
 import time
 
-import jax
 import jax.numpy as jnp
 
 from spr_jax import compilation
 from spr_jax import expert_phase
 from spr_jax import files
-from spr_jax import run_identity
+from spr_jax import parallel
 from spr_jax import run_setup
 from spr_jax import settings as settings_lib
 from spr_jax.data import prepare as prepare_lib
@@ -20,7 +19,7 @@ def write_stream(config, workdir: str, progress: bool = True) -> dict:
     """--mode=stream: only the noisy stream, summarised to WORKDIR/stream.json."""
     info = prepare_lib.stream_summary(run_setup.prepare_inputs(config))
     os.makedirs(workdir, exist_ok=True)
-    if jax.process_index() == 0:
+    if parallel.is_primary():
         files.write_atomic(os.path.join(workdir, "stream.json"), json.dumps(info, indent=1))
     if progress:
         print(prepare_lib.format_stream_summary(info))
@@ -31,13 +30,13 @@ def fill_expert_cache(config, workdir: str, progress: bool = True) -> dict:
     """--mode=experts: only the expert phase (experts + filter for every chunk), written to the cache so
     that later runs with the same data, noise, seed, expert settings and filter skip it."""
     t0 = time.time()
-    compilation.use_persistent_cache(config.cache.compile_dir)
-    prepared, s = run_setup.prepare(config)
+    compilation.use_persistent_cache(run_setup.run_options(config).compile_dir)
+    prepared, s, identity, options = run_setup.setup(config)
     os.makedirs(workdir, exist_ok=True)
-    folder = expert_phase.cache_dir(config.cache.dir, workdir)
-    with settings_lib.matmul_precision(s), compilation.cpu_opt_level(config.cache.cpu_opt_level):
-        out = expert_phase.run(s, run_identity.expert_chunk_descriptions(config, prepared, s.identities), prepared,
-                               jnp.asarray(prepared.dataset.train.images), folder, progress)
+    folder = expert_phase.cache_dir(options.expert_cache, workdir)
+    with settings_lib.matmul_precision(s), compilation.cpu_opt_level(options.cpu_opt_level):
+        out = expert_phase.run(s, identity.expert_chunks, prepared, jnp.asarray(prepared.dataset.train.images),
+                               folder, progress)
     info = {"chunks": prepared.stream.num_chunks, "cache_hits": out["cache_hits"], "trained": out["trained"],
             "cache_dir": folder, "wall_time_s": round(time.time() - t0, 3)}
     if progress:

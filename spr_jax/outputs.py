@@ -8,6 +8,7 @@ import jax
 import numpy as np
 
 from spr_jax import metrics as metrics_lib
+from spr_jax import parallel
 from spr_jax.files import write_atomic
 
 
@@ -21,7 +22,7 @@ class MetricsLog:
 
     def write(self, record):
         (self.evals if record["type"] == "eval" else self.chunks).append(record)
-        if jax.process_index() != 0:  # one process writes the outputs of a multi-host run
+        if not parallel.is_primary():  # one process writes the outputs of a multi-host run
             return
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -36,7 +37,7 @@ class MetricsLog:
 
     def rewrite(self):
         """metrics.jsonl from the records held (on resume: those of the checkpoint, in stream order)."""
-        if jax.process_index() != 0:
+        if not parallel.is_primary():
             return
         write_atomic(self.path, self.text())
 
@@ -87,7 +88,7 @@ def summary(log: MetricsLog, *, num_chunks, method, seed, dataset, noise, walls,
 
 
 def write_summary(workdir, summary_, episodes, progress=True, log=None) -> None:
-    if jax.process_index() != 0:
+    if not parallel.is_primary():
         return
     write_atomic(os.path.join(workdir, "summary.json"), json.dumps(summary_, indent=1))
     try:

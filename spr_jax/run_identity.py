@@ -2,6 +2,8 @@
 cache's key material (what a chunk's expert outputs depend on), the composition a run is, and config.json's
 description. Plain data from the config, the prepared stream and the plug-ins' identities (plugins.identity).
 """
+from typing import NamedTuple
+
 import jax
 
 from spr_jax import expert_cache
@@ -9,6 +11,26 @@ from spr_jax.version import __version__
 
 # Config fields that change no result: a run may resume with other values of these.
 _RESULT_NEUTRAL = ("checkpoint", "cache", "logging")
+
+
+class RunIdentity(NamedTuple):
+    """What names a run and what its records quote, read from the config once (run_setup.setup)."""
+    fingerprint: dict  # what a resumed run's checkpoints must match (run_fingerprint)
+    description: dict  # WORKDIR/config.json (run_description)
+    expert_chunks: list  # the expert cache's key material, one dict per chunk (expert_chunk_descriptions)
+    method: dict  # the composition (summary.json's "method")
+    noise: dict  # {"kind", "rate"}, as summary.json records it
+    config: dict  # the resolved config, for the metric writers' record of the run
+    quoted: dict  # config values that the run's checks quote: {"ssl.lr": ..., "buffer.policy": ...}
+
+
+def of_run(config, prepared, identities: dict) -> RunIdentity:
+    return RunIdentity(fingerprint=run_fingerprint(config, identities),
+                       description=run_description(config, identities),
+                       expert_chunks=expert_chunk_descriptions(config, prepared, identities),
+                       method=method_of(config), noise={"kind": config.noise.kind, "rate": float(config.noise.rate)},
+                       config=config.to_dict(),
+                       quoted={"ssl.lr": config.ssl.lr, "buffer.policy": config.buffer.policy})
 
 
 def method_of(config) -> dict:

@@ -1,16 +1,15 @@
 """A whole run: inputs, the expert phase, the replay phase segment by segment with evaluations between
 tasks, checkpoints, outputs (docs/architecture.md).
 
-This is the edge: it reads the config once (data preparation, `settings.build`), moves arrays to the
-device once, calls the compiled phases and writes WORKDIR/stream.json, metrics.jsonl, summary.json and
-summary.png.
+The config is read once, at the top (run_setup.setup: the prepared inputs, the settings, the run's identity
+and options); below that the loop reads none of it. It moves arrays to the device once, calls the compiled
+phases and writes WORKDIR/stream.json, metrics.jsonl, summary.json and summary.png.
 """
 import json
 import os
 import shutil
 import time
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
@@ -24,9 +23,9 @@ from spr_jax import interrupt
 from spr_jax import learners
 from spr_jax import metric_writers
 from spr_jax import outputs
+from spr_jax import parallel
 from spr_jax import profiling
 from spr_jax import run_checks
-from spr_jax import run_identity
 from spr_jax import run_setup
 from spr_jax import segment_scan
 from spr_jax import settings as settings_lib
@@ -53,16 +52,17 @@ def run(config, workdir: str, progress: bool = True, redo: bool = False) -> dict
     checkpoints have been checked; a finished run is reported and left as it is (redo=True runs it again
     from scratch, keeping the expert cache). summary.json's compile_s is the time spent tracing and
     compiling (JAX's persistent cache, config.cache.compile_dir, saves most of it on a later run)."""
-    compilation.use_persistent_cache(config.cache.compile_dir)
-    with compilation.cpu_opt_level(config.cache.cpu_opt_level), compilation.compile_timer() as compiled:
-        return _run(config, workdir, progress, redo, compiled)
+    options = run_setup.run_options(config)
+    compilation.use_persistent_cache(options.compile_dir)
+    with compilation.cpu_opt_level(options.cpu_opt_level), compilation.compile_timer() as compiled:
+        started = time.time()
+        return _run(run_setup.setup(config), started, workdir, progress, redo, compiled)
 
 
-def _run(config, workdir, progress, redo, compiled) -> dict:
+def _run(setup: run_setup.Setup, started: float, workdir, progress, redo, compiled) -> dict:
+    prepared, s, identity, options = setup
     walls = {}
-    t0 = time.time()
-    prepared, s = run_setup.prepare(config)
-    if redo and jax.process_index() == 0:
+    if redo and parallel.is_primary():
         for name in RUN_FILES:
             path = os.path.join(workdir, name)
             if os.path.isdir(path):
@@ -70,7 +70,7 @@ def _run(config, workdir, progress, redo, compiled) -> dict:
             elif os.path.exists(path):
                 os.remove(path)
     # Opened before anything is written, so a workdir holding another run's checkpoints is refused untouched.
-    ckpt = checkpoint.RunCheckpointer(workdir, run_identity.run_fingerprint(config, s.identities), keep=int(config.checkpoint.keep))
+    ckpt = checkpoint.RunCheckpointer(workdir, identity.fingerprint, keep=options.checkpoint_keep)
     done = finished_run.finished_summary(workdir, ckpt, prepared.stream.num_chunks)
     if done is not None:
         try:
@@ -84,12 +84,10 @@ def _run(config, workdir, progress, redo, compiled) -> dict:
                   f"nothing to do. Pass --redo to run it again from scratch.")
         return done
     stream_info = prepare_lib.stream_summary(prepared)
-    if jax.process_index() == 0:
+    if parallel.is_primary():
         files.write_atomic(os.path.join(workdir, "stream.json"), json.dumps(stream_info, indent=1))
-        files.write_atomic(os.path.join(workdir, "config.json"),
-                             json.dumps(run_identity.run_description(config, s.identities), indent=1, default=str))
-    method = run_identity.method_of(config)
-    run_name = f"{outputs.method_name(method)}, seed {s.seed}"
+        files.write_atomic(os.path.join(workdir, "config.json"), json.dumps(identity.description, indent=1, default=str))
+    run_name = f"{outputs.method_name(identity.method)}, seed {s.seed}"
     if progress:
         print(f"run: {run_name}", flush=True)
         print(prepare_lib.format_stream_summary(stream_info), flush=True)
@@ -97,14 +95,14 @@ def _run(config, workdir, progress, redo, compiled) -> dict:
     data = segment_scan.TrainData(images=jnp.asarray(ds.train.images), noisy=jnp.asarray(noisy.noisy),
                                   corrupt=jnp.asarray(noisy.corrupt))
     test_images = jnp.asarray(ds.test.images)
-    walls["prepare_s"] = time.time() - t0
+    walls["prepare_s"] = time.time() - started
 
     t0 = time.time()
-    piece = max(1, int(config.checkpoint.every_chunks))
-    warm_up = warm_up_lib.BackgroundCompile(s, prepared, data, test_images, piece) if config.cache.warm_up else None
+    piece = options.checkpoint_every
+    warm_up = warm_up_lib.BackgroundCompile(s, prepared, data, test_images, piece) if options.warm_up else None
     with settings_lib.matmul_precision(s):
-        out = expert_phase.run(s, run_identity.expert_chunk_descriptions(config, prepared, s.identities), prepared, data.images,
-                               expert_phase.cache_dir(config.cache.dir, workdir), progress,
+        out = expert_phase.run(s, identity.expert_chunks, prepared, data.images,
+                               expert_phase.cache_dir(options.expert_cache, workdir), progress,
                                on_compiling=warm_up.start if warm_up else None)
     if warm_up is not None:
         warm_up.join()
@@ -117,12 +115,11 @@ def _run(config, workdir, progress, redo, compiled) -> dict:
     walls["expert_phase_s"] = time.time() - t0
 
     t0 = time.time()
-    learner = learners.build(s, prepared, data, test_images, keep,
-                             names={"ssl.lr": config.ssl.lr, "buffer.policy": config.buffer.policy})
+    learner = learners.build(s, prepared, data, test_images, keep, names=identity.quoted)
     state = learner.init_state()
-    writers = (metric_writers.writers_for(workdir, tensorboard=config.logging.tensorboard, wandb=config.logging.wandb,
-                                          wandb_project=config.logging.wandb_project, run_config=config.to_dict(),
-                                          run_name=run_name) if jax.process_index() == 0 else [])
+    writers = (metric_writers.writers_for(workdir, tensorboard=options.tensorboard, wandb=options.wandb,
+                                          wandb_project=options.wandb_project, run_config=identity.config,
+                                          run_name=run_name) if parallel.is_primary() else [])
     log = outputs.MetricsLog(workdir, writers)
     restored = ckpt.restore(state)
     done_chunks, eval_time, earlier = 0, 0.0, {}
@@ -138,7 +135,7 @@ def _run(config, workdir, progress, redo, compiled) -> dict:
     bar = tqdm(total=stream.num_chunks, initial=done_chunks, desc="replay", unit="chunk", disable=not progress)
     clock = {"eval": eval_time}
     plan = segments(stream, piece)
-    profiler = profiling.SegmentProfiler(workdir, config.logging.profile_segments if jax.process_index() == 0 else 0)
+    profiler = profiling.SegmentProfiler(workdir, options.profile_segments if parallel.is_primary() else 0)
     try:
         for i, (task, start, end) in enumerate(plan):
             if start is None:  # evaluation at the boundary after `task`
@@ -188,8 +185,8 @@ def _run(config, workdir, progress, redo, compiled) -> dict:
     walls = _session_walls(walls, earlier, t0, clock["eval"], eval_before, compiled)
     compile_s = walls.pop("compile_s")
 
-    summary = outputs.summary(log, num_chunks=stream.num_chunks, method=method, seed=s.seed, dataset=ds.name,
-                              noise={"kind": config.noise.kind, "rate": float(config.noise.rate)}, walls=walls,
+    summary = outputs.summary(log, num_chunks=stream.num_chunks, method=identity.method, seed=s.seed, dataset=ds.name,
+                              noise=identity.noise, walls=walls,
                               stream_clean_share=None if stream_info["noise_rate_in_chunks"] is None
                               else 1.0 - stream_info["noise_rate_in_chunks"], compile_s=compile_s)
     outputs.write_summary(workdir, summary, prepared.episodes, progress, log=log)

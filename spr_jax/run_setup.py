@@ -1,11 +1,51 @@
-"""A run's setup: the config read once into the prepared inputs (data, noisy labels, stream) and the run's
-settings, every value and plug-in checked before anything is written."""
+"""A run's setup: the config read once into the prepared inputs (data, noisy labels, stream), the run's
+settings, its identity and its result-neutral options, every value and plug-in checked before anything is
+written. Below this edge nothing reads the config."""
+from typing import NamedTuple
+
 import jax
 
 from spr_jax import configlib
+from spr_jax import run_identity
 from spr_jax import settings as settings_lib
 from spr_jax.data import prepare as prepare_lib
 from spr_jax.errors import UserError
+
+
+class RunOptions(NamedTuple):
+    """How a run is carried out and recorded; none of it changes a result (config.checkpoint, .cache, .logging)."""
+    checkpoint_every: int  # chunks per replay segment, checkpointed after each
+    checkpoint_keep: int
+    expert_cache: str  # the expert cache folder; "" = WORKDIR/expert_cache
+    compile_dir: str  # JAX's persistent compilation cache ("" = off)
+    cpu_opt_level: int
+    warm_up: bool  # compile the replay and evaluation programs while the experts train
+    tensorboard: bool
+    wandb: str  # "" | "offline" | "online"
+    wandb_project: str
+    profile_segments: int
+
+
+def run_options(config) -> RunOptions:
+    return RunOptions(checkpoint_every=max(1, int(config.checkpoint.every_chunks)),
+                      checkpoint_keep=int(config.checkpoint.keep), expert_cache=config.cache.dir,
+                      compile_dir=config.cache.compile_dir, cpu_opt_level=config.cache.cpu_opt_level,
+                      warm_up=bool(config.cache.warm_up), tensorboard=bool(config.logging.tensorboard),
+                      wandb=config.logging.wandb, wandb_project=config.logging.wandb_project,
+                      profile_segments=int(config.logging.profile_segments))
+
+
+class Setup(NamedTuple):
+    prepared: object  # data.prepare.Prepared: dataset, noisy labels, stream, episodes
+    settings: settings_lib.RunSettings
+    identity: run_identity.RunIdentity
+    options: RunOptions
+
+
+def setup(config) -> Setup:
+    """Everything a run reads from its config (prepare, then the run's identity and options)."""
+    prepared, s = prepare(config)
+    return Setup(prepared, s, run_identity.of_run(config, prepared, s.identities), run_options(config))
 
 
 def data_parallel_devices(config) -> int:

@@ -12,6 +12,11 @@ BASE = dict(dataset="fashion_mnist", noise={"kind": "symmetric", "rate": 0.4}, s
             chunk_indices=np.arange(100, 200, dtype=np.int32))
 
 
+def _key(**description):
+    """The cache key of a chunk's description, as the expert phase makes it."""
+    return ec.description_key(ec.chunk_cache_description(**description))
+
+
 def _outputs(seed=0):
     r = np.random.default_rng(seed)
     return {"clean_p": r.random(100).astype(np.float32), "keep": r.random(100) > 0.5}
@@ -20,14 +25,14 @@ def _outputs(seed=0):
 def _put(cache, seed=0, **overrides):
     args = {**BASE, **overrides}
     desc = ec.chunk_cache_description(**args)
-    key = ec.chunk_cache_key(**args)
+    key = _key(**args)
     cache.put(key, _outputs(seed), desc)
     return key
 
 
 def test_miss_then_hit(tmp_path):
     cache = ec.ExpertCache(str(tmp_path))
-    key = ec.chunk_cache_key(**BASE)
+    key = _key(**BASE)
     assert cache.get(key) is None
     out = _outputs()
     cache.put(key, out, ec.chunk_cache_description(**BASE))
@@ -41,10 +46,10 @@ def test_miss_then_hit(tmp_path):
 
 
 def test_keys_depend_on_every_input():
-    k0 = ec.chunk_cache_key(**BASE)
-    assert len(k0) == 64 and k0 == ec.chunk_cache_key(**dict(BASE))  # deterministic
+    k0 = _key(**BASE)
+    assert len(k0) == 64 and k0 == _key(**dict(BASE))  # deterministic
     # dict order does not matter; numpy integer indices of another dtype give the same digest
-    assert ec.chunk_cache_key(**{**BASE, "noise": {"rate": 0.4, "kind": "symmetric"},
+    assert _key(**{**BASE, "noise": {"rate": 0.4, "kind": "symmetric"},
                                  "chunk_indices": BASE["chunk_indices"].astype(np.int64)}) == k0
     variants = [
         {"noise": {"kind": "symmetric", "rate": 0.2}},
@@ -58,14 +63,14 @@ def test_keys_depend_on_every_input():
         {"chunk_indices": BASE["chunk_indices"][::-1].copy()},
         {"chunk_indices": BASE["chunk_indices"].reshape(2, 50)},
     ]
-    keys = {ec.chunk_cache_key(**{**BASE, **v}) for v in variants}
+    keys = {_key(**{**BASE, **v}) for v in variants}
     assert len(keys) == len(variants) and k0 not in keys
 
 
 def test_get_many(tmp_path):
     cache = ec.ExpertCache(str(tmp_path))
     k_a = _put(cache, chunk_index=0)
-    k_b = ec.chunk_cache_key(**{**BASE, "chunk_index": 1})
+    k_b = _key(**{**BASE, "chunk_index": 1})
     k_c = _put(cache, seed=1, chunk_index=2)
     hits, misses = cache.get_many([k_a, k_b, k_c])
     assert sorted(hits) == [0, 2] and misses == [1]
@@ -85,7 +90,7 @@ def test_truncated_file_is_corrupt(tmp_path):
 def test_file_under_wrong_key_is_corrupt(tmp_path):
     cache = ec.ExpertCache(str(tmp_path))
     key = _put(cache)
-    other = ec.chunk_cache_key(**{**BASE, "seed": 99})
+    other = _key(**{**BASE, "seed": 99})
     os.makedirs(os.path.dirname(cache.path(other)), exist_ok=True)
     os.replace(cache.path(key), cache.path(other))  # e.g. a file copied in by hand
     with pytest.raises(ec.CacheCorruptError, match=other):
@@ -94,7 +99,7 @@ def test_file_under_wrong_key_is_corrupt(tmp_path):
 
 def test_put_refuses_nan_and_mismatched_description(tmp_path):
     cache = ec.ExpertCache(str(tmp_path))
-    key = ec.chunk_cache_key(**BASE)
+    key = _key(**BASE)
     desc = ec.chunk_cache_description(**BASE)
     bad = _outputs()
     bad["clean_p"][3] = np.nan

@@ -21,11 +21,13 @@ def test_accuracies_by_class_and_task():
     assert np.isclose(metrics.overall_accuracy(preds, labels, [[0, 1], [2]]), 4 / 6)
 
 
-def test_filter_precision_recall():
+def test_filter_precision_recall_from_counts():
     keep = np.array([1, 1, 1, 0, 0], bool)
-    corrupt = np.array([0, 0, 1, 0, 1], bool)
-    assert metrics.filter_precision_recall(keep, corrupt) == (2 / 3, 2 / 3)
-    assert metrics.filter_precision_recall(np.zeros(5, bool), corrupt)[0] is None
+    clean = ~np.array([0, 0, 1, 0, 1], bool)
+    counts = int(keep.sum()), int((keep & clean).sum()), int(clean.sum())  # what the replay counts per chunk
+    assert metrics.precision_recall_from_counts(*counts) == (2 / 3, 2 / 3)
+    assert metrics.precision_recall_from_counts(0, 0, int(clean.sum())) == (None, 0.0)
+    assert metrics.precision_recall_from_counts(2, 0, 0) == (0.0, None)
 
 
 def test_chunk_record_computes_precision_recall_and_purity_from_the_replay_counts():
