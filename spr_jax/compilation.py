@@ -60,7 +60,7 @@ def compiler_options(backend: str | None = None, cpu_options: dict | None = None
     return {"xla_backend_optimization_level": _cpu_opt_level, **(cpu_options or {})}
 
 
-def _tracing() -> bool:
+def tracing() -> bool:
     """Whether jax is tracing a program now (jit, eval_shape, a scan's body...), even a closure called without
     a tracer among its arguments: while tracing, every jax operation is staged, so a constant comes back as a
     tracer (about 30 us at the top level, once per call of a program)."""
@@ -87,7 +87,7 @@ class _Program:
 
     def _for_now(self, args=(), kwargs=None):
         # Inside another program's trace the options belong to that program (jax refuses them on a nested jit).
-        nested = any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((args, kwargs))) or _tracing()
+        nested = any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((args, kwargs))) or tracing()
         return self._with(None if nested else compiler_options(cpu_options=self._cpu_options))
 
     def __call__(self, *args, **kwargs):

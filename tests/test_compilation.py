@@ -65,7 +65,7 @@ def test_a_program_traced_without_tracer_arguments_compiles_as_part_of_the_trace
     out = jax.eval_shape(lambda: inner(x))
     assert out.shape == () and out.dtype == jnp.float32
     assert float(jax.jit(lambda y: inner(x) + y)(1.0)) == 7.0  # a closure inside another program's jit
-    assert not compilation._tracing() and float(inner(x)) == 6.0  # and at the top level, with the options
+    assert not compilation.tracing() and float(inner(x)) == 6.0  # and at the top level, with the options
 
 
 def test_a_programs_own_cpu_options_come_with_the_level_and_go_with_it(monkeypatch, level):

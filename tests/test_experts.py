@@ -193,6 +193,3 @@ def test_an_expert_phase_moves_its_bar_from_inside_a_round(monkeypatch):
                          progress=True, epochs=2, base_lr=1e-3, warmup_epochs=1)
     # One round of 4 experts: the bar moved from inside it, before the round's results arrived.
     assert bar.moves[0] < 4 and bar.moves[-1] == 4 and bar.moves == sorted(set(bar.moves)), bar.moves
-    round_ = experts.round_program(model, 2, 1, experts.augment.Views(), 0.5, tuple(jax.local_devices()[:1]), None,
-                                   True, report_epochs=True)
-    assert round_.progress._bar is None  # the program's progress reports to no bar after the phase
