@@ -34,7 +34,7 @@ from benchmarks.end_to_end import load_config  # noqa: E402
 def compile_programs(config) -> dict:
     """XLA compile seconds of each program, compiled once, cold. The replay segment and the evaluation's
     programs are compiled by the run's own warm-up functions (what a run's warm-up thread compiles)."""
-    from spr_jax import compilation, evaluate, experts, replay_phase, run_setup, settings as settings_lib, simclr
+    from spr_jax import compilation, evaluate, experts, replay_phase, run_setup, simclr
     jax.config.update("jax_enable_compilation_cache", False)
     prepared, s = run_setup.prepare(config)
     ds, d = prepared.dataset, prepared.stream.chunk_size
@@ -60,7 +60,7 @@ def compile_programs(config) -> dict:
         "evaluation": lambda: evaluate.warm_up(s.eval, state.base, s.buffer_size, ds.test.images),
     }
     out, trace_lower = {}, {}
-    with settings_lib.matmul_precision(s):
+    with compilation.matmul_precision(s.precision):
         for name, compile_now in compile_one.items():
             t = time.perf_counter()
             with compilation.compile_timer() as timed:

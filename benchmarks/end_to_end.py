@@ -59,14 +59,14 @@ def step_time(config, n_steps: int, per_call: int = 20) -> dict:
     it: `per_call` steps scanned in one program (`simclr.contrastive_fit`, the expert's regime), so that no
     per-step dispatch or host sync is counted. step_ms: median over n_steps // per_call calls, divided by
     per_call. Also the same step jitted alone and called once per step (step_call_ms), for comparison."""
-    from spr_jax import run_setup, settings as settings_lib, simclr
+    from spr_jax import compilation, run_setup, simclr
     prepared, s = run_setup.prepare(config)
     batch = min(int(config.base.batch_size), int(config.stream.delayed_buffer_size))
     images = jnp.asarray(prepared.dataset.train.images[:batch])
     lr = jnp.float32(3e-4)
     fit = dict(epochs=per_call, warmup_epochs=0, views=s.replay.views, temperature=s.replay.temperature)
     state = simclr.init_state(s.model, jax.random.PRNGKey(0), images.shape[1:])
-    with settings_lib.matmul_precision(s):
+    with compilation.matmul_precision(s.precision):
         scanned = simclr.contrastive_fit.lower(s.model, state, images, jax.random.PRNGKey(1), base_lr=lr,
                                               **fit).compile()
         single = simclr.contrastive_step.lower(s.model, state, images, jax.random.PRNGKey(1), lr, views=s.replay.views,

@@ -111,6 +111,12 @@ def jit(fun=None, *, cpu_options: dict | None = None, **jit_kwargs):
     return _Program(fun, jit_kwargs, cpu_options)
 
 
+def matmul_precision(precision: str):
+    """Context for the SimCLR phases: jax's default matmul precision at a run's setting (config.precision:
+    "default" leaves jax's; part of jit's cache key, so each setting compiles its own programs)."""
+    return jax.default_matmul_precision(None if precision == "default" else precision)
+
+
 # jax's own event names (jax._src.dispatch): tracing, lowering and XLA compilation of a program.
 _COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
                    "/jax/core/compile/backend_compile_duration")

@@ -2,11 +2,13 @@
 baselines implementing it, so the run's loop (run_loop.py) has no branch on the protocol.
 
 A learner is built at the edge from the run's settings and data, then:
+- `warm_up(piece)`: compiles its programs for segments of `piece` chunks ahead of time (run in a background
+  thread while the experts train, warm_up.py; the same programs, so no result changes);
 - `init_state()`: the state of chunk 0 (a pytree, checkpointed as it is);
 - `run_segment(state, chunk_indices, clean_p, keep, active)`: the chunks of one segment (padded to its
   fixed length, `active` marking the real ones), returning the new state and per-chunk metrics (host arrays);
-- `check_segment(state, metrics, n, start, end)`: raises before anything of the segment is written if it
-  left an unusable state (see run_checks);
+- `check_segment(state, metrics, n, start, end, keep)`: raises before anything of the segment is written if it
+  left an unusable state (see run_checks; `keep`: the filter's decisions for every chunk);
 - `evaluate(state, task)`: metrics.jsonl's evaluation record after `task`.
 A new protocol is one more class here.
 """
@@ -15,6 +17,7 @@ from typing import Protocol
 import jax
 import numpy as np
 
+from spr_jax import compilation
 from spr_jax import evaluate as evaluate_lib
 from spr_jax import online
 from spr_jax import replay_phase
@@ -23,20 +26,21 @@ from spr_jax import run_checks
 
 
 class Learner(Protocol):
+    def warm_up(self, piece: int) -> None: ...
+
     def init_state(self): ...
 
     def run_segment(self, state, chunk_indices, clean_p, keep, active): ...
 
-    def check_segment(self, state, metrics: dict, n: int, start: int, end: int) -> None: ...
+    def check_segment(self, state, metrics: dict, n: int, start: int, end: int, keep) -> None: ...
 
     def evaluate(self, state, task: int) -> dict: ...
 
 
 class _Common:
-    def __init__(self, s, prepared, data, test_images, keep, names: dict):
+    def __init__(self, s, prepared, data, test_images, names: dict):
         """names: the config values the checks' messages quote ({"ssl.lr": ..., "buffer.policy": ...})."""
-        self.s, self.prepared, self.data, self.test_images, self.keep, self.names = (
-            s, prepared, data, test_images, keep, names)
+        self.s, self.prepared, self.data, self.test_images, self.names = s, prepared, data, test_images, names
 
     def _evaluation_inputs(self) -> dict:
         p = self.prepared
@@ -53,6 +57,19 @@ class ReplayLearner(_Common):
         if s.replay.data_parallel > 1:  # the data, replicated over the local devices (and the state below)
             self.data = replay_phase.replicate(self.data, s.replay.data_parallel)
 
+    def warm_up(self, piece):
+        """The replay segment's and the first evaluation's programs (on one device; with data parallelism they
+        compile when first called)."""
+        s = self.s
+        if s.replay.data_parallel > 1:
+            return
+        self.init_state()  # (made and discarded, so that its init program is compiled too)
+        state = jax.eval_shape(self.init_state)  # (weak types as the replay's own call has them)
+        abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), self.data)
+        with compilation.matmul_precision(s.precision):
+            replay_phase.warm_up(s.model, s.replay, state, abstract, self.prepared.stream.chunk_size, piece)
+        evaluate_lib.warm_up(s.eval, state.base, s.buffer_size, self.test_images, abstract.images)
+
     def init_state(self):
         s, p = self.s, self.prepared
         state = replay_phase.init_state(s.model, s.seed, p.dataset.train.images.shape[1:], s.buffer_size,
@@ -64,8 +81,8 @@ class ReplayLearner(_Common):
                                            keep, active)
         return state, jax.tree.map(np.asarray, m)
 
-    def check_segment(self, state, metrics, n, start, end):
-        run_checks.check_replay(self.names, self.s, state, metrics, n, start, self.prepared.stream, self.keep, end)
+    def check_segment(self, state, metrics, n, start, end, keep):
+        run_checks.check_replay(self.names, self.s, state, metrics, n, start, self.prepared.stream, keep, end)
 
     def evaluate(self, state, task):
         return evaluate_lib.evaluation_record(
@@ -78,6 +95,9 @@ class OnlineLearner(_Common):
     """The online baselines (config.protocol = "online"): a supervised classifier trained on the stream as it
     arrives, with or without replay from a memory (online.py)."""
 
+    def warm_up(self, piece):
+        pass  # its programs compile when first called
+
     def init_state(self):
         return online.init_state(self.s.online, self.s.seed, self.prepared.dataset.train.images.shape[1:],
                                  self.s.buffer_size)
@@ -86,7 +106,7 @@ class OnlineLearner(_Common):
         state, m = online.run_chunks(self.s.online, state, self.data, chunk_indices, clean_p, keep, active)
         return state, jax.tree.map(np.asarray, m)
 
-    def check_segment(self, state, metrics, n, start, end):
+    def check_segment(self, state, metrics, n, start, end, keep):
         pass  # its losses are supervised and its memory takes every sample
 
     def evaluate(self, state, task):
@@ -94,7 +114,7 @@ class OnlineLearner(_Common):
                                         test_batch_size=self.s.eval.test_batch_size, **self._evaluation_inputs())
 
 
-def build(s, prepared, data, test_images, keep, names: dict) -> Learner:
+def build(s, prepared, data, test_images, names: dict) -> Learner:
     """The learner of a run's settings."""
     cls = OnlineLearner if s.online is not None else ReplayLearner
-    return cls(s, prepared, data, test_images, keep, names)
+    return cls(s, prepared, data, test_images, names)

@@ -11,7 +11,6 @@ from spr_jax import expert_phase
 from spr_jax import files
 from spr_jax import parallel
 from spr_jax import run_setup
-from spr_jax import settings as settings_lib
 from spr_jax.data import prepare as prepare_lib
 
 
@@ -34,7 +33,7 @@ def fill_expert_cache(config, workdir: str, progress: bool = True) -> dict:
     prepared, s, identity, options = run_setup.setup(config)
     os.makedirs(workdir, exist_ok=True)
     folder = expert_phase.cache_dir(options.expert_cache, workdir)
-    with settings_lib.matmul_precision(s), compilation.cpu_opt_level(options.cpu_opt_level):
+    with compilation.matmul_precision(s.precision), compilation.cpu_opt_level(options.cpu_opt_level):
         out = expert_phase.run(s, identity.expert_chunks, prepared, jnp.asarray(prepared.dataset.train.images),
                                folder, progress)
     info = {"chunks": prepared.stream.num_chunks, "cache_hits": out["cache_hits"], "trained": out["trained"],

@@ -182,7 +182,7 @@ def run_chunks(model, settings: ReplaySettings, state: SPRState, data: TrainData
 def warm_up(model, settings: ReplaySettings, state, data: TrainData, chunk_size: int, piece: int) -> None:
     """Compiles `run_chunks` for segments of `piece` chunks ahead of the replay phase (state and data may be
     abstract; ahead-of-time compilation fills the cache the jit call looks up). Changes no result; see
-    warm_up.BackgroundCompile."""
+    learners.ReplayLearner.warm_up."""
     xs = (jax.ShapeDtypeStruct((piece, chunk_size), jnp.int32), jax.ShapeDtypeStruct((piece, chunk_size), jnp.float32),
           jax.ShapeDtypeStruct((piece, chunk_size), jnp.bool_), jax.ShapeDtypeStruct((piece,), jnp.bool_))
     run_chunks.lower(model, settings, state, data, *xs).compile()

@@ -28,7 +28,6 @@ from spr_jax import profiling
 from spr_jax import run_checks
 from spr_jax import run_setup
 from spr_jax import segment_scan
-from spr_jax import settings as settings_lib
 from spr_jax import warm_up as warm_up_lib
 from spr_jax.data import prepare as prepare_lib
 
@@ -99,8 +98,9 @@ def _run(setup: run_setup.Setup, started: float, workdir, progress, redo, compil
 
     t0 = time.time()
     piece = options.checkpoint_every
-    warm_up = warm_up_lib.BackgroundCompile(s, prepared, data, test_images, piece) if options.warm_up else None
-    with settings_lib.matmul_precision(s):
+    learner = learners.build(s, prepared, data, test_images, names=identity.quoted)
+    warm_up = warm_up_lib.BackgroundCompile(lambda: learner.warm_up(piece)) if options.warm_up else None
+    with compilation.matmul_precision(s.precision):
         out = expert_phase.run(s, identity.expert_chunks, prepared, data.images,
                                expert_phase.cache_dir(options.expert_cache, workdir), progress,
                                on_compiling=warm_up.start if warm_up else None)
@@ -115,7 +115,6 @@ def _run(setup: run_setup.Setup, started: float, workdir, progress, redo, compil
     walls["expert_phase_s"] = time.time() - t0
 
     t0 = time.time()
-    learner = learners.build(s, prepared, data, test_images, keep, names=identity.quoted)
     state = learner.init_state()
     writers = (metric_writers.writers_for(workdir, tensorboard=options.tensorboard, wandb=options.wandb,
                                           wandb_project=options.wandb_project, run_config=identity.config,
@@ -159,9 +158,9 @@ def _run(setup: run_setup.Setup, started: float, workdir, progress, redo, compil
                 profiler.before_segment()
                 xs = [np.concatenate([a[start:end], np.zeros((piece - n,) + a.shape[1:], a.dtype)])
                       for a in (stream.chunks, clean_p, keep)]
-                with settings_lib.matmul_precision(s):
+                with compilation.matmul_precision(s.precision):
                     state, m = learner.run_segment(state, *xs, np.arange(piece) < n)
-                learner.check_segment(state, m, n, start, end)  # before anything of these chunks is written
+                learner.check_segment(state, m, n, start, end, keep)  # before anything of these chunks is written
                 for j in range(n):
                     c = start + j
                     log.write(outputs.chunk_record(c, int(stream.chunk_task[c]), {k: v[j] for k, v in m.items()},

@@ -31,7 +31,7 @@ from spr_jax.errors import first_line
 @dataclasses.dataclass(frozen=True)
 class RunSettings:
     seed: int
-    precision: str  # matmul precision of the SimCLR steps (see `matmul_precision`)
+    precision: str  # matmul precision of the SimCLR steps (see compilation.matmul_precision)
     buffer_size: int
     model: Any
     expert: ExpertSettings
@@ -177,12 +177,6 @@ def expert_group_size(requested: int, model, image_shape, chunk_size: int, devic
     # Activations: a generous 64 floats per input value of the 2D views (a deep net keeps several per pixel).
     per_expert = 4 * (4 * params + 64 * int(np.prod(x.shape)))
     return int(max(1, min(1024, (limit // 2) // per_expert)))
-
-
-def matmul_precision(s: RunSettings):
-    """Context for the SimCLR phases: jax's default matmul precision at the run's setting (part of jit's
-    cache key, so each setting compiles its own programs)."""
-    return jax.default_matmul_precision(None if s.precision == "default" else s.precision)
 
 
 def view_settings(config, channels: int) -> augment.Views:
