@@ -16,11 +16,10 @@ _RESULT_NEUTRAL = ("checkpoint", "cache", "logging")
 class RunIdentity(NamedTuple):
     """What names a run and what its records quote, read from the config once (run_setup.setup)."""
     fingerprint: dict  # what a resumed run's checkpoints must match (run_fingerprint)
-    description: dict  # WORKDIR/config.json (run_description)
+    description: dict  # WORKDIR/config.json (run_description; its "config" is the resolved config)
     expert_chunks: list  # the expert cache's key material, one dict per chunk (expert_chunk_descriptions)
     method: dict  # the composition (summary.json's "method")
     noise: dict  # {"kind", "rate"}, as summary.json records it
-    config: dict  # the resolved config, for the metric writers' record of the run
     quoted: dict  # config values that the run's checks quote: {"ssl.lr": ..., "buffer.policy": ...}
 
 
@@ -29,7 +28,6 @@ def of_run(config, prepared, identities: dict) -> RunIdentity:
                        description=run_description(config, identities),
                        expert_chunks=expert_chunk_descriptions(config, prepared, identities),
                        method=method_of(config), noise={"kind": config.noise.kind, "rate": float(config.noise.rate)},
-                       config=config.to_dict(),
                        quoted={"ssl.lr": config.ssl.lr, "buffer.policy": config.buffer.policy})
 
 

@@ -117,7 +117,7 @@ def _run(setup: run_setup.Setup, started: float, workdir, progress, redo, compil
     t0 = time.time()
     state = learner.init_state()
     writers = (metric_writers.writers_for(workdir, tensorboard=options.tensorboard, wandb=options.wandb,
-                                          wandb_project=options.wandb_project, run_config=identity.config,
+                                          wandb_project=options.wandb_project, run_config=identity.description["config"],
                                           run_name=run_name) if parallel.is_primary() else [])
     log = outputs.MetricsLog(workdir, writers)
     restored = ckpt.restore(state)
