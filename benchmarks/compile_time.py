@@ -83,7 +83,8 @@ def _lower_expert_round(s, prepared, *, with_filter: bool):
     kw = s.expert.phase_kwargs()
     post = expert_phase.filter_post_fn(s.filter.fn, s.filter.num_classes) if with_filter else None
     run_round = experts.round_program(kw["model"], kw["epochs"], kw["warmup_epochs"], kw["views"],
-                                      kw["temperature"], tuple(jax.local_devices()[:1]), post, False, fresh=True).program
+                                      kw["temperature"], tuple(jax.local_devices()[:1]), post, False,
+                                      fresh=True).program
     ids = np.zeros(1, np.int32)
     args = expert_phase.filter_args(s, prepared, ids) if with_filter else {}
     images = jax.ShapeDtypeStruct(prepared.dataset.train.images.shape, jnp.uint8)

@@ -29,8 +29,9 @@ def fill_expert_cache(config, workdir: str, progress: bool = True) -> dict:
     """--mode=experts: only the expert phase (experts + filter for every chunk), written to the cache so
     that later runs with the same data, noise, seed, expert settings and filter skip it."""
     t0 = time.time()
-    compilation.use_persistent_cache(run_setup.run_options(config).compile_dir)
-    prepared, s, identity, options = run_setup.setup(config)
+    options = run_setup.run_options(config)
+    compilation.use_persistent_cache(options.compile_dir)
+    prepared, s, identity, _ = run_setup.setup(config, options)
     os.makedirs(workdir, exist_ok=True)
     folder = expert_phase.cache_dir(options.expert_cache, workdir)
     with compilation.matmul_precision(s.precision), compilation.cpu_opt_level(options.cpu_opt_level):

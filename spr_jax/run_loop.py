@@ -55,7 +55,7 @@ def run(config, workdir: str, progress: bool = True, redo: bool = False) -> dict
     compilation.use_persistent_cache(options.compile_dir)
     with compilation.cpu_opt_level(options.cpu_opt_level), compilation.compile_timer() as compiled:
         started = time.time()
-        return _run(run_setup.setup(config), started, workdir, progress, redo, compiled)
+        return _run(run_setup.setup(config, options), started, workdir, progress, redo, compiled)
 
 
 def _run(setup: run_setup.Setup, started: float, workdir, progress, redo, compiled) -> dict:
@@ -85,7 +85,8 @@ def _run(setup: run_setup.Setup, started: float, workdir, progress, redo, compil
     stream_info = prepare_lib.stream_summary(prepared)
     if parallel.is_primary():
         files.write_atomic(os.path.join(workdir, "stream.json"), json.dumps(stream_info, indent=1))
-        files.write_atomic(os.path.join(workdir, "config.json"), json.dumps(identity.description, indent=1, default=str))
+        files.write_atomic(os.path.join(workdir, "config.json"),
+                           json.dumps(identity.description, indent=1, default=str))
     run_name = f"{outputs.method_name(identity.method)}, seed {s.seed}"
     if progress:
         print(f"run: {run_name}", flush=True)
@@ -117,8 +118,9 @@ def _run(setup: run_setup.Setup, started: float, workdir, progress, redo, compil
     t0 = time.time()
     state = learner.init_state()
     writers = (metric_writers.writers_for(workdir, tensorboard=options.tensorboard, wandb=options.wandb,
-                                          wandb_project=options.wandb_project, run_config=identity.description["config"],
-                                          run_name=run_name) if parallel.is_primary() else [])
+                                          wandb_project=options.wandb_project,
+                                          run_config=identity.description["config"], run_name=run_name)
+               if parallel.is_primary() else [])
     log = outputs.MetricsLog(workdir, writers)
     restored = ckpt.restore(state)
     done_chunks, eval_time, earlier = 0, 0.0, {}

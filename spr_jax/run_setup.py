@@ -42,10 +42,11 @@ class Setup(NamedTuple):
     options: RunOptions
 
 
-def setup(config) -> Setup:
-    """Everything a run reads from its config (prepare, then the run's identity and options)."""
+def setup(config, options: RunOptions = None) -> Setup:
+    """Everything a run reads from its config (prepare, then the run's identity; `options`: run_options(config),
+    if the caller read them first to set up compilation)."""
     prepared, s = prepare(config)
-    return Setup(prepared, s, run_identity.of_run(config, prepared, s.identities), run_options(config))
+    return Setup(prepared, s, run_identity.of_run(config, prepared, s.identities), options or run_options(config))
 
 
 def data_parallel_devices(config) -> int:

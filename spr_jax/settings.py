@@ -155,9 +155,8 @@ def online_settings(config, classifier, loss, policy, num_classes: int, chunk_si
         raise ConfigError(f"config.online.stream_batch={config.online.stream_batch} must divide the chunk size "
                           f"{chunk_size}")
     return OnlineSettings(classifier=classifier, lr=float(config.online.lr), replay=bool(config.online.replay),
-                                 stream_batch=int(config.online.stream_batch),
-                                 replay_batch=int(config.online.replay_batch), loss=loss, policy=policy,
-                                 num_classes=num_classes, networks=networks)
+                          stream_batch=int(config.online.stream_batch), replay_batch=int(config.online.replay_batch),
+                          loss=loss, policy=policy, num_classes=num_classes, networks=networks)
 
 
 def expert_group_size(requested: int, model, image_shape, chunk_size: int, device=None) -> int:

@@ -47,7 +47,8 @@ def test_the_reader_sees_every_kind_of_import(tmp_path):
     pkg = tmp_path / "spr_jax"
     (pkg / "sub").mkdir(parents=True)
     (pkg / "__init__.py").write_text("def __getattr__(n):\n    from spr_jax import top\n")
-    (pkg / "top.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from spr_jax.sub import leaf\n")
+    (pkg / "top.py").write_text("from typing import TYPE_CHECKING\n"
+                                "if TYPE_CHECKING:\n    from spr_jax.sub import leaf\n")
     (pkg / "sub" / "__init__.py").write_text("")
     (pkg / "sub" / "leaf.py").write_text("def f():\n    from .. import errors\n")
     (pkg / "errors.py").write_text("import os\n")
