@@ -11,6 +11,7 @@ from spr_jax.errors import ConfigError  # (raised by validate; spr_jax.configlib
 
 MNIST_EPISODES = ((7, 6), (2, 3), (0, 1), (5, 9), (8, 4))
 PRECISIONS = ("highest", "default", "bfloat16")
+STREAMS = ("spr_jax", "release")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -29,6 +30,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.dataset.source = "auto"  # auto | idx | cifar | tfds | sklearn | webvision | synthetic
     c.dataset.data_dir = ""  # a local folder (IDX files, CIFAR batches, webvision); "" = default places
     c.dataset.subset_per_class = 0  # >0: seeded, class-balanced training subset (before the noise)
+    # Whose draws make the noisy stream: spr_jax (numpy generators of the seed) | release (the PyTorch release's
+    # own: a seed gives the release's noisy samples and stream order, so runs pair with it seed by seed;
+    # subset_per_class then keeps the first N of each class). docs/algorithm.md, "Pairing runs with the release".
+    c.dataset.stream = "spr_jax"
 
     c.noise = ml_collections.ConfigDict()
     c.noise.kind = "symmetric"  # none | symmetric | asymmetric | superclass | real
@@ -198,6 +203,13 @@ def validate(c: ml_collections.ConfigDict) -> None:
          f"optimisation level; use 0-3, or -1 for XLA's default")
     need(c.filter.num_graphs >= 1, "config.filter.num_graphs (E_max) must be >= 1")
     need(c.dataset.subset_per_class >= 0, "config.dataset.subset_per_class must be >= 0 (0 = all)")
+    need(c.dataset.stream in STREAMS, f"config.dataset.stream={c.dataset.stream!r} is unknown; use one of {STREAMS}")
+    if c.dataset.stream == "release":
+        need(c.seed >= 1, "config.seed=0 with config.dataset.stream='release': the release leaves its generators "
+             "unseeded for seed 0, so no run of it pairs with this one; use a seed >= 1")
+        need(c.noise.kind in ("none", "symmetric", "asymmetric", "real"),
+             f"config.noise.kind={c.noise.kind!r} is not reproduced under config.dataset.stream='release' "
+             f"(symmetric, asymmetric, real and none are); use --config.dataset.stream=spr_jax")
     if c.superclass_episodes:
         return
     need(len(c.episodes) >= 1, "config.episodes must hold at least one task")

@@ -70,14 +70,19 @@ def run_fingerprint(config, identities: dict) -> dict:
         d.pop(k, None)
     d["expert"].pop("group_size", None)
     d["eval"].pop("test_batch_size", None)
+    if d["dataset"].get("stream") == "spr_jax":  # the default since before the option: old workdirs still match
+        d["dataset"].pop("stream")
     return {"config": d, "code_version": __version__, "plugins": identities}
 
 
 def expert_inputs(config, prepared) -> dict:
     """The JSON-able part of the config that a chunk's expert outputs depend on (the cache's key material)."""
+    dataset = {"name": prepared.dataset.name, "subset_per_class": int(config.dataset.subset_per_class),
+               "train_images": int(prepared.dataset.train.labels.size)}
+    if config.dataset.stream != "spr_jax":  # another subset is other images: never the default's cache entries
+        dataset["stream"] = config.dataset.stream
     return dict(
-        dataset={"name": prepared.dataset.name, "subset_per_class": int(config.dataset.subset_per_class),
-                 "train_images": int(prepared.dataset.train.labels.size)},
+        dataset=dataset,
         noise={"kind": config.noise.kind, "rate": float(config.noise.rate)},
         seed=int(config.seed),
         stream={"chunk_size": prepared.stream.chunk_size, "batch": int(config.stream.batch),

@@ -5,6 +5,7 @@ import numpy as np
 
 from spr_jax.errors import ConfigError
 from spr_jax.data import noise as noise_lib
+from spr_jax.data import release_stream
 from spr_jax.data import sources
 from spr_jax.data import stream as stream_lib
 
@@ -35,8 +36,11 @@ def prepare(config) -> Prepared:
     """The run's fixed inputs of a config that configlib.validate accepted (run_setup validates it first)."""
     dataset = sources.load_dataset(config.dataset.name, data_dir=config.dataset.data_dir,
                                    source=config.dataset.source)
+    release = config.dataset.stream == release_stream.NAME
     if config.dataset.subset_per_class:
-        keep = stream_lib.class_balanced_subset(config.seed, dataset.train.labels, config.dataset.subset_per_class)
+        labels, per_class = dataset.train.labels, config.dataset.subset_per_class
+        keep = (release_stream.first_per_class(labels, per_class) if release
+                else stream_lib.class_balanced_subset(config.seed, labels, per_class))
         train = sources.Split(images=dataset.train.images[keep], labels=dataset.train.labels[keep])
         dataset = dataclasses.replace(dataset, train=train)
     if config.noise.kind == "real" and not dataset.real_noise:
@@ -45,10 +49,18 @@ def prepare(config) -> Prepared:
             f"run would be noise-free; use --config.noise.kind=symmetric (or asymmetric) with a rate")
     episodes = resolve_episodes(config, dataset)
     stream_lib.validate_episodes(episodes, dataset.num_classes)  # before any work on noise
-    noisy = noise_lib.apply_noise(config.seed, dataset.train.labels, config.noise.kind, config.noise.rate,
-                                  dataset.num_classes, dataset=dataset.name, superclass_of=dataset.superclass_of)
-    stream = stream_lib.build_stream(config.seed, noisy.noisy, episodes, dataset.num_classes,
-                                     chunk_size=config.stream.delayed_buffer_size, batch=config.stream.batch)
+    chunking = dict(chunk_size=config.stream.delayed_buffer_size, batch=config.stream.batch)
+    if release:
+        noisy, orders = release_stream.noise_and_task_orders(
+            config.seed, dataset.train.labels, config.noise.kind, config.noise.rate, dataset.num_classes,
+            episodes, dataset=dataset.name)
+        for t, (task, order) in enumerate(zip(episodes, orders)):
+            stream_lib.need_members(t, task, order.size)
+        stream = stream_lib.chunk_stream(orders, **chunking)
+    else:
+        noisy = noise_lib.apply_noise(config.seed, dataset.train.labels, config.noise.kind, config.noise.rate,
+                                      dataset.num_classes, dataset=dataset.name, superclass_of=dataset.superclass_of)
+        stream = stream_lib.build_stream(config.seed, noisy.noisy, episodes, dataset.num_classes, **chunking)
     return Prepared(dataset=dataset, noisy=noisy, stream=stream, episodes=episodes)
 
 

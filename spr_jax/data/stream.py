@@ -67,16 +67,30 @@ def validate_episodes(episodes, num_classes: int) -> list:
 
 def build_stream(seed: int, noisy_labels: np.ndarray, episodes, num_classes: int, *,
                  chunk_size: int, batch: int = 10) -> Stream:
+    """spr_jax's own stream: each task's members (ascending index) shuffled by a numpy generator of the seed."""
     episodes = validate_episodes(episodes, num_classes)
     noisy_labels = np.asarray(noisy_labels)
     rng = np.random.default_rng([seed, _STREAM_SEED])
-    order, available, streamed = [], [], []
+    orders = []
     for t, task in enumerate(episodes):
         members = np.flatnonzero(np.isin(noisy_labels, task))
-        if members.size == 0:
-            raise ValueError(f"task {t} (classes {task}) has no training sample; check the episodes and the "
-                             f"dataset's classes")
-        members = members[rng.permutation(members.size)]
+        need_members(t, task, members.size)
+        orders.append(members[rng.permutation(members.size)])
+    return chunk_stream(orders, chunk_size=chunk_size, batch=batch)
+
+
+def need_members(t: int, task, size: int) -> None:
+    if size == 0:
+        raise ValueError(f"task {t} (classes {task}) has no training sample; check the episodes and the "
+                         f"dataset's classes")
+
+
+def chunk_stream(task_orders, *, chunk_size: int, batch: int = 10) -> Stream:
+    """The stream from each task's samples in the order they arrive: a task's last partial batch dropped,
+    the rest cut into chunks of `chunk_size` (the final partial chunk never processed)."""
+    order, available, streamed = [], [], []
+    for members in task_orders:
+        members = np.asarray(members)
         kept = members.size - members.size % batch  # drop the task's last partial batch
         order.append(members[:kept])
         available.append(members.size)
