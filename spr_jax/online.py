@@ -128,7 +128,8 @@ def chunk_step(s: OnlineSettings, data: TrainData, state: OnlineState, indices, 
     xs = (batches, keys, clean_p[:n * s.stream_batch].reshape(n, -1), keep[:n * s.stream_batch].reshape(n, -1))
     (learner, buffer), (losses, replayed) = jax.lax.scan(step, (state.learner, state.buffer), xs)
     corrupt = data.corrupt[indices]
-    metrics = chunk_metrics(losses[-1], jnp.any(replayed), keep, corrupt, buffer, s.num_classes)
+    metrics = chunk_metrics(losses[-1], jnp.any(replayed), clean_p, keep, corrupt, state.buffer, buffer,
+                            s.num_classes)
     return state.replace(learner=learner, buffer=buffer, chunk=state.chunk + 1), metrics
 
 

@@ -7,6 +7,7 @@ import os
 import jax
 import numpy as np
 
+from spr_jax import chunk_diagnostics
 from spr_jax import metrics as metrics_lib
 from spr_jax import parallel
 from spr_jax.files import write_atomic
@@ -57,6 +58,7 @@ def chunk_record(c, task, m, known) -> dict:
         "buffer_size": valid,
         "buffer_purity": (int(m["buffer_clean"]) / valid if valid else None) if known else None,
         "buffer_counts": [int(x) for x in m["buffer_counts"]],
+        **chunk_diagnostics.record_fields(m, known),  # (last: earlier runs' records only gain keys)
     }
 
 

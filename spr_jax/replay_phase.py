@@ -158,7 +158,7 @@ def chunk_step(model, s: ReplaySettings, data: TrainData, state: SPRState, indic
     candidates = buffers.Candidates(index=indices, label=data.noisy[indices], corrupt=corrupt, clean_p=clean_p,
                                     keep=keep)
     buffer = s.policy.offer(state.buffer, chunk_key(state, rng.BUFFER), candidates)
-    metrics = chunk_metrics(loss, mixed, keep, corrupt, buffer, s.num_classes)
+    metrics = chunk_metrics(loss, mixed, clean_p, keep, corrupt, state.buffer, buffer, s.num_classes)
     return state.replace(base=base, buffer=buffer, chunk=state.chunk + 1), metrics
 
 

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from spr_jax import buffers
+from spr_jax import chunk_diagnostics
 from spr_jax import rng
 
 
@@ -37,8 +38,10 @@ def chunk_key(state, purpose: int) -> jax.Array:
     return rng.chunk_key(state.seed, purpose, state.chunk)
 
 
-def chunk_metrics(loss, replayed, keep, corrupt, buffer, num_classes: int) -> dict:
-    """The per-chunk metrics every protocol reports (outputs.chunk_record turns them into metrics.jsonl's row)."""
+def chunk_metrics(loss, replayed, clean_p, keep, corrupt, before, buffer, num_classes: int) -> dict:
+    """The per-chunk metrics every protocol reports (outputs.chunk_record turns them into metrics.jsonl's row):
+    counts of the filter and the memory, the clean_p diagnostics of the kept samples and the memory's
+    admissions and evictions (`before`: the buffer state the chunk started from)."""
     return {
         "base_loss": loss,
         "replayed_buffer": replayed,
@@ -48,6 +51,8 @@ def chunk_metrics(loss, replayed, keep, corrupt, buffer, num_classes: int) -> di
         "buffer_valid": buffer.valid.sum(),
         "buffer_clean": (buffer.valid & ~buffer.corrupt).sum(),
         "buffer_counts": buffers.class_counts(buffer, num_classes),
+        **chunk_diagnostics.clean_p_diagnostics(clean_p, keep, corrupt),
+        **chunk_diagnostics.buffer_turnover(before, buffer),
     }
 
 

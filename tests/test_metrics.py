@@ -33,7 +33,11 @@ def test_filter_precision_recall_from_counts():
 def test_chunk_record_computes_precision_recall_and_purity_from_the_replay_counts():
     from spr_jax import outputs
     m = {"base_loss": 1.5, "replayed_buffer": True, "kept": 8, "kept_clean": 6, "clean": 12, "buffer_valid": 10,
-         "buffer_clean": 9, "buffer_counts": np.array([4, 6])}
+         "buffer_clean": 9, "buffer_counts": np.array([4, 6]),
+         # the clean_p diagnostics' device counts (tests/test_diagnostics.py checks their fields)
+         "clean_p_hist_clean": np.zeros(10, int), "clean_p_hist_noisy": np.zeros(10, int), "clean_p_max": 1.0,
+         "kept_at_max": 0, "kept_noisy_at_max": 0, "auc_twice_u": 0, "admitted": 0, "admitted_noisy": 0,
+         "evicted": 0, "evicted_noisy": 0}
     r = outputs.chunk_record(3, 1, m, known=True)
     assert (r["filter_precision"], r["filter_recall"], r["buffer_purity"]) == (6 / 8, 6 / 12, 9 / 10)
     assert r["buffer_counts"] == [4, 6] and r["kept"] == 8
