@@ -42,7 +42,9 @@ def run(config, workdir: str, *, progress: bool = True, redo: bool = False) -> d
 def compare(config, workdir: str, *, methods=(), rates=(), seeds=(), sweeps=(), progress: bool = True) -> list:
     """Every method x sweep point x noise rate x seed on `config` (as `launch.py --mode=compare`), finished
     runs reused; `sweeps` as `--sweep`: ["buffer.size=100,300", ...]. Writes compare.json, compare.md and
-    compare.png in `workdir` and returns compare.json's rows."""
+    compare.png in `workdir` and returns compare.json's rows (a list, one per run) whose `.cells` are
+    compare.json's cells: per method (sweep point) and noise rate, each metric's mean, sd, 95% t interval over
+    seeds, n and per-seed values (spr_jax.metrics.seed_stats)."""
     from spr_jax import comparison, parallel, workdir_lock
     with workdir_lock.hold(workdir, enabled=parallel.is_primary()):
         return comparison.run(config, workdir, methods, rates, seeds, progress=progress, sweeps=sweeps)

@@ -3,8 +3,10 @@
 Each method is a composition of plug-ins, i.e. a few config overrides (METHODS). Every run goes to
 WORKDIR/<method>/rate_<r>/seed_<s> through the ordinary run loop, so a finished run is reused and an
 interrupted one resumes: an interrupted comparison picks up where it stopped. Writes WORKDIR/compare.json
-(one row per method, rate and seed), compare.md (mean +- std over seeds) and compare.png (final accuracy
-vs noise rate per method; final buffer purity per method).
+(one row per method, rate and seed under "runs"; per cell, i.e. method (sweep point) x rate, the seed
+statistics of every metric under "cells"), compare.md (per cell: mean +- sd [95% t interval] over seeds) and
+compare.png (final accuracy vs noise rate per method, or a bar per method at one rate; final buffer purity
+per method; error bars: the 95% interval over seeds).
 """
 import json
 import os
@@ -13,6 +15,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from spr_jax import files
+from spr_jax import metrics
 from spr_jax import run_loop
 from spr_jax.errors import ConfigError
 
@@ -89,9 +92,28 @@ def sweep_label(point: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in point.items())
 
 
-def run(config, workdir: str, methods=(), rates=(), seeds=(), progress: bool = True, sweeps=()) -> list:
+# The metrics of a row that compare.json's cells and compare.md summarise over seeds, in table order:
+# (key, compare.md's column, scale of the shown value: 100 for a share shown in %).
+METRICS = (("final_accuracy", "final accuracy (%)", 100), ("average_accuracy", "average accuracy (%)", 100),
+           ("forgetting", "forgetting (%)", 100), ("final_purity", "buffer purity (%)", 100),
+           ("filter_precision", "filter precision (%)", 100), ("noisy_removed", "noisy removed (%)", 100),
+           ("wall_time_s", "wall time (s)", 1))
+INTERVAL = ("mean +- sample sd (ddof=1) [95% confidence interval of the mean over seeds: mean +- t(0.975, n-1) "
+            "sd / sqrt(n)]")
+
+
+class Comparison(list):
+    """compare.json's rows (a list, one per run), with `cells`: compare.json's per-cell seed statistics."""
+
+    def __init__(self, rows, cells):
+        super().__init__(rows)
+        self.cells = cells
+
+
+def run(config, workdir: str, methods=(), rates=(), seeds=(), progress: bool = True, sweeps=()) -> Comparison:
     """Runs (or reuses) every method x sweep point x rate x seed and writes the three outputs; returns the
-    rows. `sweeps`: ["FIELD=V1,V2", ...], the product of their values (none: the config's values)."""
+    rows (with .cells, the seed statistics per cell). `sweeps`: ["FIELD=V1,V2", ...], the product of their
+    values (none: the config's values)."""
     from spr_jax import config_files
     methods = list(methods) or list(METHODS)
     rates = [float(r) for r in rates] or [float(config.noise.rate)]
@@ -117,33 +139,73 @@ def run(config, workdir: str, methods=(), rates=(), seeds=(), progress: bool = T
         rows.append({"method": label, "noise_rate": r, "seed": s, "final_accuracy": summary["final_accuracy"],
                      "average_accuracy": summary["average_accuracy"], "forgetting": summary["forgetting"],
                      "final_purity": summary["final_purity"] if has_memory else None,
+                     **filter_rates(folder, c),
                      "wall_time_s": round(sum(summary["wall_time_s"].values()), 3),
                      **({"sweep": p, "base_method": m} if p else {})})
     bar.close()
     write(workdir, rows, config)
     if progress:
         print(open(os.path.join(workdir, "compare.md")).read())
-    return rows
+    return Comparison(rows, cells(rows))
 
 
-def _mean_std(values):
-    values = [v for v in values if v is not None]
-    if not values:
-        return "n/a"
-    v = 100 * np.asarray(values, float)
-    return f"{v.mean():.1f} +- {v.std(ddof=1):.1f}" if len(v) > 1 else f"{v[0]:.1f}"
+def filter_rates(folder: str, config) -> dict:
+    """A finished run's filter, pooled over its chunks from metrics.jsonl's counts and stream.json:
+    filter_precision (kept samples whose label is right / kept) and noisy_removed (wrongly labelled chunk
+    samples not kept / wrongly labelled chunk samples); None without a filter or where the noise is unknown."""
+    none = {"filter_precision": None, "noisy_removed": None}
+    if config.filter.kind == "none" or config.protocol != "spr":
+        return none
+    try:
+        records = [json.loads(line) for line in open(os.path.join(folder, "metrics.jsonl")) if line.strip()]
+        stream = json.load(open(os.path.join(folder, "stream.json")))
+    except (OSError, ValueError):
+        return none
+    chunks = [r for r in records if r.get("type") == "chunk"]
+    if not chunks or stream.get("noise_rate_in_chunks") is None:
+        return none
+    if any(r["kept"] and r.get("filter_precision") is None for r in chunks):
+        return none
+    kept = sum(r["kept"] for r in chunks)
+    kept_clean = sum(round(r["filter_precision"] * r["kept"]) if r["kept"] else 0 for r in chunks)
+    noisy = round(stream["noise_rate_in_chunks"] * stream["samples_in_chunks"])
+    return {"filter_precision": kept_clean / kept if kept else None,
+            "noisy_removed": 1 - (kept - kept_clean) / noisy if noisy else None}
+
+
+def _cell_key(row):
+    return row["method"], row["noise_rate"]
+
+
+def cells(rows) -> list:
+    """compare.json's "cells": one per method (sweep point) and noise rate, in table order, each with its
+    seeds and, for every metric of METRICS, metrics.seed_stats of its per-seed values (mean, sd, ci_low,
+    ci_high, n, values: in the rows' units, shares in [0, 1] and seconds)."""
+    out = []
+    for m in dict.fromkeys(r["method"] for r in rows):
+        for rate in sorted({r["noise_rate"] for r in rows if r["method"] == m}):
+            group = [r for r in rows if _cell_key(r) == (m, rate)]
+            cell = {"method": m, "noise_rate": rate,
+                    **({"sweep": group[0]["sweep"], "base_method": group[0]["base_method"]}
+                       if "sweep" in group[0] else {}),
+                    "seeds": [r["seed"] for r in group]}
+            for key, _, _ in METRICS:
+                cell[key] = metrics.seed_stats([r.get(key) for r in group])
+            out.append(cell)
+    return out
 
 
 def table(rows) -> str:
-    lines = ["| method | noise rate | seeds | final accuracy (%) | average accuracy (%) | forgetting | buffer purity (%) |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    for m in dict.fromkeys(r["method"] for r in rows):
-        for rate in sorted({r["noise_rate"] for r in rows if r["method"] == m}):
-            group = [r for r in rows if r["method"] == m and r["noise_rate"] == rate]
-            lines.append(f"| {m} | {rate} | {len(group)} | {_mean_std([r['final_accuracy'] for r in group])} | "
-                         f"{_mean_std([r['average_accuracy'] for r in group])} | "
-                         f"{_mean_std([r['forgetting'] for r in group])} | "
-                         f"{_mean_std([r['final_purity'] for r in group])} |")
+    """compare.md's table: a row per cell, each metric as metrics.format_stats shows it; the filter's columns
+    only where some method has a filter."""
+    cs = cells(rows)
+    shown = [(k, h, f) for k, h, f in METRICS
+             if k not in ("filter_precision", "noisy_removed") or any(c[k]["n"] for c in cs)]
+    lines = ["| method | noise rate | seeds | " + " | ".join(h for _, h, _ in shown) + " |",
+             "| --- | --- | --- | " + " | ".join("---" for _ in shown) + " |"]
+    for c in cs:
+        lines.append(f"| {c['method']} | {c['noise_rate']} | {len(c['seeds'])} | "
+                     + " | ".join(metrics.format_stats(c[k], f) for k, _, f in shown) + " |")
     return "\n".join(lines)
 
 
@@ -151,10 +213,13 @@ def write(workdir: str, rows, config) -> None:
     os.makedirs(workdir, exist_ok=True)
     doc = {"dataset": config.dataset.name, "noise_kind": config.noise.kind,
            "methods": {m: METHODS[m][1] for m in dict.fromkeys(r.get("base_method", r["method"]) for r in rows)},
-           "runs": rows}
+           "runs": rows, "interval": INTERVAL, "cells": cells(rows)}
     files.write_atomic(os.path.join(workdir, "compare.json"), json.dumps(doc, indent=1))
-    text = (f"# Comparison on {config.dataset.name}, {config.noise.kind} noise (mean +- std over seeds)\n\n"
-            + table(rows) + "\n\n" + "\n".join(f"- {m}: {d}" for m, d in doc["methods"].items()) + "\n")
+    text = (f"# Comparison on {config.dataset.name}, {config.noise.kind} noise\n\n" + table(rows) + "\n\n"
+            f"Each cell: {INTERVAL}; one seed: its value alone. Accuracy, forgetting, purity, "
+            "filter precision and noisy removed in %, wall time in seconds; the filter's two pooled over each run's "
+            "chunks (methods with a filter).\n\n"
+            + "\n".join(f"- {m}: {d}" for m, d in doc["methods"].items()) + "\n")
     files.write_atomic(os.path.join(workdir, "compare.md"), text)
     try:
         plot(rows, os.path.join(workdir, "compare.png"), config)
@@ -162,36 +227,42 @@ def write(workdir: str, rows, config) -> None:
         print(f"(compare plot skipped: {e})")
 
 
+def _half_width(stats, scale=100):
+    """The 95% interval's half-width (scaled), 0 where there is none (one seed)."""
+    return scale * (stats["ci_high"] - stats["mean"]) if stats["ci_high"] is not None else 0.0
+
+
 def plot(rows, path, config):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     methods = list(dict.fromkeys(r["method"] for r in rows))
+    by_cell = {(c["method"], c["noise_rate"]): c for c in cells(rows)}
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 5))
     all_rates = sorted({r["noise_rate"] for r in rows})
     if len(all_rates) == 1:  # one rate: a bar per method (mean over seeds) with each seed's point on it
-        _accuracy_bars(a, rows, methods, all_rates[0])
+        _accuracy_bars(a, rows, methods, all_rates[0], by_cell)
     for m in methods if len(all_rates) > 1 else ():
         rates = sorted({r["noise_rate"] for r in rows if r["method"] == m})
-        acc = [100 * np.asarray([r["final_accuracy"] for r in rows if r["method"] == m and r["noise_rate"] == x])
-               for x in rates]
-        a.errorbar([100 * x for x in rates], [v.mean() for v in acc], yerr=[v.std() for v in acc], marker="o",
-                   capsize=3, label=m)  # bars: std over seeds
+        acc = [by_cell[(m, x)]["final_accuracy"] for x in rates]
+        a.errorbar([100 * x for x in rates], [100 * v["mean"] for v in acc], yerr=[_half_width(v) for v in acc],
+                   marker="o", capsize=3, label=m)  # bars: the 95% interval over seeds
     if len(all_rates) > 1:
         a.set_xlabel("noise rate (%)"), a.set_ylabel("final accuracy (%)")
-        a.set_title("final accuracy (mean, std over seeds)")
+        a.set_title("final accuracy (mean, 95% interval over seeds)")
     a.grid(alpha=0.3)
     width = 0.8 / len(all_rates)
-    for i, rate in enumerate(all_rates):  # one bar per method and noise rate: mean over seeds
-        purity = [[100 * r["final_purity"] for r in rows if r["method"] == m and r["noise_rate"] == rate
-                   and r["final_purity"] is not None] for m in methods]
+    for i, rate in enumerate(all_rates):  # one bar per method and noise rate: mean over seeds, 95% interval
+        purity = [by_cell[(m, rate)]["final_purity"] if (m, rate) in by_cell else metrics.seed_stats([])
+                  for m in methods]
         x = np.arange(len(methods)) + (i - (len(all_rates) - 1) / 2) * width
-        b.bar(x, [np.mean(p) if p else 0 for p in purity], width, label=f"{100 * rate:g}% noise")
+        b.bar(x, [100 * p["mean"] if p["n"] else 0 for p in purity], width, label=f"{100 * rate:g}% noise",
+              yerr=[_half_width(p) if p["n"] else 0 for p in purity], capsize=2, error_kw={"elinewidth": 1})
         for xi, p in zip(x, purity):
-            if not p:  # a method without a memory has no purity
+            if not p["n"]:  # a method without a memory has no purity
                 b.text(xi, 2, "no memory", rotation=90, ha="center", va="bottom", fontsize=7, color="grey")
     b.set_xticks(np.arange(len(methods)), methods, rotation=30, ha="right")
-    b.set_ylabel("final buffer purity (%)"), b.set_title("buffer purity (mean over seeds)")
+    b.set_ylabel("final buffer purity (%)"), b.set_title("buffer purity (mean, 95% interval over seeds)")
     b.set_ylim(0, 118), b.legend(fontsize=8, ncol=len(all_rates), loc="upper right")
     handles, labels = a.get_legend_handles_labels()
     rows_of_legend = -(-len(methods) // 5) if handles else 0
@@ -203,13 +274,14 @@ def plot(rows, path, config):
     plt.close(fig)
 
 
-def _accuracy_bars(ax, rows, methods, rate):
+def _accuracy_bars(ax, rows, methods, rate, by_cell):
     x = np.arange(len(methods))
     for i, m in enumerate(methods):
         acc = 100 * np.asarray([r["final_accuracy"] for r in rows if r["method"] == m and r["noise_rate"] == rate])
-        ax.bar(i, acc.mean(), 0.6, color=f"C{i % 10}", alpha=0.6)
+        stats = by_cell[(m, rate)]["final_accuracy"]
+        ax.bar(i, 100 * stats["mean"], 0.6, color=f"C{i % 10}", alpha=0.6, yerr=_half_width(stats), capsize=4)
         ax.plot(np.full(len(acc), i) + np.linspace(-0.15, 0.15, len(acc)) * (len(acc) > 1), acc, "o",
                 color=f"C{i % 10}", markeredgecolor="black", markersize=5)
     ax.set_xticks(x, methods, rotation=30, ha="right")
     ax.set_ylabel("final accuracy (%)")
-    ax.set_title(f"final accuracy at {100 * rate:g}% noise (bar: mean; points: seeds)")
+    ax.set_title(f"final accuracy at {100 * rate:g}% noise (bar: mean, 95% interval; points: seeds)", fontsize=10)
