@@ -4,7 +4,9 @@ written with tensorboardX (no TensorFlow), in WORKDIR/tensorboard, and optionall
 (add_accuracy_matrix, add_image_file) and close().
 
 Scalars: every numeric field of a chunk record as `chunk/<field>` at step = the chunk's index (`base_loss`,
-`kept`, `filter_precision`, `filter_recall`, `buffer_size`, `buffer_purity`), and of an evaluation record as
+`kept`, `filter_precision`, `filter_recall`, `buffer_size`, `buffer_purity`, and the clean_p diagnostics
+`clean_p_max`, `clean_p_tied_share`, `clean_p_tied_noisy_share`, `clean_p_auc`, `buffer_admitted[_clean|_noisy]`,
+`buffer_evicted[_clean|_noisy]`; the clean_p histograms stay in metrics.jsonl), and of an evaluation record as
 `eval/<field>` at step = the chunks processed (`accuracy`, `buffer_purity`, `buffer_size`, and
 `eval/task_<j>_accuracy` for the tasks seen, `eval/finetune_loss` the fine-tune's last epoch), so both share
 the chunk axis; each evaluation's fine-tune loss per epoch as `finetune_loss/after_task_<t>` at step = the
@@ -16,7 +18,10 @@ import os
 
 import numpy as np
 
-CHUNK_SCALARS = ("base_loss", "kept", "filter_precision", "filter_recall", "buffer_size", "buffer_purity")
+CHUNK_SCALARS = ("base_loss", "kept", "filter_precision", "filter_recall", "buffer_size", "buffer_purity",
+                 "clean_p_max", "clean_p_tied_share", "clean_p_tied_noisy_share", "clean_p_auc",
+                 "buffer_admitted", "buffer_admitted_clean", "buffer_admitted_noisy",
+                 "buffer_evicted", "buffer_evicted_clean", "buffer_evicted_noisy")
 EVAL_SCALARS = ("accuracy", "buffer_purity", "buffer_size")
 
 

@@ -34,8 +34,12 @@ def test_event_files_hold_the_metrics_scalars(tiny_run):
     def series(tag):
         return [(e.step, e.value) for e in acc.Scalars(tag)]
 
-    for field in ("base_loss", "kept", "filter_precision", "filter_recall", "buffer_size", "buffer_purity"):
+    for field in ("base_loss", "kept", "filter_precision", "filter_recall", "buffer_size", "buffer_purity",
+                  "clean_p_max", "clean_p_tied_share", "clean_p_tied_noisy_share", "clean_p_auc", "buffer_admitted",
+                  "buffer_admitted_clean", "buffer_admitted_noisy", "buffer_evicted", "buffer_evicted_clean",
+                  "buffer_evicted_noisy"):
         want = [(r["chunk"], r[field]) for r in chunks if r[field] is not None]
+        assert want, field
         got = series(f"chunk/{field}")
         assert [s for s, _ in got] == [s for s, _ in want], field
         np.testing.assert_allclose([v for _, v in got], [v for _, v in want], rtol=1e-6, err_msg=field)
