@@ -179,7 +179,9 @@ def _task_label(j, episodes) -> str:
 def plot(summary_, episodes, path, log=None):
     """summary.png: the accuracy matrix and the buffer's purity; given the run's MetricsLog, a second row
     with the filter per chunk (kept, precision), the base's self-supervised loss per chunk and the
-    evaluation fine-tune's loss per epoch."""
+    evaluation fine-tune's loss per epoch, and where its chunk records carry the clean_p diagnostics a third:
+    the kept samples' clean_p ranking per chunk (AUC, tie share), the buffer's admissions and evictions per
+    chunk and the kept samples' clean_p histogram over the run."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -188,12 +190,17 @@ def plot(summary_, episodes, path, log=None):
     if log is None:
         fig, (a, b) = plt.subplots(1, 2, figsize=(13, 5.2), gridspec_kw={"width_ratios": [1, 1.15]})
     else:
-        fig = plt.figure(figsize=(15, 9.6))
-        grid = fig.add_gridspec(2, 6, height_ratios=[1.15, 1])
+        diagnostics = any("clean_p_hist" in r for r in log.chunks)  # (records of earlier versions lack them)
+        fig = plt.figure(figsize=(15, 14.2 if diagnostics else 9.6))
+        grid = fig.add_gridspec(3 if diagnostics else 2, 6, height_ratios=[1.15, 1, 1][:3 if diagnostics else 2])
         a, b = fig.add_subplot(grid[0, :3]), fig.add_subplot(grid[0, 3:])
         _plot_filter(fig.add_subplot(grid[1, :2]), log.chunks)
         _plot_base_loss(fig.add_subplot(grid[1, 2:4]), log.chunks)
         _plot_finetune_loss(fig.add_subplot(grid[1, 4:]), log.evals)
+        if diagnostics:
+            _plot_ranking(fig.add_subplot(grid[2, :2]), log.chunks)
+            _plot_turnover(fig.add_subplot(grid[2, 2:4]), log.chunks)
+            _plot_clean_p_hist(fig.add_subplot(grid[2, 4:]), log.chunks)
 
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")  # masked cells: grey
     im = a.imshow(m, vmin=0, vmax=100, cmap=cmap)
@@ -268,6 +275,82 @@ def _plot_filter(ax, chunks):
         ax.legend(*handles, loc="lower right", fontsize=8)
     ax.set_xlabel("chunk")
     ax.set_title("filter per chunk", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def _values(chunks, key, scale=1.0):
+    return np.array([np.nan if r.get(key) is None else scale * r[key] for r in chunks], dtype=float)
+
+
+def _plot_ranking(ax, chunks):
+    """Per chunk: how well clean_p separates the kept samples' right labels from wrong ones (AUC), and how
+    many kept samples tie at the chunk's highest clean_p (where the buffer's eviction is oldest-first)."""
+    x = [r["chunk"] + 1 for r in chunks]
+    auc, tied = _values(chunks, "clean_p_auc", 100), _values(chunks, "clean_p_tied_share", 100)
+    if np.isfinite(auc).any():
+        ax.plot(x, auc, color="tab:green", marker="o", markersize=3, label="ROC-AUC of clean_p (clean vs noisy)")
+        ax.axhline(50, color="grey", linestyle="--", linewidth=0.8, label="AUC 50: no separation")
+    if np.isfinite(tied).any():
+        ax.plot(x, tied, color="tab:orange", marker="s", markersize=3, label="kept samples tied at the max clean_p")
+    noisy_tied = _values(chunks, "clean_p_tied_noisy_share", 100)
+    if np.isfinite(noisy_tied).any():
+        ax.plot(x, noisy_tied, color="tab:red", linestyle=":", marker="v", markersize=3,
+                label="noisy among those tied")
+    if ax.get_legend_handles_labels()[0]:  # above the 0-100 range, so it hides no point
+        ax.legend(loc="upper center", fontsize=7, ncol=2)
+    else:
+        _no_data(ax, "nothing kept")
+    ax.set_ylim(-3, 128), ax.set_yticks(range(0, 101, 20)), ax.set_xlabel("chunk"), ax.set_ylabel("%")
+    ax.set_title("filter: clean_p ranking of the kept samples", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def _plot_turnover(ax, chunks):
+    """Per chunk: samples admitted to the buffer (up) and evicted from it (down), clean and noisy stacked;
+    the noisy ones only where the noise is known."""
+    x = np.array([r["chunk"] + 1 for r in chunks])
+    known = any(r.get("buffer_admitted_noisy") is not None for r in chunks)
+    if known:
+        bars = [("buffer_admitted_clean", 1, "tab:blue", "admitted clean"),
+                ("buffer_admitted_noisy", 1, "tab:red", "admitted noisy"),
+                ("buffer_evicted_clean", -1, "lightsteelblue", "evicted clean"),
+                ("buffer_evicted_noisy", -1, "lightcoral", "evicted noisy")]
+    else:
+        bars = [("buffer_admitted", 1, "tab:blue", "admitted"), ("buffer_evicted", -1, "lightsteelblue", "evicted")]
+    bottoms = {1: np.zeros(len(x)), -1: np.zeros(len(x))}
+    for key, sign, colour, label in bars:
+        v = sign * np.nan_to_num(_values(chunks, key))
+        ax.bar(x, v, bottom=bottoms[sign], color=colour, label=label)
+        bottoms[sign] += v
+    ax.axhline(0, color="k", linewidth=0.8)
+    ax.legend(loc="best", fontsize=7, ncol=2)
+    ax.set_xlabel("chunk"), ax.set_ylabel("samples (evicted below 0)")
+    ax.set_title("buffer: admissions and evictions per chunk", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def _plot_clean_p_hist(ax, chunks):
+    """The kept samples' clean_p over the whole run (the chunks' histograms added up), right and wrong labels
+    side by side where the noise is known, each as a share of its group."""
+    edges = chunk_diagnostics.CLEAN_P_EDGES
+    width = np.diff(edges)
+    groups = [("clean_p_hist_clean", "tab:blue", "kept clean"), ("clean_p_hist_noisy", "tab:red", "kept noisy")]
+    if not any(r.get("clean_p_hist_noisy") is not None for r in chunks):
+        groups = [("clean_p_hist", "tab:blue", "kept")]
+    for i, (key, colour, label) in enumerate(groups):
+        counts = np.sum([r[key] for r in chunks if r.get(key) is not None], axis=0)
+        total = int(np.sum(counts))
+        if total:
+            w = width / len(groups)
+            ax.bar(edges[:-1] + i * w, 100 * counts / total, width=w, align="edge", color=colour,
+                   label=f"{label} ({total})")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper left", fontsize=8)
+    else:
+        _no_data(ax, "nothing kept")
+    ax.set_xlim(0, 1), ax.set_xticks(edges[::2])
+    ax.set_xlabel("clean_p (bins of 0.1; the last includes 1)"), ax.set_ylabel("% of the group")
+    ax.set_title("filter: clean_p of the kept samples, all chunks", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
 
 

@@ -120,3 +120,51 @@ def test_plot_with_the_runs_records_shows_filter_and_losses(tmp_path, monkeypatc
     axes = {ax.get_title(): ax for ax in figs[-1].axes}
     assert "base not trained" in axes["base: self-supervised loss per chunk"].texts[0].get_text()
     assert "no fine-tune" in axes["evaluation: classifier fine-tune loss"].texts[0].get_text()
+
+
+def test_plot_shows_the_clean_p_diagnostics_where_the_records_carry_them(tmp_path, monkeypatch):
+    """A third row: AUC and tie share per chunk, admissions (up) and evictions (down) per chunk, the kept
+    samples' clean_p over the run as a share of each group; records without the fields keep two rows."""
+    import types
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    figs = []
+    monkeypatch.setattr(plt, "close", lambda fig=None: figs.append(fig))
+    hist_clean, hist_noisy = [0] * 8 + [1, 3], [0, 2] + [0] * 7 + [2]
+    chunks = [{"chunk": c, "kept": 8, "filter_precision": 0.5, "base_loss": 1.0, "clean_p_hist": [0] * 10,
+               "clean_p_hist_clean": hist_clean, "clean_p_hist_noisy": hist_noisy, "clean_p_auc": 0.5 + 0.1 * c,
+               "clean_p_tied_share": 0.25, "clean_p_tied_noisy_share": 0.5, "buffer_admitted_clean": 3 + c,
+               "buffer_admitted_noisy": 1, "buffer_evicted_clean": 2, "buffer_evicted_noisy": c} for c in range(3)]
+    evals = [{"after_task": 0, "finetune_loss": None}]
+    outputs.plot(summary(), EPISODES, str(tmp_path / "summary.png"), log=types.SimpleNamespace(chunks=chunks, evals=evals))
+    axes = {ax.get_title(): ax for ax in figs[-1].axes}
+    ranking = axes["filter: clean_p ranking of the kept samples"]
+    lines = {line.get_label(): line for line in ranking.get_lines()}
+    np.testing.assert_allclose(lines["ROC-AUC of clean_p (clean vs noisy)"].get_ydata(), [50, 60, 70])
+    np.testing.assert_allclose(lines["kept samples tied at the max clean_p"].get_ydata(), [25, 25, 25])
+    turnover = axes["buffer: admissions and evictions per chunk"]
+    heights = [p.get_height() for p in turnover.patches]
+    assert heights == [3, 4, 5, 1, 1, 1, -2, -2, -2, 0, -1, -2]  # admitted clean, noisy; evicted clean, noisy
+    hist = axes["filter: clean_p of the kept samples, all chunks"]
+    np.testing.assert_allclose([p.get_height() for p in hist.patches],
+                               [100 * v / 4 for v in hist_clean] + [100 * v / 4 for v in hist_noisy])
+    assert hist.get_legend_handles_labels()[1] == ["kept clean (12)", "kept noisy (12)"]
+
+    for c in chunks:  # noise unknown: totals only
+        c.update(buffer_admitted=4, buffer_evicted=2, clean_p_hist=[0] * 9 + [4], clean_p_auc=None,
+                 clean_p_tied_noisy_share=None, clean_p_hist_clean=None, clean_p_hist_noisy=None,
+                 buffer_admitted_clean=None, buffer_admitted_noisy=None, buffer_evicted_clean=None,
+                 buffer_evicted_noisy=None)
+    outputs.plot(summary(), EPISODES, str(tmp_path / "summary.png"), log=types.SimpleNamespace(chunks=chunks, evals=evals))
+    axes = {ax.get_title(): ax for ax in figs[-1].axes}
+    assert [p.get_height() for p in axes["buffer: admissions and evictions per chunk"].patches] == [4] * 3 + [-2] * 3
+    assert axes["filter: clean_p of the kept samples, all chunks"].get_legend_handles_labels()[1] == ["kept (12)"]
+    assert [line.get_label() for line in axes["filter: clean_p ranking of the kept samples"].get_lines()] == [
+        "kept samples tied at the max clean_p"]
+
+    for c in chunks:  # records of an earlier version: no third row
+        for k in [k for k in c if k.startswith(("clean_p", "buffer_"))]:
+            del c[k]
+    outputs.plot(summary(), EPISODES, str(tmp_path / "summary.png"), log=types.SimpleNamespace(chunks=chunks, evals=evals))
+    assert "buffer: admissions and evictions per chunk" not in {ax.get_title() for ax in figs[-1].axes}
