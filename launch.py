@@ -9,6 +9,10 @@ A mistake the user can fix (a bad value, a misspelt field, missing data, an unus
 another run) is reported in one line, plus a hint line where one helps, with exit status 2 and nothing
 written. Anything else is a bug and keeps its traceback.
 """
+if __name__ == "__main__":  # first of all, before JAX is imported: a signal at any moment then stops cleanly
+    from spr_jax import interrupt
+    interrupt.install()
+
 import errno
 import os
 import re
@@ -197,10 +201,10 @@ def main(argv) -> int:
     import jax
     if jax.process_count() > 1:  # each process says where it runs (e.g. in a cluster job's logs)
         print(parallel.describe(), flush=True)
-    from spr_jax import interrupt, modes, run_loop, workdir_lock
-    # One run per workdir (process 0 writes a multi-host run's files, so it alone locks), and signals stop
-    # the run at its next safe point with its work kept.
-    with workdir_lock.hold(_WORKDIR.value, enabled=parallel.is_primary()), interrupt.handling():
+    from spr_jax import modes, run_loop, workdir_lock
+    # One run per workdir (process 0 writes a multi-host run's files, so it alone locks). Signals are handled
+    # since the start (spr_jax/interrupt.py): work in progress stops at its next safe point with its work kept.
+    with workdir_lock.hold(_WORKDIR.value, enabled=parallel.is_primary()):
         if _MODE.value == "stream":
             modes.write_stream(config, _WORKDIR.value)
         elif _MODE.value == "experts":

@@ -172,11 +172,15 @@ def run(settings, descriptions: list, prepared, train_images_dev, cache_folder: 
             interrupt.check(f"during the expert phase, after {done} of {s.num_chunks} experts (cached)")
 
     if misses:
-        for c, outputs in train_missing_experts(settings, prepared, train_images_dev, misses, progress,
-                                                     on_compiling, on_round).items():
-            if c in own_misses and c not in stored:  # every process fills its own cache (puts are atomic)
-                cache.put(keys[c], outputs, descriptions[c])
-            hits[c] = outputs
+        # A signal is acknowledged at once and stops the phase after the round in training (on_round's check).
+        with interrupt.deferred("after this expert round", kept="the experts of finished rounds are cached",
+                                done=f"after the expert phase ({s.num_chunks} experts cached)"):
+            trained = train_missing_experts(settings, prepared, train_images_dev, misses, progress, on_compiling,
+                                            on_round)
+            for c, outputs in trained.items():
+                if c in own_misses and c not in stored:  # every process fills its own cache (puts are atomic)
+                    cache.put(keys[c], outputs, descriptions[c])
+                hits[c] = outputs
     return {"clean_p": np.stack([hits[c]["clean_p"] for c in range(s.num_chunks)]),
             "keep": np.stack([hits[c]["keep"] for c in range(s.num_chunks)]),
             "cache_hits": s.num_chunks - len(misses), "trained": len(misses)}

@@ -137,52 +137,55 @@ def _run(setup: run_setup.Setup, started: float, workdir, progress, redo, compil
     clock = {"eval": eval_time}
     plan = segments(stream, piece)
     profiler = profiling.SegmentProfiler(workdir, options.profile_segments if parallel.is_primary() else 0)
-    try:
-        for i, (task, start, end) in enumerate(plan):
-            if start is None:  # evaluation at the boundary after `task`
-                if task < len(log.evals):
-                    continue
-                te = time.time()
-                record = learner.evaluate(state, task)
-                clock["eval"] += time.time() - te
-                warnings = run_checks.evaluation_warnings(s, record, log.chunks, prepared.episodes, task)
-                if warnings:
-                    record["warnings"] = warnings
-                    for w in warnings:
-                        bar.write(f"warning: {w}")
-                log.write(record)
-                if progress:
-                    bar.write(outputs.eval_line(record))
-            else:
-                if end <= done_chunks:
-                    continue
-                n = end - start
-                profiler.before_segment()
-                xs = [np.concatenate([a[start:end], np.zeros((piece - n,) + a.shape[1:], a.dtype)])
-                      for a in (stream.chunks, clean_p, keep)]
-                with compilation.matmul_precision(s.precision):
-                    state, m = learner.run_segment(state, *xs, np.arange(piece) < n)
-                learner.check_segment(state, m, n, start, end, keep)  # before anything of these chunks is written
-                for j in range(n):
-                    c = start + j
-                    log.write(outputs.chunk_record(c, int(stream.chunk_task[c]), {k: v[j] for k, v in m.items()},
-                                                   noisy.known))
-                bar.update(n)
-                profiler.after_segment()
-                if i + 1 < len(plan) and plan[i + 1][1] is None:
-                    continue  # an evaluation follows at this chunk: checkpoint after it, with its record
-            ckpt.save(int(state.chunk), state, {"chunks": log.chunks, "evals": log.evals,
-                                                "walls": _session_walls(walls, earlier, t0, clock["eval"],
-                                                                        eval_before, compiled)})
-            interrupt.check(f"after chunk {int(state.chunk)} of {stream.num_chunks} (checkpointed)")
-    except BaseException:
-        for writer in writers:  # (on success they stay open for the images of the end)
-            writer.close()
-        raise
-    finally:  # on a signal or a divergence too: a checkpoint being written is completed, no temporary folder left
-        profiler.close()
-        bar.close()
-        ckpt.close()
+    # A signal is acknowledged at once and stops the run after the segment in progress is checkpointed.
+    with interrupt.deferred("at the next checkpoint (after this segment of chunks)",
+                            kept="the last complete checkpoint is kept", done="after the last chunk (checkpointed)"):
+        try:
+            for i, (task, start, end) in enumerate(plan):
+                if start is None:  # evaluation at the boundary after `task`
+                    if task < len(log.evals):
+                        continue
+                    te = time.time()
+                    record = learner.evaluate(state, task)
+                    clock["eval"] += time.time() - te
+                    warnings = run_checks.evaluation_warnings(s, record, log.chunks, prepared.episodes, task)
+                    if warnings:
+                        record["warnings"] = warnings
+                        for w in warnings:
+                            bar.write(f"warning: {w}")
+                    log.write(record)
+                    if progress:
+                        bar.write(outputs.eval_line(record))
+                else:
+                    if end <= done_chunks:
+                        continue
+                    n = end - start
+                    profiler.before_segment()
+                    xs = [np.concatenate([a[start:end], np.zeros((piece - n,) + a.shape[1:], a.dtype)])
+                          for a in (stream.chunks, clean_p, keep)]
+                    with compilation.matmul_precision(s.precision):
+                        state, m = learner.run_segment(state, *xs, np.arange(piece) < n)
+                    learner.check_segment(state, m, n, start, end, keep)  # before anything of these chunks is written
+                    for j in range(n):
+                        c = start + j
+                        log.write(outputs.chunk_record(c, int(stream.chunk_task[c]), {k: v[j] for k, v in m.items()},
+                                                       noisy.known))
+                    bar.update(n)
+                    profiler.after_segment()
+                    if i + 1 < len(plan) and plan[i + 1][1] is None:
+                        continue  # an evaluation follows at this chunk: checkpoint after it, with its record
+                ckpt.save(int(state.chunk), state, {"chunks": log.chunks, "evals": log.evals,
+                                                    "walls": _session_walls(walls, earlier, t0, clock["eval"],
+                                                                            eval_before, compiled)})
+                interrupt.check(f"after chunk {int(state.chunk)} of {stream.num_chunks} (checkpointed)")
+        except BaseException:
+            for writer in writers:  # (on success they stay open for the images of the end)
+                writer.close()
+            raise
+        finally:  # on a signal or a divergence too: a checkpoint being written is completed, no temporary folder left
+            profiler.close()
+            bar.close()
+            ckpt.close()
     walls = _session_walls(walls, earlier, t0, clock["eval"], eval_before, compiled)
     compile_s = walls.pop("compile_s")
 
@@ -190,11 +193,14 @@ def _run(setup: run_setup.Setup, started: float, workdir, progress, redo, compil
                               noise=identity.noise, walls=walls,
                               stream_clean_share=None if stream_info["noise_rate_in_chunks"] is None
                               else 1.0 - stream_info["noise_rate_in_chunks"], compile_s=compile_s)
-    outputs.write_summary(workdir, summary, prepared.episodes, progress, log=log)
-    for writer in writers:
-        writer.add_accuracy_matrix(summary["accuracy_matrix"], stream.num_chunks)
-        writer.add_image_file("summary", os.path.join(workdir, "summary.png"), stream.num_chunks)
-        writer.close()
+    # Not cut short by a signal: a summary.json without its summary.png would pass for a finished run.
+    with interrupt.deferred("once the summary is written", kept="the last complete checkpoint is kept",
+                            done="as the run ended", then="it finished and its outputs are complete"):
+        outputs.write_summary(workdir, summary, prepared.episodes, progress, log=log)
+        for writer in writers:
+            writer.add_accuracy_matrix(summary["accuracy_matrix"], stream.num_chunks)
+            writer.add_image_file("summary", os.path.join(workdir, "summary.png"), stream.num_chunks)
+            writer.close()
     return summary
 
 

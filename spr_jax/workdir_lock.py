@@ -13,8 +13,10 @@ import json
 import os
 import socket
 import sys
+import threading
 import time
 
+from spr_jax import interrupt
 from spr_jax.errors import UserError
 
 LOCK_NAME = ".spr_jax.lock"
@@ -61,13 +63,25 @@ def hold(workdir: str, enabled: bool = True):
         except FileNotFoundError:
             pass
         os.close(fd)
+    release = _releaser(fd, path, workdir, created)
     try:
         info = {"pid": os.getpid(), "host": socket.gethostname(), "argv": sys.argv,
                 "started": time.strftime("%Y-%m-%d %H:%M:%S")}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
-        yield
+        with interrupt.on_exit_now(release):  # a signal that stops the process at once leaves no lock file
+            yield
     finally:
+        release()
+
+
+def _releaser(fd: int, path: str, workdir: str, created: bool):
+    """A function releasing the lock once (from the run's end, or from a signal's immediate exit)."""
+    done = threading.Lock()
+
+    def release():
+        if not done.acquire(blocking=False):
+            return
         # Removed while still held (a process waiting on this file then sees another inode and retries).
         try:
             os.remove(path)
@@ -80,3 +94,4 @@ def hold(workdir: str, enabled: bool = True):
                 os.rmdir(workdir)  # only if the run wrote nothing there
             except OSError:
                 pass
+    return release

@@ -113,6 +113,141 @@ def test_a_signal_stops_at_a_safe_point_and_the_run_resumes_to_the_same_summary(
     assert summary_without_walls(work) == summary_without_walls(undisturbed)
 
 
+class Watched:
+    """launch.py in a subprocess whose stderr is read as it comes, each piece timestamped (to see when a
+    signal's acknowledgement arrives, not only that it does)."""
+
+    def __init__(self, *args):
+        import threading
+        self.proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "launch.py"), *args], cwd=ROOT,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.pieces = []  # (time, text)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for piece in iter(lambda: os.read(self.proc.stderr.fileno(), 4096), b""):
+            self.pieces.append((time.time(), piece.decode(errors="replace")))
+
+    @property
+    def stderr(self):
+        return "".join(p for _, p in self.pieces)
+
+    def first_time(self, text):
+        """When `text` had arrived on stderr, or None."""
+        seen = ""
+        for t, piece in self.pieces:
+            seen += piece
+            if text in seen:
+                return t
+        return None
+
+    def wait(self, timeout=600):
+        self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=10)
+        self.proc.stderr.close()
+        return self.proc.returncode
+
+
+def messages(stderr):
+    """stderr's lines other than progress bars (tqdm redraws them with carriage returns)."""
+    import re
+    out = []
+    for line in re.split(r"[\r\n]", stderr):
+        if line.strip() and not re.match(r"\s*\w+:\s+\d+%\|", line):
+            out.append(line.strip())
+    return out
+
+
+def caught_signals(pid):
+    """The signal numbers process `pid` has a handler for (Linux's /proc/PID/status SigCgt), or None."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            mask = int(next(line for line in f if line.startswith("SigCgt:")).split()[1], 16)
+    except (OSError, StopIteration):
+        return None
+    return {n for n in range(1, 64) if mask >> (n - 1) & 1}
+
+
+def jax_loading(pid):
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            return "jaxlib" in f.read()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads /proc (Linux)")
+@pytest.mark.parametrize("sig, moment", [(signal.SIGINT, "start"), (signal.SIGTERM, "start"),
+                                         (signal.SIGINT, "jax import"), (signal.SIGHUP, "jax import")])
+def test_a_signal_while_the_run_starts_stops_it_at_once_with_one_line(tmp_path, sig, moment):
+    """Before launch.py's handling (its first statement) Python itself would be interrupted; from then on,
+    JAX's import included (where a KeyboardInterrupt used to be swallowed and the run went on to exit 0),
+    a signal stops the run at once."""
+    work = tmp_path / "w"
+    proc = start(TINY, f"--workdir={work}")
+    if moment == "start":  # as soon as launch.py handles the signals (SIGHUP is caught by nothing else)
+        wait_for(lambda: signal.SIGHUP in (caught_signals(proc.pid) or set()), proc, timeout=60)
+    else:  # while jaxlib's libraries are being loaded
+        wait_for(lambda: jax_loading(proc.pid), proc, timeout=60)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + sig, (proc.returncode, err[-3000:])
+    assert "Traceback" not in err and "Exception ignored" not in err, err[-3000:]
+    assert messages(err) == [f"interrupted ({signal.Signals(sig).name}) with no work in progress; nothing was lost"]
+    assert not work.exists()  # nothing written, not even the workdir's lock
+
+
+def test_signals_during_experts_and_replay_are_acknowledged_at_once_and_the_run_resumes(tmp_path, undisturbed):
+    """Ctrl-C while the first expert round trains: acknowledged at once (the round takes seconds), the run stops
+    after the round with its experts cached; SIGHUP (a closed terminal) in the replay of the rerun: handled as
+    SIGTERM, stopped at a checkpoint (129); a third run resumes to the undisturbed run's summary."""
+    work = tmp_path / "w"
+    run = Watched(TINY, f"--workdir={work}")
+    wait_for(lambda: "experts:" in run.stderr, run.proc)  # the expert program is compiling or training
+    sent = time.time()
+    run.proc.send_signal(signal.SIGINT)
+    ack = "SIGINT received: stopping after this expert round; Ctrl-C again stops now"
+    wait_for(lambda: ack in run.stderr, run.proc, timeout=60)
+    first_expert_cached = glob.glob(str(work / "expert_cache" / "*" / "*.npz"))
+    assert run.wait() == 130, run.stderr[-3000:]
+    assert run.first_time(ack) - sent < 5 and not first_expert_cached, "acknowledged only after the round"
+    assert "Traceback" not in run.stderr
+    assert messages(run.stderr) == [ack, "interrupted (SIGINT) during the expert phase, after 4 of 14 experts "
+                                         "(cached); run the same command to resume"]
+    assert len(glob.glob(str(work / "expert_cache" / "*" / "*.npz"))) == 4
+
+    run = Watched(TINY, f"--workdir={work}")
+    wait_for(lambda: glob.glob(str(work / "checkpoints" / "[0-9]*")), run.proc)
+    run.proc.send_signal(signal.SIGHUP)
+    assert run.wait() == 129, run.stderr[-3000:]
+    lines = messages(run.stderr)
+    assert len(lines) == 2 and "Traceback" not in run.stderr, lines
+    assert lines[0] == ("SIGHUP received: stopping at the next checkpoint (after this segment of chunks); a second "
+                        "signal stops now")
+    assert lines[1].startswith("interrupted (SIGHUP) after chunk ") and lines[1].endswith("(checkpointed); run the "
+                                                                                         "same command to resume")
+    assert not os.path.exists(work / "summary.json") and not os.path.exists(work / ".spr_jax.lock")
+
+    r = launch(TINY, f"--workdir={work}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "expert cache: 14 chunks reused" in r.stdout and "resuming from the checkpoint after chunk" in r.stdout
+    assert summary_without_walls(work) == summary_without_walls(undisturbed)
+
+
+def test_a_second_ctrl_c_stops_at_once_and_releases_the_workdir(tmp_path):
+    work = tmp_path / "w"
+    run = Watched(TINY, f"--workdir={work}")
+    wait_for(lambda: "experts:" in run.stderr, run.proc)
+    run.proc.send_signal(signal.SIGINT)
+    wait_for(lambda: "SIGINT received" in run.stderr, run.proc, timeout=60)
+    run.proc.send_signal(signal.SIGINT)
+    assert run.wait(timeout=60) == 130, run.stderr[-3000:]
+    assert messages(run.stderr)[1:] == ["error: interrupted again (SIGINT); stopped at once, the experts of finished "
+                                        "rounds are cached; run the same command to resume"]
+    assert not os.path.exists(work / ".spr_jax.lock")
+
+
 # --- storage ---------------------------------------------------------------------------------------------
 
 def test_a_full_disk_is_one_line_and_the_run_resumes_once_there_is_space(tmp_path, undisturbed):
