@@ -3,7 +3,9 @@
 Every file in configs/ starts from `base_config()` and overrides what its setting changes, so one
 default lives in one place. `validate` turns a bad value into an error that says what to change.
 """
+import dataclasses
 import math
+from typing import Optional
 
 import ml_collections
 
@@ -137,7 +139,65 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 SEED_MAX = 2 ** 31 - 1
-LEARNING_RATES = ("ssl.lr", "eval.lr", "online.lr")
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The values a numeric field accepts: low .. high (None: unbounded), `open_low` excluding low itself."""
+    field: str
+    low: float
+    high: Optional[float] = None
+    open_low: bool = False
+    integer: bool = True
+    note: str = ""  # what a special value means, or why the bound
+
+    def interval(self) -> str:
+        return f"{'(' if self.open_low else '['}{self.low}, {'inf)' if self.high is None else f'{self.high}]'}"
+
+    def condition(self) -> str:
+        low = f"{'>' if self.open_low else '>='} {self.low}"
+        kind = "an integer " if self.integer else ""
+        return f"{kind}{low}" + ("" if self.high is None else f" and <= {self.high}")
+
+    def admits(self, value) -> bool:
+        above = value > self.low if self.open_low else value >= self.low
+        return above and (self.high is None or value <= self.high)
+
+
+# Every numeric field, checked by `validate` before anything is written (docs/config_ranges.md is generated
+# from this table: python -m spr_jax.config_ranges).
+RANGES = (
+    Range("seed", 0, SEED_MAX, note="travels as an int32 in the run's state and seeds numpy's generators"),
+    Range("dataset.subset_per_class", 0, note="0 = every training sample"),
+    Range("noise.rate", 0, 1, integer=False, note="the share of labels corrupted"),
+    Range("stream.batch", 1),
+    Range("stream.delayed_buffer_size", 2, note="D: samples per chunk"),
+    Range("model.proj_dim", 1),
+    Range("ssl.lr", 0, open_low=True, integer=False, note="a learning rate"),
+    Range("ssl.temperature", 0, open_low=True, integer=False, note="it divides the SimCLR similarities"),
+    Range("ssl.warmup_epochs", 0, note="0 = cosine from the first epoch"),
+    Range("expert.epochs", 1),
+    Range("expert.group_size", 0, note="0 = chosen for the backend"),
+    Range("base.epochs", 0, note="0 = no self-supervised base (a memory-only learner)"),
+    Range("base.batch_size", 2, note="B; SimCLR needs two samples to contrast"),
+    Range("filter.num_graphs", 1, note="E_max"),
+    Range("filter.max_iter", 1),
+    Range("buffer.size", 0, note="P; 0 = a memory holding the whole stream"),
+    Range("online.lr", 0, open_low=True, integer=False, note="a learning rate"),
+    Range("online.stream_batch", 1),
+    Range("online.replay_batch", 1),
+    Range("eval.epochs", 1, note="the classifier is fine-tuned on the buffer for at least one epoch"),
+    Range("eval.batch_size", 1),
+    Range("eval.lr", 0, open_low=True, integer=False, note="a learning rate"),
+    Range("eval.decay_every", 1, note="steps between learning-rate decays"),
+    Range("eval.decay", 0, 1, open_low=True, integer=False, note="the learning rate's factor at each decay; 1 = none"),
+    Range("eval.clip", 0, open_low=True, integer=False, note="gradients are clipped to [-clip, clip]"),
+    Range("eval.test_batch_size", 1),
+    Range("checkpoint.every_chunks", 1),
+    Range("checkpoint.keep", 1, note="checkpoints kept; the latest is the one a run resumes from"),
+    Range("logging.profile_segments", 0, note="0 = no profile"),
+    Range("cache.cpu_opt_level", -1, 3, note="an LLVM optimisation level 0-3, or -1 for XLA's default"),
+)
 
 
 def _leaves(node, prefix=""):
@@ -150,8 +210,11 @@ def _leaves(node, prefix=""):
             yield f"{prefix}{k}", v
 
 
-def _get(c, dotted: str):
+def _get(c, dotted: str, *missing):
+    """c's field `dotted` ('eval.lr'); `missing` (if given) where the config lacks it."""
     for part in dotted.split("."):
+        if missing and part not in c:
+            return missing[0]
         c = c[part]
     return c
 
@@ -162,32 +225,21 @@ def validate(c: ml_collections.ConfigDict) -> None:
         if not cond:
             raise ConfigError(msg)
 
-    need(isinstance(c.seed, int) and not isinstance(c.seed, bool), f"config.seed must be an int, got {c.seed!r}")
-    # The seed travels as an int32 in the run's state (and seeds numpy's generators): 0 .. 2**31 - 1.
-    need(0 <= c.seed <= SEED_MAX, f"config.seed={c.seed} is outside [0, {SEED_MAX}] (2**31 - 1); pass e.g. "
-         f"--config.seed=1")
     for name, value in _leaves(c):
         if isinstance(value, float):
             need(math.isfinite(value), f"config.{name}={value} is not a finite number")
-    for name in LEARNING_RATES:
-        value = _get(c, name)
-        need(float(value) > 0, f"config.{name}={value}: a learning rate must be > 0 (the default is "
-             f"{_get(base_config(), name)})")
-    need(0.0 <= float(c.noise.rate) <= 1.0,
-         f"config.noise.rate={c.noise.rate} is outside [0, 1]; pass e.g. --config.noise.rate=0.4")
+    defaults = base_config()
+    for r in RANGES:
+        value = _get(c, r.field, None)
+        if value is None:  # a field a config file dropped: whatever reads it reports that
+            continue
+        number = isinstance(value, int) or (not r.integer and isinstance(value, float))
+        need(number and not isinstance(value, bool) and r.admits(value),
+             f"config.{r.field}={value!r} is outside {r.interval()}: it must be {r.condition()}"
+             f"{f' ({r.note})' if r.note else ''}; the default is {_get(defaults, r.field)}")
     kinds = ("none", "symmetric", "asymmetric", "superclass", "real")
     need(c.noise.kind in kinds, f"config.noise.kind={c.noise.kind!r} is unknown; use one of {kinds}")
-    need(c.stream.batch >= 1, "config.stream.batch must be >= 1")
-    need(c.stream.delayed_buffer_size >= 2, "config.stream.delayed_buffer_size (D) must be >= 2")
-    need(c.buffer.size >= 0, "config.buffer.size (P) must be >= 1, or 0 for a memory of the whole stream")
-    need(c.base.batch_size >= 2, "config.base.batch_size (B) must be >= 2")
-    need(c.expert.epochs >= 1, "config.expert.epochs must be >= 1")
-    need(c.base.epochs >= 0, "config.base.epochs must be >= 0 (0: the base is never trained, e.g. GDumb)")
-    need(c.expert.group_size >= 0, "config.expert.group_size must be >= 1, or 0 to choose it for the backend")
     need(c.protocol in ("spr", "online"), f"config.protocol={c.protocol!r} is unknown; use 'spr' or 'online'")
-    need(c.online.stream_batch >= 1 and c.online.replay_batch >= 1, "config.online batch sizes must be >= 1")
-    need(c.logging.profile_segments >= 0, f"config.logging.profile_segments={c.logging.profile_segments} must be "
-         f">= 0 (0: no profile)")
     need(c.logging.wandb in ("", "offline", "online"),
          f"config.logging.wandb={c.logging.wandb!r} is unknown; use '' (off), 'offline' or 'online'")
     if c.logging.wandb:
@@ -196,13 +248,6 @@ def validate(c: ml_collections.ConfigDict) -> None:
              f"config.logging.wandb={c.logging.wandb!r} needs the wandb package: pip install -e '.[wandb]' "
              f"(or pip install wandb)")
     need(c.precision in PRECISIONS, f"config.precision={c.precision!r} is unknown; use one of {PRECISIONS}")
-    need(c.eval.epochs >= 1, f"config.eval.epochs={c.eval.epochs}: the classifier must be fine-tuned on the buffer "
-         f"for at least 1 epoch (the published setting is 50)")
-    need(c.eval.batch_size >= 1 and c.eval.test_batch_size >= 1, "config.eval.batch_size and test_batch_size must be >= 1")
-    need(-1 <= c.cache.cpu_opt_level <= 3, f"config.cache.cpu_opt_level={c.cache.cpu_opt_level} is not an LLVM "
-         f"optimisation level; use 0-3, or -1 for XLA's default")
-    need(c.filter.num_graphs >= 1, "config.filter.num_graphs (E_max) must be >= 1")
-    need(c.dataset.subset_per_class >= 0, "config.dataset.subset_per_class must be >= 0 (0 = all)")
     need(c.dataset.stream in STREAMS, f"config.dataset.stream={c.dataset.stream!r} is unknown; use one of {STREAMS}")
     if c.dataset.stream == "release":
         need(c.seed >= 1, "config.seed=0 with config.dataset.stream='release': the release leaves its generators "

@@ -326,6 +326,9 @@ def test_a_healthy_run_has_no_warnings(undisturbed):
     ("--config.ssl.lr=nan", ["config.ssl.lr=nan", "not a finite number"]),
     ("--config.eval.lr=inf", ["config.eval.lr=inf", "not a finite number"]),
     ("--config.ssl.lr=-1", ["config.ssl.lr=-1", "must be > 0"]),
+    # Once only after the whole expert phase (a ValueError traceback), or a divergence blaming ssl.lr:
+    ("--config.checkpoint.keep=0", ["config.checkpoint.keep=0 is outside [1, inf)", "the default is 3"]),
+    ("--config.ssl.temperature=0", ["config.ssl.temperature=0.0 is outside (0, inf)", "the default is 0.5"]),
 ])
 def test_values_out_of_range_are_refused_before_any_work(tmp_path, override, needles):
     work = tmp_path / "w"
