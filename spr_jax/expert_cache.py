@@ -8,23 +8,46 @@ reference checked its cached experts for consistency.
 
 Layout: DIRECTORY/<key[:2]>/<key>.npz, written to a temporary file in the same folder and renamed into
 place, so readers never see half a file and several processes may fill the cache at once (two writers of
-one key write the same bytes; the last rename wins).
+one key write the same bytes; the last rename wins). A damaged file (a disk error, a copy cut short) is a
+miss: moved aside to <key>.npz.corrupt with one warning line, and recomputed.
 """
 import hashlib
 import json
 import os
+import sys
 import uuid
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 import numpy as np
 
-from spr_jax.errors import UserError
+from spr_jax.errors import UserError, first_line
 
 _DESCRIPTION = "__description__"  # reserved array name holding the description JSON inside each file
 
 
 class CacheCorruptError(UserError, RuntimeError):
-    """A cache file cannot be read, or does not hold what its name promises."""
+    """A cache file cannot be read, or does not hold what its name promises (`ExpertCache.get` turns it into
+    a miss; `read` raises it)."""
+
+    def __init__(self, path: str, what: str):
+        self.reason = f"{path} {what}"
+        super().__init__(f"cache file {self.reason}; delete it (it will be recomputed)")
+
+
+def _cause(path: str, e: Exception) -> str:
+    """Why a file cannot be loaded. numpy reads a file that is no archive as a pickle and advises
+    allow_pickle=True, which no cache file needs: that case is named as what it is."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) != b"PK\x03\x04":
+                return "not an npz archive: damaged or overwritten"
+    except OSError:
+        pass
+    return first_line(e)
+
+
+def _warn_on_stderr(line: str) -> None:
+    print(f"warning: {line}", file=sys.stderr, flush=True)
 
 
 def _jsonable(obj):
@@ -62,8 +85,10 @@ def chunk_cache_description(*, dataset: str, noise: dict, seed: int, stream: dic
 
 
 class ExpertCache:
-    def __init__(self, directory: str):
+    def __init__(self, directory: str, warn: Optional[Callable[[str], None]] = None):
+        """`warn(line)` reports a damaged entry (default: a 'warning: ...' line on stderr)."""
         self.directory = os.fspath(directory)
+        self.warn = warn or _warn_on_stderr
 
     def path(self, key: str) -> str:
         return os.path.join(self.directory, key[:2], f"{key}.npz")
@@ -74,31 +99,48 @@ class ExpertCache:
             raise ValueError(f"not a cache key (64 lowercase hex digits): {key!r}")
 
     def get(self, key: str) -> Optional[dict[str, np.ndarray]]:
-        """The outputs stored under `key`, or None on a miss."""
+        """The outputs stored under `key`, or None on a miss. A damaged entry (truncated, overwritten, holding
+        another key's outputs) is a miss too: it is moved aside to <name>.corrupt (kept for a look, never read
+        again) with one warning, so that the phase recomputes it instead of stopping on it."""
+        try:
+            return self.read(key)
+        except CacheCorruptError as e:
+            path = self.path(key)
+            aside = f"{path}.corrupt"
+            try:
+                os.replace(path, aside)
+                where = f"moved aside to {aside}"
+            except FileNotFoundError:  # another process reading it moved it first
+                where = "moved aside by another process"
+            except OSError as moving:  # a read-only cache: the recomputed entry's put replaces it, if it can
+                where = f"could not be moved aside ({moving.strerror})"
+            self.warn(f"expert cache: {e.reason}; {where}, it will be recomputed")
+            return None
+
+    def read(self, key: str) -> Optional[dict[str, np.ndarray]]:
+        """The outputs stored under `key`, None if there are none, CacheCorruptError if its file is damaged."""
         self._check_key(key)
         path = self.path(key)
-        fix = f"delete {path} (it will be recomputed)"
         try:
             # allow_pickle=False: a cache file can never run code; reading every member checks its CRC.
             with np.load(path, allow_pickle=False) as f:
                 arrays = {name: f[name] for name in f.files}
         except FileNotFoundError:
             return None
-        except Exception as e:
-            raise CacheCorruptError(f"cache file {path} cannot be read ({type(e).__name__}: {e}); {fix}") from e
+        except Exception as e:  # noqa: BLE001 - whatever a damaged file makes numpy or zipfile raise
+            raise CacheCorruptError(path, f"cannot be read ({_cause(path, e)})") from e
         if _DESCRIPTION not in arrays:
-            raise CacheCorruptError(f"cache file {path} has no stored description; {fix}")
+            raise CacheCorruptError(path, "has no stored description")
         try:
             description = json.loads(str(arrays.pop(_DESCRIPTION)))
         except ValueError as e:
-            raise CacheCorruptError(f"cache file {path} has an unreadable description ({e}); {fix}") from e
+            raise CacheCorruptError(path, f"has an unreadable description ({first_line(e)})") from e
         if description_key(description) != key:
-            raise CacheCorruptError(
-                f"cache file {path} holds outputs for different inputs than its key says "
-                f"(stored description: {canonical_json(description)[:300]}); {fix}")
+            raise CacheCorruptError(path, f"holds outputs for different inputs than its key says (stored "
+                                          f"description: {canonical_json(description)[:300]})")
         bad = [n for n, a in arrays.items() if np.issubdtype(a.dtype, np.inexact) and not np.isfinite(a).all()]
         if bad:  # put() refuses non-finite outputs, so these can only come from damage
-            raise CacheCorruptError(f"cache file {path} has non-finite values in {bad}; {fix}")
+            raise CacheCorruptError(path, f"has non-finite values in {bad}")
         return arrays
 
     def put(self, key: str, outputs: dict[str, np.ndarray], description: dict) -> None:

@@ -77,24 +77,38 @@ def test_get_many(tmp_path):
     np.testing.assert_array_equal(hits[2]["clean_p"], _outputs(1)["clean_p"])
 
 
-def test_truncated_file_is_corrupt(tmp_path):
-    cache = ec.ExpertCache(str(tmp_path))
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "wrong key"])
+def test_a_damaged_entry_is_a_miss_moved_aside_with_one_warning(tmp_path, damage):
+    warnings = []
+    cache = ec.ExpertCache(str(tmp_path), warn=warnings.append)
     key = _put(cache)
     path = cache.path(key)
-    with open(path, "r+b") as f:
-        f.truncate(os.path.getsize(path) // 2)
+    if damage == "truncated":
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 2)
+    elif damage == "garbage":  # (numpy took these bytes for a pickle and advised allow_pickle=True)
+        with open(path, "wb") as f:
+            f.write(os.urandom(300))
+    else:  # e.g. a file copied in by hand under another key
+        other = _key(**{**BASE, "seed": 99})
+        os.makedirs(os.path.dirname(cache.path(other)), exist_ok=True)
+        os.replace(path, cache.path(other))
+        key, path = other, cache.path(other)
+    damaged = open(path, "rb").read()
     with pytest.raises(ec.CacheCorruptError, match="delete"):
-        cache.get(key)
-
-
-def test_file_under_wrong_key_is_corrupt(tmp_path):
-    cache = ec.ExpertCache(str(tmp_path))
-    key = _put(cache)
-    other = _key(**{**BASE, "seed": 99})
-    os.makedirs(os.path.dirname(cache.path(other)), exist_ok=True)
-    os.replace(cache.path(key), cache.path(other))  # e.g. a file copied in by hand
-    with pytest.raises(ec.CacheCorruptError, match=other):
-        cache.get(other)
+        cache.read(key)
+    assert cache.get(key) is None
+    assert not os.path.exists(path) and open(path + ".corrupt", "rb").read() == damaged
+    assert len(warnings) == 1 and "\n" not in warnings[0], warnings
+    assert warnings[0].startswith(f"expert cache: {path} ") and warnings[0].endswith(
+        f"moved aside to {path}.corrupt, it will be recomputed")
+    if damage == "wrong key":
+        assert "different inputs" in warnings[0]
+    if damage == "garbage":  # not numpy's advice to load it with allow_pickle=True
+        assert "not an npz archive" in warnings[0] and "pickle" not in warnings[0]
+    assert cache.get(key) is None and len(warnings) == 1  # a plain miss now
+    cache.put(key, _outputs(), ec.chunk_cache_description(**{**BASE, "seed": 99} if damage == "wrong key" else BASE))
+    assert cache.get(key) is not None
 
 
 def test_put_refuses_nan_and_mismatched_description(tmp_path):

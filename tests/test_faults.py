@@ -291,6 +291,42 @@ def test_damaged_outputs_of_a_finished_run_are_rewritten_from_its_checkpoint(tmp
     assert file_digests(work) == before
 
 
+def test_a_damaged_expert_cache_entry_is_recomputed_with_one_warning(tmp_path, undisturbed):
+    """A truncated entry and one overwritten with garbage (numpy used to stop the run, advising allow_pickle)
+    are misses: moved aside, recomputed, one warning line each, and the run ends as the undamaged one."""
+    import shutil
+    import numpy as np
+    cache = tmp_path / "cache"
+    shutil.copytree(undisturbed / "expert_cache", cache)
+    entries = sorted(glob.glob(str(cache / "*" / "*.npz")))
+    damaged = {entries[0]: "truncated", entries[5]: "garbage"}
+    originals = {}
+    for path, damage in damaged.items():
+        with np.load(path) as f:
+            originals[path] = {k: f[k] for k in f.files}
+        with open(path, "r+b") as f:
+            if damage == "truncated":
+                f.truncate(200)
+            else:
+                f.write(os.urandom(300))
+    r = launch(TINY, f"--config.cache.dir={cache}", f"--workdir={tmp_path / 'w'}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr and "allow_pickle" not in r.stderr
+    warnings = [line for line in messages(r.stderr) if line.startswith("warning: ")]
+    assert len(warnings) == 2 and len(messages(r.stderr)) == 2, r.stderr[-3000:]
+    for path in damaged:
+        assert any(w.startswith(f"warning: expert cache: {path} cannot be read") and
+                   w.endswith(f"moved aside to {path}.corrupt, it will be recomputed") for w in warnings), warnings
+        assert os.path.exists(path + ".corrupt")
+        with np.load(path) as f:  # recomputed: the same outputs as before the damage
+            assert set(f.files) == set(originals[path])
+            for k in f.files:
+                np.testing.assert_array_equal(f[k], originals[path][k])
+    assert "expert cache: 12 chunks reused, 2 trained" in r.stdout
+    assert open(tmp_path / "w" / "metrics.jsonl").read() == open(undisturbed / "metrics.jsonl").read()
+    assert summary_without_walls(tmp_path / "w") == summary_without_walls(undisturbed)
+
+
 # --- divergence and meaningless runs -----------------------------------------------------------------------
 
 def test_a_diverging_expert_stops_the_run_before_anything_non_finite_is_written(tmp_path):
