@@ -177,6 +177,11 @@ class RunCheckpointer:
             raise ValueError(f"keep must be >= 1, got {keep}")
         self.directory = epath.Path(workdir) / "checkpoints"
         self.fingerprint = _canonical(fingerprint, "fingerprint")
+        # What a run killed mid-write left (the workdir is locked, so no other process is writing here): an
+        # unfinished orbax step (orbax would warn that its folder exists) and the fingerprint's temporary.
+        self._remove_unfinished()
+        if parallel.is_primary():
+            files.remove_temporaries(self.directory)
         self._check_fingerprint()
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
         # Explicit handlers (not lazily inferred from the first save's args) so restore works on a fresh

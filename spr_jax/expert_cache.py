@@ -9,12 +9,15 @@ reference checked its cached experts for consistency.
 Layout: DIRECTORY/<key[:2]>/<key>.npz, written to a temporary file in the same folder and renamed into
 place, so readers never see half a file and several processes may fill the cache at once (two writers of
 one key write the same bytes; the last rename wins). A damaged file (a disk error, a copy cut short) is a
-miss: moved aside to <key>.npz.corrupt with one warning line, and recomputed.
+miss: moved aside to <key>.npz.corrupt with one warning line, and recomputed. The temporaries of puts killed
+mid-write are removed once they are old (`remove_stale_temporaries`, at the start of an expert phase).
 """
+import glob
 import hashlib
 import json
 import os
 import sys
+import time
 import uuid
 from typing import Callable, Iterable, Optional
 
@@ -23,6 +26,7 @@ import numpy as np
 from spr_jax.errors import UserError, first_line
 
 _DESCRIPTION = "__description__"  # reserved array name holding the description JSON inside each file
+STALE_S = 3600  # a put takes well under a second: a temporary an hour old belongs to no live process
 
 
 class CacheCorruptError(UserError, RuntimeError):
@@ -142,6 +146,20 @@ class ExpertCache:
         if bad:  # put() refuses non-finite outputs, so these can only come from damage
             raise CacheCorruptError(path, f"has non-finite values in {bad}")
         return arrays
+
+    def remove_stale_temporaries(self, now: Optional[float] = None) -> list:
+        """Removes the temporaries of puts killed mid-write (kill -9, power loss); returns their paths. The
+        cache may be filled by processes on several hosts at once, so only those older than STALE_S go."""
+        now = time.time() if now is None else now
+        removed = []
+        for path in glob.glob(os.path.join(self.directory, "??", ".*.tmp")):
+            try:
+                if now - os.path.getmtime(path) > STALE_S:
+                    os.remove(path)
+                    removed.append(path)
+            except OSError:  # renamed into place or removed by another process meanwhile; a read-only cache
+                pass
+        return removed
 
     def put(self, key: str, outputs: dict[str, np.ndarray], description: dict) -> None:
         """Stores `outputs` under `key`; `description` (what the key was computed from) must hash to it."""

@@ -139,6 +139,7 @@ def run(settings, descriptions: list, prepared, train_images_dev, cache_folder: 
         return {"clean_p": np.asarray(clean_p), "keep": np.asarray(keep), "cache_hits": 0, "trained": 0}
     keys = [expert_cache.description_key(d) for d in descriptions]
     cache = expert_cache.ExpertCache(cache_folder)
+    cache.remove_stale_temporaries()
     hits, misses = cache.get_many(keys)
     own_misses = set(misses)
     if jax.process_count() > 1:

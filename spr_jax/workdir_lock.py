@@ -6,6 +6,7 @@ it also excludes a process on another client; a client that crashes keeps the lo
 lease expires (about 90 s). The file names its holder (host, pid, command, start time) for the refusal
 message; the holder removes it before unlocking, and a process that locked a removed file retries, so the
 workdir holds no lock file between runs. On a multi-host run only process 0 writes, so only process 0 locks.
+Once locked, the temporaries of a killed holder's atomic writes are removed (spr_jax/files.py).
 """
 import contextlib
 import fcntl
@@ -16,6 +17,7 @@ import sys
 import threading
 import time
 
+from spr_jax import files
 from spr_jax import interrupt
 from spr_jax.errors import UserError
 
@@ -69,6 +71,7 @@ def hold(workdir: str, enabled: bool = True):
                 "started": time.strftime("%Y-%m-%d %H:%M:%S")}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
+        files.remove_temporaries(workdir)  # only ours can be there now: those of a holder killed mid-write
         with interrupt.on_exit_now(release):  # a signal that stops the process at once leaves no lock file
             yield
     finally:

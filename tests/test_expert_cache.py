@@ -122,3 +122,17 @@ def test_put_refuses_nan_and_mismatched_description(tmp_path):
     with pytest.raises(ValueError, match="hash"):
         cache.put(key, _outputs(), {**desc, "seed": 4})
     assert cache.get(key) is None  # nothing was written
+
+
+def test_temporaries_of_killed_puts_are_removed_once_stale(tmp_path):
+    cache = ec.ExpertCache(str(tmp_path))
+    key = _put(cache)
+    folder = os.path.dirname(cache.path(key))
+    stale, fresh = (os.path.join(folder, f".{key}.{pid}.{'ab' * 16}.tmp") for pid in (11, 12))
+    for path in (stale, fresh):
+        with open(path, "wb") as f:
+            f.write(b"half an npz")
+    old = os.path.getmtime(fresh) - ec.STALE_S - 60
+    os.utime(stale, (old, old))
+    assert cache.remove_stale_temporaries() == [stale]
+    assert os.path.exists(fresh) and os.path.exists(cache.path(key))  # another process may be writing that one

@@ -327,6 +327,35 @@ def test_a_damaged_expert_cache_entry_is_recomputed_with_one_warning(tmp_path, u
     assert summary_without_walls(tmp_path / "w") == summary_without_walls(undisturbed)
 
 
+def test_temporaries_of_writes_killed_midway_are_removed_on_the_next_start(tmp_path, undisturbed):
+    """What a kill -9 during an atomic write leaves (fingerprint.json's temporary in checkpoints/, stream.json's
+    in the workdir, an unfinished orbax step) is removed when the next run takes the workdir."""
+    import shutil
+    work = tmp_path / "copy"
+    shutil.copytree(undisturbed, work)
+    before = file_digests(work)
+    leftovers = [work / "checkpoints" / f"fingerprint.json.{'0f' * 16}.tmp", work / f"stream.json.{'a1' * 16}.tmp",
+                 work / "checkpoints" / "14.orbax-checkpoint-tmp-1712345678" / "meta"]
+    for path in leftovers:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("{half")
+    r = launch(TINY, f"--workdir={work}")  # a finished run: nothing to do, but it takes the workdir
+    assert r.returncode == 0 and "nothing to do" in r.stdout, r.stderr[-3000:]
+    assert file_digests(work) == before  # the leftovers gone, nothing else touched
+    assert not (work / "checkpoints" / "14.orbax-checkpoint-tmp-1712345678").exists()
+
+
+def test_remove_temporaries_takes_only_atomic_writes_temporaries(tmp_path):
+    from spr_jax import files
+    names = [f"summary.json.{'c3' * 16}.tmp", "notes.tmp", f"data.{'c3' * 15}.tmp", "summary.json"]
+    for name in names:
+        (tmp_path / name).write_text("x")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / names[0]).write_text("x")
+    assert files.remove_temporaries(tmp_path) == [names[0]]
+    assert sorted(os.listdir(tmp_path)) == sorted(names[1:] + ["sub"]) and (tmp_path / "sub" / names[0]).exists()
+
+
 # --- divergence and meaningless runs -----------------------------------------------------------------------
 
 def test_a_diverging_expert_stops_the_run_before_anything_non_finite_is_written(tmp_path):
