@@ -29,7 +29,7 @@ _received = []  # the signal numbers received since install()
 _scopes = []  # (waits_for, kept) of the deferred scopes entered, innermost last
 _cleanups = []  # called before an immediate exit (e.g. releasing the workdir lock)
 _lock = threading.Lock()
-_installed = []
+_installed = []  # the wakeup pipe's write end, once installed
 
 
 def _name(signum: int) -> str:
@@ -39,10 +39,9 @@ def _name(signum: int) -> str:
 def _say(line: str) -> None:
     """One line on stderr, clear of any progress bar (tqdm's write clears and redraws them)."""
     try:
-        tqdm = sys.modules.get("tqdm")
-        if tqdm is not None:
-            tqdm.tqdm.write(line, file=sys.stderr)
-        else:
+        try:  # (tqdm may be absent, or half imported when the signal comes)
+            sys.modules["tqdm"].tqdm.write(line, file=sys.stderr)
+        except (KeyError, AttributeError):
             sys.stderr.write(line + "\n")
         sys.stderr.flush()
     except (OSError, ValueError):  # a closed terminal (SIGHUP) has no stderr left to write to

@@ -1,6 +1,7 @@
 """Runs that never mislead, tried through launch.py as a user meets them: a second launch on a busy workdir,
-SIGTERM and Ctrl-C, a full disk, damaged outputs of a finished run, divergence, meaningless runs, values
-out of range, broken plug-ins, a missing JAX platform. Each ends in one line (or two with a hint), no
+Ctrl-C, SIGTERM and SIGHUP at any moment (JAX's import included), a full disk, damaged outputs of a finished
+run, a damaged expert cache, the leftovers of a killed write, divergence, meaningless runs, values out of
+range, broken plug-ins, a missing JAX platform. Each ends in one line (or two with a hint), no
 traceback, nothing already written lost, no NaN on disk, and where the run can go on, a rerun that ends
 with the summary of an undisturbed run."""
 import glob
