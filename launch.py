@@ -7,7 +7,9 @@
 
 A mistake the user can fix (a bad value, a misspelt field, missing data, an unusable workdir, a workdir of
 another run) is reported in one line, plus a hint line where one helps, with exit status 2 and nothing
-written. Anything else is a bug and keeps its traceback.
+written. A run whose training diverged or collapsed (exploding or non-finite losses, an accuracy at chance)
+ends with exit status 3, one line and a hint naming the likely config fields; a signal with 128 + its number.
+Anything else is a bug and keeps its traceback.
 """
 if __name__ == "__main__":  # first of all, before JAX is imported: a signal at any moment then stops cleanly
     from spr_jax import interrupt

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from spr_jax import files
 from spr_jax import metrics
 from spr_jax import run_loop
-from spr_jax.errors import ConfigError
+from spr_jax.errors import ConfigError, Diverged
 
 # name -> (config overrides, one line on what it is). Hyperparameters are the config's unless stated.
 METHODS = {
@@ -134,19 +134,35 @@ def run(config, workdir: str, methods=(), rates=(), seeds=(), progress: bool = T
         label = m if not p else f"{m} [{sweep_label(p)}]"
         bar.set_postfix_str(f"{label} rate {r} seed {s}")
         folder = os.path.join(workdir, m, *([sweep_label(p)] if p else []), f"rate_{r}", f"seed_{s}")
-        summary = run_loop.run(c, folder, progress=False)
+        try:
+            summary = run_loop.run(c, folder, progress=False)
+        except Diverged as e:  # its cell is marked, the comparison goes on and ends with exit status 3
+            summary = e.result or {"diverged": {"message": str(e), "hint": e.hint}}  # (None: stopped at a NaN)
         has_memory = not (c.protocol == "online" and not c.online.replay)
-        rows.append({"method": label, "noise_rate": r, "seed": s, "final_accuracy": summary["final_accuracy"],
-                     "average_accuracy": summary["average_accuracy"], "forgetting": summary["forgetting"],
-                     "final_purity": summary["final_purity"] if has_memory else None,
-                     **filter_rates(folder, c),
-                     "wall_time_s": round(sum(summary["wall_time_s"].values()), 3),
+        finished = "final_accuracy" in summary
+        verdict = summary.get("diverged")
+        rows.append({"method": label, "noise_rate": r, "seed": s, "final_accuracy": summary.get("final_accuracy"),
+                     "average_accuracy": summary.get("average_accuracy"), "forgetting": summary.get("forgetting"),
+                     "final_purity": summary.get("final_purity") if has_memory else None,
+                     **(filter_rates(folder, c) if finished else {"filter_precision": None, "noisy_removed": None}),
+                     "wall_time_s": round(sum(summary["wall_time_s"].values()), 3) if finished else None,
+                     # null, or the run diverged or collapsed: {"message", "hint"} (run_checks.divergence)
+                     "diverged": {"message": verdict["message"], "hint": verdict["hint"]} if verdict else None,
                      **({"sweep": p, "base_method": m} if p else {})})
     bar.close()
     write(workdir, rows, config)
     if progress:
         print(open(os.path.join(workdir, "compare.md")).read())
-    return Comparison(rows, cells(rows))
+    out = Comparison(rows, cells(rows))
+    bad = [r for r in rows if r.get("diverged")]
+    if bad:  # after writing the tables, so the other cells' results are there to read
+        named = ", ".join(f"{r['method']} at noise {r['noise_rate']} seed {r['seed']}" for r in bad[:3])
+        raise Diverged(f"diverged: {len(bad)} of {len(rows)} runs of the comparison diverged or collapsed ({named}"
+                       f"{', ...' if len(bad) > 3 else ''}); compare.json, compare.md and compare.png are written, "
+                       f"their cells marked",
+                       "compare.md's notes under the table give each run's message; rerun one with launch.py and "
+                       "its --workdir to see its files", result=out)
+    return out
 
 
 def filter_rates(folder: str, config) -> dict:
@@ -188,7 +204,9 @@ def cells(rows) -> list:
             cell = {"method": m, "noise_rate": rate,
                     **({"sweep": group[0]["sweep"], "base_method": group[0]["base_method"]}
                        if "sweep" in group[0] else {}),
-                    "seeds": [r["seed"] for r in group]}
+                    "seeds": [r["seed"] for r in group],
+                    # the seeds whose run diverged or collapsed (their numbers are in the statistics, flagged)
+                    "diverged": [{"seed": r["seed"], **r["diverged"]} for r in group if r.get("diverged")]}
             for key, _, _ in METRICS:
                 cell[key] = metrics.seed_stats([r.get(key) for r in group])
             out.append(cell)
@@ -203,9 +221,19 @@ def table(rows) -> str:
              if k not in ("filter_precision", "noisy_removed") or any(c[k]["n"] for c in cs)]
     lines = ["| method | noise rate | seeds | " + " | ".join(h for _, h, _ in shown) + " |",
              "| --- | --- | --- | " + " | ".join("---" for _ in shown) + " |"]
+    notes = []
     for c in cs:
-        lines.append(f"| {c['method']} | {c['noise_rate']} | {len(c['seeds'])} | "
+        mark = ""
+        if c.get("diverged"):
+            notes.append((c, len(notes) + 1))
+            mark = f" (diverged: note {len(notes)})"
+        lines.append(f"| {c['method']}{mark} | {c['noise_rate']} | {len(c['seeds'])} | "
                      + " | ".join(metrics.format_stats(c[k], f) for k, _, f in shown) + " |")
+    if notes:
+        lines += ["", "Runs that diverged or collapsed (exit status 3; their numbers, where they finished, are in "
+                  "the cell but are no result):", ""]
+        lines += [f"- note {i}: {c['method']}, noise rate {c['noise_rate']}, seed {d['seed']}: {d['message']}"
+                  + (f" (hint: {d['hint']})" if d.get("hint") else "") for c, i in notes for d in c["diverged"]]
     return "\n".join(lines)
 
 
@@ -245,7 +273,8 @@ def plot(rows, path, config):
     for m in methods if len(all_rates) > 1 else ():
         rates = sorted({r["noise_rate"] for r in rows if r["method"] == m})
         acc = [by_cell[(m, x)]["final_accuracy"] for x in rates]
-        a.errorbar([100 * x for x in rates], [100 * v["mean"] for v in acc], yerr=[_half_width(v) for v in acc],
+        a.errorbar([100 * x for x in rates], [np.nan if v["mean"] is None else 100 * v["mean"] for v in acc],
+                   yerr=[_half_width(v) for v in acc],
                    marker="o", capsize=3, label=m)  # bars: the 95% interval over seeds
     if len(all_rates) > 1:
         a.set_xlabel("noise rate (%)"), a.set_ylabel("final accuracy (%)")
@@ -277,9 +306,10 @@ def plot(rows, path, config):
 def _accuracy_bars(ax, rows, methods, rate, by_cell):
     x = np.arange(len(methods))
     for i, m in enumerate(methods):
-        acc = 100 * np.asarray([r["final_accuracy"] for r in rows if r["method"] == m and r["noise_rate"] == rate])
+        acc = 100 * np.asarray([r["final_accuracy"] for r in rows if r["method"] == m and r["noise_rate"] == rate
+                                and r["final_accuracy"] is not None])  # (None: a run stopped at a NaN)
         stats = by_cell[(m, rate)]["final_accuracy"]
-        ax.bar(i, 100 * stats["mean"], 0.6, color=f"C{i % 10}", alpha=0.6, yerr=_half_width(stats), capsize=4)
+        ax.bar(i, 100 * (stats["mean"] or 0.0), 0.6, color=f"C{i % 10}", alpha=0.6, yerr=_half_width(stats), capsize=4)
         ax.plot(np.full(len(acc), i) + np.linspace(-0.15, 0.15, len(acc)) * (len(acc) > 1), acc, "o",
                 color=f"C{i % 10}", markeredgecolor="black", markersize=5)
     ax.set_xticks(x, methods, rotation=30, ha="right")

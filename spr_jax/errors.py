@@ -23,7 +23,7 @@ class RunStopped(Exception):
     """A run stopped on purpose before its end, its work so far kept (launch.py: one line, its exit status).
 
     Raised for a signal (SIGINT, SIGTERM: `exit_status` 128 + the signal's number, as shells report it) and
-    for a run that diverged (`exit_status` 3), after the last good checkpoint has been written."""
+    for a run that diverged or collapsed (`exit_status` 3), its work so far kept."""
 
     def __init__(self, message: str, hint: str = "", exit_status: int = 1):
         super().__init__(message)
@@ -32,10 +32,16 @@ class RunStopped(Exception):
 
 
 class Diverged(RunStopped):
-    """Training produced a non-finite or exploding value; nothing non-finite was written."""
+    """Training diverged or collapsed (exit status 3; README, "What a run guarantees").
 
-    def __init__(self, message: str, hint: str = ""):
+    Either it produced a non-finite value and stopped there, nothing non-finite written (`result` None), or
+    it went to its end with exploding losses or an accuracy at chance: its files are written and `result`
+    holds what it wrote (a run's summary.json dict, whose "diverged" entry has this message and hint; or a
+    comparison's rows, spr_jax.comparison.Comparison)."""
+
+    def __init__(self, message: str, hint: str = "", result=None):
         super().__init__(message, hint, exit_status=3)
+        self.result = result
 
 
 def first_line(e: Exception) -> str:

@@ -21,6 +21,7 @@ from spr_jax import losses
 from spr_jax.errors import Diverged
 from spr_jax import metrics as metrics_lib
 from spr_jax import optim
+from spr_jax import run_checks
 from spr_jax.segment_scan import stack_networks
 from spr_jax import simclr
 
@@ -176,9 +177,10 @@ def evaluate(s: EvalSettings, base, buffer_images, buffer_labels, test_images, k
         epoch_losses = [float(x) for x in np.asarray(epoch_losses)]
         if not all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(variables)) or not np.isfinite(
                 epoch_losses).all():
-            raise Diverged(f"diverged: fine-tuning the classifier on the memory gave non-finite weights "
-                           f"(config.eval.lr={s.lr}); nothing of this evaluation was written",
-                           "lower config.eval.lr (the published value is 2e-3); the last checkpoint is kept")
+            raise Diverged("diverged: fine-tuning the classifier on the memory gave non-finite weights or losses; "
+                           "nothing of this evaluation was written",
+                           run_checks.likely_fields({"eval.lr": s.lr, "eval.clip": s.clip}, run_checks.FINETUNE_FIELDS)
+                           + "; the last checkpoint is kept")
     if s.networks == 2:  # tested: the first network, as JoCoR reports
         variables = jax.tree.map(lambda a: a[0], variables)
     preds = predict(s.classifier, variables, test_images, batch_size=min(s.test_batch_size, test_images.shape[0]))

@@ -24,6 +24,7 @@ from spr_jax import expert_cache
 from spr_jax import interrupt
 from spr_jax import experts
 from spr_jax import rng
+from spr_jax import run_checks
 from spr_jax.errors import Diverged, UserError
 
 
@@ -126,7 +127,8 @@ def run(settings, descriptions: list, prepared, train_images_dev, cache_folder: 
         progress=True, on_compiling=None) -> dict:
     """clean_p and keep [C, D] of every chunk: read from the expert cache (keyed by `descriptions`, see
     run_identity.expert_chunk_descriptions), the missing ones trained (in parallel over chunk groups and
-    devices) and written to it. Returns them with hit/trained counts.
+    devices) and written to it. Returns them with the experts' final losses [C] (None when the filter
+    needs no experts) and hit/trained counts.
     on_compiling(), optional, is called once the experts' program is traced, as XLA starts compiling it (not at
     all when no expert trains)."""
     s = prepared.stream
@@ -136,7 +138,8 @@ def run(settings, descriptions: list, prepared, train_images_dev, cache_folder: 
         fn = _featureless(settings.filter.fn, settings.filter.num_classes, int(settings.model.proj_dim))
         clean_p, keep = jax.device_get(fn(args["key"], jnp.asarray(args["labels"])))
         check_filter_outputs(settings, ids, {"clean_p": clean_p, "keep": keep})
-        return {"clean_p": np.asarray(clean_p), "keep": np.asarray(keep), "cache_hits": 0, "trained": 0}
+        return {"clean_p": np.asarray(clean_p), "keep": np.asarray(keep), "final_loss": None, "cache_hits": 0,
+                "trained": 0}
     keys = [expert_cache.description_key(d) for d in descriptions]
     cache = expert_cache.ExpertCache(cache_folder)
     cache.remove_stale_temporaries()
@@ -159,9 +162,10 @@ def run(settings, descriptions: list, prepared, train_images_dev, cache_folder: 
                 bad = ~np.isfinite(np.asarray(outputs[name]).reshape(len(ids), -1)).all(axis=1)
                 if bad.any():
                     raise Diverged(f"diverged: the expert of chunk {int(ids[np.argmax(bad)])} gave a non-finite "
-                                   f"{'loss' if name == 'final_loss' else 'feature'} (config.ssl.lr="
-                                   f"{settings.expert.base_lr}); nothing of it was cached",
-                                   "lower config.ssl.lr (the published value is 3e-4)")
+                                   f"{'loss' if name == 'final_loss' else 'feature'}; nothing of it was cached",
+                                   run_checks.likely_fields({"ssl.lr": settings.expert.base_lr,
+                                                             "ssl.temperature": settings.expert.temperature},
+                                                            run_checks.SSL_FIELDS))
         check_filter_outputs(settings, ids, outputs)
         if jax.process_count() == 1:
             for j, c in enumerate(ids):
@@ -184,5 +188,7 @@ def run(settings, descriptions: list, prepared, train_images_dev, cache_folder: 
                 hits[c] = outputs
     return {"clean_p": np.stack([hits[c]["clean_p"] for c in range(s.num_chunks)]),
             "keep": np.stack([hits[c]["keep"] for c in range(s.num_chunks)]),
+            # (NaN where unknown: a chunk another process of a multi-host run trained)
+            "final_loss": np.asarray([float(hits[c].get("final_loss", np.nan)) for c in range(s.num_chunks)]),
             "cache_hits": s.num_chunks - len(misses), "trained": len(misses)}
 

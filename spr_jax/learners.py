@@ -107,7 +107,7 @@ class OnlineLearner(_Common):
         return state, jax.tree.map(np.asarray, m)
 
     def check_segment(self, state, metrics, n, start, end, keep):
-        pass  # its losses are supervised and its memory takes every sample
+        run_checks.check_online(self.names, state, metrics, n, start, end)  # (its memory takes every sample)
 
     def evaluate(self, state, task):
         return online.evaluation_record(self.s.online, state, after_task=task,

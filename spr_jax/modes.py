@@ -10,6 +10,7 @@ from spr_jax import compilation
 from spr_jax import expert_phase
 from spr_jax import files
 from spr_jax import parallel
+from spr_jax import run_checks
 from spr_jax import run_setup
 from spr_jax.data import prepare as prepare_lib
 
@@ -42,4 +43,8 @@ def fill_expert_cache(config, workdir: str, progress: bool = True) -> dict:
     if progress:
         print(f"expert phase: {info['trained']} chunks trained, {info['cache_hits']} already cached, in "
               f"{info['wall_time_s']:.1f} s -> {info['cache_dir']}")
+    exploded = None if out["final_loss"] is None else run_checks.expert_divergence(out["final_loss"],
+                                                                                   prepared.stream.chunk_size)
+    if progress and exploded:  # (a run on these experts ends with exit status 3)
+        print(f"warning: {exploded}; {run_checks.likely_fields(identity.quoted, run_checks.SSL_FIELDS)}")
     return info

@@ -63,13 +63,17 @@ def chunk_record(c, task, m, known) -> dict:
 
 
 def summary(log: MetricsLog, *, num_chunks, method, seed, dataset, noise, walls, stream_clean_share=None,
-            compile_s=None) -> dict:
+            compile_s=None, diverged=None) -> dict:
+    """summary.json's dict; `diverged`: the divergence rule's verdict (run_checks.divergence), or None."""
     # null where task j was not yet seen when evaluated after task i (j > i): those cells are no result.
     matrix = [[a if j <= r["after_task"] else None for j, a in enumerate(r["task_accuracy"])] for r in log.evals]
     return {
         "final_accuracy": log.evals[-1]["accuracy"],
-        # What made an evaluation meaningless (an empty memory, a filter that kept nothing), as printed.
-        "warnings": [w for r in log.evals for w in r.get("warnings", [])],
+        # What made an evaluation meaningless (an empty memory, a filter that kept nothing), as printed, and
+        # the divergence's message last.
+        "warnings": [w for r in log.evals for w in r.get("warnings", [])] + ([diverged["message"]] if diverged else []),
+        # null, or a run that diverged or collapsed (exit status 3): {"message", "hint", "fields": likely first}
+        "diverged": diverged,
         "accuracy_matrix": matrix,
         "average_accuracy": metrics_lib.average_accuracy(matrix),
         "forgetting": metrics_lib.forgetting(matrix),

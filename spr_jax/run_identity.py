@@ -11,6 +11,9 @@ from spr_jax.version import __version__
 
 # Config fields that change no result: a run may resume with other values of these.
 _RESULT_NEUTRAL = ("checkpoint", "cache", "logging")
+# The config values that the run's checks quote (run_checks: the fields a divergence's hint names).
+QUOTED = ("ssl.lr", "ssl.temperature", "eval.lr", "eval.clip", "online.lr", "buffer.size", "buffer.policy",
+          "eval.batch_size", "noise.rate")
 
 
 class RunIdentity(NamedTuple):
@@ -20,7 +23,7 @@ class RunIdentity(NamedTuple):
     expert_chunks: list  # the expert cache's key material, one dict per chunk (expert_chunk_descriptions)
     method: dict  # the composition (summary.json's "method")
     noise: dict  # {"kind", "rate"}, as summary.json records it
-    quoted: dict  # config values that the run's checks quote: {"ssl.lr": ..., "buffer.policy": ...}
+    quoted: dict  # config values that the run's checks quote (QUOTED): {"ssl.lr": ..., "buffer.policy": ...}
 
 
 def of_run(config, prepared, identities: dict) -> RunIdentity:
@@ -28,7 +31,8 @@ def of_run(config, prepared, identities: dict) -> RunIdentity:
                        description=run_description(config, identities),
                        expert_chunks=expert_chunk_descriptions(config, prepared, identities),
                        method=method_of(config), noise={"kind": config.noise.kind, "rate": float(config.noise.rate)},
-                       quoted={"ssl.lr": config.ssl.lr, "buffer.policy": config.buffer.policy})
+                       quoted={f: config[f.split(".")[0]][f.split(".")[1]] for f in QUOTED})
+
 
 
 def method_of(config) -> dict:

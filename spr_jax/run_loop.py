@@ -30,6 +30,7 @@ from spr_jax import run_setup
 from spr_jax import segment_scan
 from spr_jax import warm_up as warm_up_lib
 from spr_jax.data import prepare as prepare_lib
+from spr_jax.errors import Diverged
 
 # The files of a run in its workdir (--redo replaces them; the expert cache stays).
 RUN_FILES = ("checkpoints", "metrics.jsonl", "summary.json", "summary.png", "stream.json", "config.json",
@@ -81,6 +82,7 @@ def _run(setup: run_setup.Setup, started: float, workdir, progress, redo, compil
         if progress:
             print(f"{workdir} holds this run, finished (final accuracy {100 * done['final_accuracy']:.2f}%); "
                   f"nothing to do. Pass --redo to run it again from scratch.")
+        raise_if_diverged(done)  # a rerun of a run that diverged ends as it did
         return done
     stream_info = prepare_lib.stream_summary(prepared)
     if parallel.is_primary():
@@ -113,6 +115,9 @@ def _run(setup: run_setup.Setup, started: float, workdir, progress, redo, compil
     if not np.isfinite(clean_p).all():
         raise FloatingPointError(f"the filter ({s.filter.kind}) produced non-finite clean_p; refusing to fill "
                                  f"the buffer")
+    exploded = None if out["final_loss"] is None else run_checks.expert_divergence(out["final_loss"], stream.chunk_size)
+    if progress and exploded:  # said at once (the replay may take long), judged with the rest at the end
+        print(f"warning: {exploded}; the run goes on, to end with exit status 3", flush=True)
     walls["expert_phase_s"] = time.time() - t0
 
     t0 = time.time()
@@ -148,7 +153,8 @@ def _run(setup: run_setup.Setup, started: float, workdir, progress, redo, compil
                     te = time.time()
                     record = learner.evaluate(state, task)
                     clock["eval"] += time.time() - te
-                    warnings = run_checks.evaluation_warnings(s, record, log.chunks, prepared.episodes, task)
+                    warnings = run_checks.evaluation_warnings(s, record, log.chunks, prepared.episodes, task,
+                                                              clean_stream=stream_info["noise_rate_in_chunks"] == 0.0)
                     if warnings:
                         record["warnings"] = warnings
                         for w in warnings:
@@ -189,10 +195,13 @@ def _run(setup: run_setup.Setup, started: float, workdir, progress, redo, compil
     walls = _session_walls(walls, earlier, t0, clock["eval"], eval_before, compiled)
     compile_s = walls.pop("compile_s")
 
+    # The divergence rule (run_checks): exploding losses or an accuracy at chance end the run with exit status 3,
+    # once its files are written.
+    verdict = run_checks.divergence(s, prepared, log.chunks, log.evals, out["final_loss"], identity.quoted)
     summary = outputs.summary(log, num_chunks=stream.num_chunks, method=identity.method, seed=s.seed, dataset=ds.name,
                               noise=identity.noise, walls=walls,
                               stream_clean_share=None if stream_info["noise_rate_in_chunks"] is None
-                              else 1.0 - stream_info["noise_rate_in_chunks"], compile_s=compile_s)
+                              else 1.0 - stream_info["noise_rate_in_chunks"], compile_s=compile_s, diverged=verdict)
     # Not cut short by a signal: a summary.json without its summary.png would pass for a finished run.
     with interrupt.deferred("once the summary is written", kept="the last complete checkpoint is kept",
                             done="as the run ended", then="it finished and its outputs are complete"):
@@ -201,7 +210,15 @@ def _run(setup: run_setup.Setup, started: float, workdir, progress, redo, compil
             writer.add_accuracy_matrix(summary["accuracy_matrix"], stream.num_chunks)
             writer.add_image_file("summary", os.path.join(workdir, "summary.png"), stream.num_chunks)
             writer.close()
+    raise_if_diverged(summary)
     return summary
+
+
+def raise_if_diverged(summary: dict) -> None:
+    """Diverged (exit status 3) with the verdict of summary.json's "diverged" (run_checks.divergence), if any."""
+    verdict = summary.get("diverged")
+    if verdict:
+        raise Diverged(verdict["message"], verdict["hint"], result=summary)
 
 
 def _session_walls(walls, earlier, replay_start, eval_time, eval_before, compiled) -> dict:

@@ -13,6 +13,7 @@ import sys
 import textwrap
 import time
 
+import numpy as np
 import pytest
 
 from conftest import file_digests
@@ -370,20 +371,124 @@ def test_a_diverging_expert_stops_the_run_before_anything_non_finite_is_written(
     assert not glob.glob(str(work / "checkpoints" / "[0-9]*"))
 
 
-def test_a_collapsed_run_warns_in_the_console_metrics_and_summary(tmp_path):
+def assert_diverged(r, work, first, fields):
+    """Exit status 3 with one line starting with `first` and a hint naming `fields` (the likely one first), no
+    traceback; the run's files written, summary.json's "diverged" and last warning carrying the same text."""
+    assert r.returncode == 3, r.stderr[-3000:]
+    assert_short(r.stderr, first)
+    line, hint = lines_of(r.stderr)[-2:]
+    assert hint.startswith("hint: check config.") and [hint.find(f"config.{f}=") for f in fields] == sorted(
+        hint.find(f"config.{f}=") for f in fields) and all(f"config.{f}=" in hint for f in fields), hint
+    summary = json.load(open(work / "summary.json"))
+    assert summary["diverged"]["message"] == line and f"hint: {summary['diverged']['hint']}" == hint
+    assert summary["diverged"]["fields"] == list(fields) and summary["warnings"][-1] == line
+    assert (work / "summary.png").exists() and (work / "metrics.jsonl").exists()
+    no_nan_on_disk(work)
+    return summary
+
+
+def test_a_collapsed_base_ends_with_exit_status_3_naming_ssl_lr_and_so_does_its_rerun(tmp_path):
+    """ssl.lr=1e4 collapses the experts (every feature alike): the filter keeps nothing, the classifier is never
+    fine-tuned, the accuracy is at chance. It used to exit 0 with a warning pointing at "noise 0.0"."""
     work = tmp_path / "w"
     r = launch(TINY, "--config.ssl.lr=1e4", f"--workdir={work}")
-    assert r.returncode == 0, r.stderr[-3000:]
-    warnings = json.load(open(work / "summary.json"))["warnings"]
+    summary = assert_diverged(r, work, "collapsed: the final accuracy 10.0% is at chance",
+                              ["ssl.lr", "ssl.temperature"])
+    assert "the filter kept 0 samples over 14 chunks" in summary["diverged"]["message"]
+    warnings = summary["warnings"]
     assert any("kept no sample" in w for w in warnings) and any("not fine-tuned" in w for w in warnings)
+    assert not any("noise 0.0" in w for w in warnings)  # (the stream is 40% noisy)
     assert "warning: " in r.stdout + r.stderr
     evals = [json.loads(line) for line in open(work / "metrics.jsonl") if '"eval"' in line]
     assert all(e.get("warnings") for e in evals)
-    no_nan_on_disk(work)
+    before = file_digests(work)
+    again = launch(TINY, "--config.ssl.lr=1e4", f"--workdir={work}")  # a finished run that diverged: the same end
+    assert again.returncode == 3 and lines_of(again.stderr)[-2:] == lines_of(r.stderr)[-2:], again.stderr[-2000:]
+    assert "nothing to do" in again.stdout and file_digests(work) == before
+
+
+def test_an_exploding_fine_tune_ends_with_exit_status_3_naming_eval_lr(tmp_path):
+    """eval.lr=1e4: fine-tune losses of about 1e17 at every evaluation (it used to exit 0, warning only at the
+    evaluations whose classifier predicted one class)."""
+    work = tmp_path / "w"
+    r = launch(TINY, "--config.eval.lr=1e4", f"--workdir={work}")
+    summary = assert_diverged(r, work, "diverged: the fine-tune's loss reached", ["eval.lr", "eval.clip"])
+    assert "is at chance" in summary["diverged"]["message"]
+    assert any("predicts class" in w and "config.eval.lr" in w for w in summary["warnings"])
+
+
+@pytest.mark.parametrize("temperature, first", [
+    ("1e-3", "diverged: the experts' self-supervised loss ended above 6.55"),  # finite, 1.4-1.9x no learning
+    ("1e-30", "diverged: the base's self-supervised training gave a non-finite optimizer state at chunk 1"),
+])
+def test_a_tiny_temperature_names_ssl_temperature_first(tmp_path, temperature, first):
+    """The hint named config.ssl.lr (1e-30: a ValueError traceback from the checkpoint after the experts)."""
+    work = tmp_path / "w"
+    r = launch(TINY, f"--config.ssl.temperature={temperature}", f"--workdir={work}")
+    if temperature == "1e-3":
+        assert_diverged(r, work, first, ["ssl.temperature", "ssl.lr"])
+        assert "warning: the experts' self-supervised loss ended above" in r.stdout  # said once the experts end
+    else:  # non-finite: stopped at once, nothing of it written
+        assert r.returncode == 3, r.stderr[-3000:]
+        assert_short(r.stderr, first)
+        assert lines_of(r.stderr)[-1].startswith("hint: check config.ssl.temperature=1e-30 (the default is 0.5) "
+                                                 "first, then config.ssl.lr=0.0003 (its default)")
+        assert not os.path.exists(work / "summary.json") and not glob.glob(str(work / "checkpoints" / "[0-9]*"))
+        no_nan_on_disk(work)
+
+
+def test_a_compare_marks_a_diverged_cell_and_ends_with_exit_status_3(tmp_path):
+    work = tmp_path / "cmp"
+    r = launch(TINY, "--mode=compare", "--methods=spr", "--sweep=eval.lr=0.002,10000.0",
+               f"--config.cache.dir={tmp_path / 'cache'}", f"--workdir={work}")
+    assert r.returncode == 3, r.stderr[-3000:]
+    assert_short(r.stderr, "diverged: 1 of 2 runs of the comparison diverged or collapsed (spr [eval.lr=10000.0] "
+                           "at noise 0.4 seed 0)")
+    doc = json.load(open(work / "compare.json"))
+    healthy, bad = doc["cells"]
+    assert healthy["diverged"] == [] and [d["seed"] for d in bad["diverged"]] == [0]
+    assert bad["diverged"][0]["message"].startswith("diverged: the fine-tune's loss reached")
+    assert "eval.lr" in bad["diverged"][0]["hint"] and [r["diverged"] is None for r in doc["runs"]] == [True, False]
+    md = open(work / "compare.md").read()
+    assert "| spr [eval.lr=0.002] | 0.4 |" in md and "| spr [eval.lr=10000.0] (diverged: note 1) | 0.4 |" in md
+    assert "- note 1: spr [eval.lr=10000.0], noise rate 0.4, seed 0: diverged: the fine-tune's loss" in md
+    assert (work / "compare.png").exists()
+
+
+def test_the_divergence_rule_on_records():
+    """The rule's thresholds (spr_jax/run_checks.py, where the measurements they come from are listed)."""
+    from spr_jax import run_checks as rc
+    no_learning = rc.nt_xent_of_no_learning(40)  # ln 79
+    assert rc.expert_divergence([no_learning, 1.49 * no_learning, float("nan")], 40) is None
+    assert "in 1 of 2 chunks" in rc.expert_divergence([no_learning, 1.51 * no_learning], 40)
+    chunks = [{"chunk": c, "base_loss": v} for c, v in enumerate([4.0, 4.2, None, 5.9])]
+    assert rc.base_divergence(chunks, 40, 40) is None
+    assert "grew from 3 (chunk 0) to 4.6 (chunk 1)" in rc.base_divergence([{"chunk": 0, "base_loss": 3.0},
+                                                                          {"chunk": 1, "base_loss": 4.6}], 40, 40)
+    assert "reached 6.6 at chunk 1" in rc.base_divergence([{"chunk": 0, "base_loss": 4.4},
+                                                           {"chunk": 1, "base_loss": 6.6}], 40, 40)
+    evals = [{"after_task": 0, "finetune_loss": [2.3, 1.0]}, {"after_task": 1, "finetune_loss": None}]
+    assert rc.finetune_divergence(evals, 10) is None
+    assert "above 11.5" in rc.finetune_divergence([{"after_task": 0, "finetune_loss": [11.6, 1.0]}], 10)
+    assert "grew from 0.5 to 1.6" in rc.finetune_divergence([{"after_task": 2, "finetune_loss": [0.5, 1.6]}], 10)
+    chance, limit = rc.chance_level(np.repeat(np.arange(10), 20), [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9)])
+    assert chance == 0.1 and limit == pytest.approx(0.1 + 3 * np.sqrt(0.09 / 200))  # tiny: 16.4%
+    assert rc.chance_level(np.repeat(np.arange(10), 20), [(0, 1)])[0] == 0.5  # only the episodes' classes count
+    assert rc.likely_fields({"ssl.lr": 3e-4, "ssl.temperature": 1e-6}, rc.SSL_FIELDS) == (
+        "check config.ssl.temperature=1e-06 (the default is 0.5) first, then config.ssl.lr=0.0003 (its default)")
+
+
+def test_the_chance_rule_needs_a_learnable_stream():
+    """At 90% symmetric noise on 10 classes a right label is no longer the most frequent: no chance verdict."""
+    import spr_jax
+    from spr_jax import run_checks, run_setup
+    assert run_checks.learnable(run_setup.prepare_inputs(spr_jax.load_config("tiny")))
+    assert not run_checks.learnable(run_setup.prepare_inputs(spr_jax.load_config("tiny", {"noise.rate": 0.9})))
 
 
 def test_a_healthy_run_has_no_warnings(undisturbed):
-    assert json.load(open(undisturbed / "summary.json"))["warnings"] == []
+    summary = json.load(open(undisturbed / "summary.json"))
+    assert summary["warnings"] == [] and summary["diverged"] is None
 
 
 @pytest.mark.parametrize("override, needles", [
@@ -467,14 +572,6 @@ def test_a_config_folder_is_one_line_naming_its_files(tmp_path):
     assert r.returncode == 2
     assert_short(r.stderr, "error: --config=configs is a folder")
     assert "configs/" in r.stderr and not (tmp_path / "w").exists()
-
-
-def test_a_collapsed_fine_tuning_is_a_warning(tmp_path):
-    work = tmp_path / "w"
-    r = launch(TINY, "--config.eval.lr=1e4", f"--workdir={work}")
-    assert r.returncode == 0, r.stderr[-3000:]
-    warnings = json.load(open(work / "summary.json"))["warnings"]
-    assert any("predicts class" in w and "config.eval.lr" in w for w in warnings), warnings
 
 
 def test_two_expert_fillers_of_one_shared_cache_both_finish_and_a_run_reuses_everything(tmp_path):
