@@ -19,13 +19,13 @@ import errno
 import os
 import re
 import sys
-import tempfile
 
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
 from spr_jax import config_files  # light: imports neither jax nor the rest of the package
+from spr_jax import workdir_lock  # light too
 from spr_jax.errors import RunStopped, UserError
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -113,25 +113,6 @@ def split_plugin_settings(argv, base):
     return [a for j, a in enumerate(argv) if j not in drop], values
 
 
-def check_workdir(path: str) -> None:
-    """The workdir exists as a writable folder, or can be created (nothing is created here)."""
-    if not path:
-        raise UserError("--workdir is required, e.g. --workdir=/tmp/spr_run")
-    path = os.path.abspath(path)
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise UserError(f"--workdir={path} is a file, not a folder", "pass a folder path")
-    probe = path
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    if not os.path.isdir(probe):
-        raise UserError(f"--workdir={path} cannot be created: {probe} is a file")
-    try:  # a real write (access() says yes to root even where a write fails), removed at once
-        os.rmdir(tempfile.mkdtemp(dir=probe, prefix=".spr_jax_probe_"))
-    except OSError as e:
-        what = "is not writable" if probe == path else "cannot be created"
-        raise UserError(f"--workdir={path} {what}: {probe}: {e.strerror}", "pass a folder you can write to") from e
-
-
 def check_backend() -> None:
     """JAX starts the requested platform (JAX_PLATFORMS), or UserError naming it."""
     import jax
@@ -195,7 +176,7 @@ def main(argv) -> int:
     if _MODE.value == "config":
         print(format_config(config))
         return 0
-    check_workdir(_WORKDIR.value)
+    workdir_lock.check_workdir(_WORKDIR.value)  # (before JAX is imported; the lock below checks it again)
     logging.set_verbosity(logging.WARNING)  # keep jax's backend probing out of the report
     from spr_jax import parallel
     parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, auto=_DISTRIBUTED.value)
@@ -203,7 +184,7 @@ def main(argv) -> int:
     import jax
     if jax.process_count() > 1:  # each process says where it runs (e.g. in a cluster job's logs)
         print(parallel.describe(), flush=True)
-    from spr_jax import modes, run_loop, workdir_lock
+    from spr_jax import modes, run_loop
     # One run per workdir (process 0 writes a multi-host run's files, so it alone locks). Signals are handled
     # since the start (spr_jax/interrupt.py): work in progress stops at its next safe point with its work kept.
     with workdir_lock.hold(_WORKDIR.value, enabled=parallel.is_primary()):

@@ -14,6 +14,7 @@ import json
 import os
 import socket
 import sys
+import tempfile
 import threading
 import time
 
@@ -34,15 +35,38 @@ def _holder(path: str) -> str:
         return "another process (it has not written its name yet)"
 
 
+def check_workdir(path: str) -> None:
+    """The workdir exists as a writable folder, or can be created (nothing is created here); else UserError in
+    one line. launch.py calls it first thing, and `hold` before it takes the lock, so the Python API refuses
+    an unusable workdir with the same line."""
+    if not path:
+        raise UserError("--workdir is required, e.g. --workdir=/tmp/spr_run")
+    path = os.path.abspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"--workdir={path} is a file, not a folder", "pass a folder path")
+    probe = path
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise UserError(f"--workdir={path} cannot be created: {probe} is a file")
+    try:  # a real write (access() says yes to root even where a write fails), removed at once
+        os.rmdir(tempfile.mkdtemp(dir=probe, prefix=".spr_jax_probe_"))
+    except OSError as e:
+        what = "is not writable" if probe == path else "cannot be created"
+        raise UserError(f"--workdir={path} {what}: {probe}: {e.strerror}", "pass a folder you can write to") from e
+
+
 @contextlib.contextmanager
 def hold(workdir: str, enabled: bool = True):
-    """Within: this process holds WORKDIR's lock, or UserError naming the process that does.
+    """Within: this process holds WORKDIR's lock, or UserError naming the process that does (or saying why
+    WORKDIR cannot be used: check_workdir).
 
     Creates the workdir if needed; a workdir created here that stays empty is removed again, so a run
     refused before it wrote anything leaves no trace."""
     if not enabled:
         yield
         return
+    check_workdir(workdir)
     workdir = os.path.abspath(workdir)
     created = not os.path.exists(workdir)
     os.makedirs(workdir, exist_ok=True)

@@ -95,3 +95,48 @@ def test_a_plugins_keyword_settings_are_overridable_fields(monkeypatch):
     assert comparison.parse_sweeps(c, ["filter.k=3,5"]) == [{"filter.k": 3}, {"filter.k": 5}]
     with pytest.raises(spr_jax.UserError, match="filter.k='x' is not of type int"):
         comparison.parse_sweeps(c, ["filter.k=3,x"])
+
+
+def _launch_error_lines(*args):
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), *args], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    return r.stderr.strip().splitlines()
+
+
+def _assert_same_error_as_launch(workdir, needle):
+    """spr_jax.run and spr_jax.compare raise the UserError whose message and hint launch.py prints."""
+    for call in (lambda: spr_jax.run(spr_jax.load_config("tiny"), str(workdir), progress=False),
+                 lambda: spr_jax.compare(spr_jax.load_config("tiny"), str(workdir), methods=["spr"], progress=False)):
+        with pytest.raises(spr_jax.UserError) as e:  # (a raw FileExistsError / OSError traceback before)
+            call()
+        assert needle in str(e.value) and str(workdir) in str(e.value)
+        want = [f"error: {e.value}"] + ([f"hint: {e.value.hint}"] if e.value.hint else [])
+        assert _launch_error_lines("--config=configs/tiny.py", f"--workdir={workdir}") == want
+
+
+def test_an_unusable_workdir_is_the_same_one_line_error_as_launch(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    _assert_same_error_as_launch(afile, "is a file, not a folder")
+    _assert_same_error_as_launch(afile / "sub", "cannot be created")
+    assert afile.read_text() == "x" and sorted(os.listdir(tmp_path)) == ["afile"]
+
+
+def test_a_read_only_workdir_is_the_same_one_line_error_as_launch(tmp_path):
+    import subprocess
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], capture_output=True).returncode:
+        if os.geteuid() == 0:
+            pytest.skip("cannot mount a read-only filesystem here")
+        ro.chmod(0o555)  # (not read-only for root, hence the mount)
+    try:
+        _assert_same_error_as_launch(ro, "is not writable")
+        _assert_same_error_as_launch(ro / "w", "cannot be created")
+        assert os.listdir(ro) == []
+    finally:
+        subprocess.run(["umount", str(ro)], capture_output=True)
+        ro.chmod(0o755)
