@@ -263,21 +263,27 @@ def divergence(s, prepared, chunk_records: list, evals: list, expert_losses, val
             phrase = (f"the final accuracy {100 * last['accuracy']:.1f}% is at chance ({100 * chance:.1f}%; "
                       f"{100 * limit:.1f}% or less counts as chance here) on a stream whose majority labels are right")
             fields = () if causes else SSL_FIELDS + ("eval.lr",)
+            counts = np.asarray(chunk_records[-1].get("buffer_counts", []) if chunk_records else [])
+            starved = ""  # what the memory lacked at the end, if that explains it
             if not last.get("finetune_loss"):  # the memory held less than a batch: no fine-tune
+                starved = (f"the memory held {last.get('buffer_size', 0)} samples, fewer than config.eval."
+                           f"batch_size={s.eval.batch_size}, so the classifier was never fine-tuned")
+            elif counts.size and np.count_nonzero(counts) == 1:
+                starved = (f"the memory held samples of class {int(np.flatnonzero(counts)[0])} alone "
+                           f"({int(counts.sum())}), so the classifier learned that class")
+            if starved and s.buffer_size < s.eval.batch_size:
+                phrase += ": " + starved
+                fields = ("buffer.size", "eval.batch_size")
+                special_hint = (f"config.buffer.size={values.get('buffer.size')} is smaller than a fine-tune "
+                                f"batch (config.eval.batch_size={s.eval.batch_size}); raise it")
+            elif starved:
                 kept = sum(r.get("kept", 0) for r in chunk_records)
-                phrase += (f": the memory held {last.get('buffer_size', 0)} samples, fewer than config.eval.batch_size="
-                           f"{s.eval.batch_size}, so the classifier was never fine-tuned")
-                if s.buffer_size < s.eval.batch_size:
-                    fields = ("buffer.size", "eval.batch_size")
-                    special_hint = (f"config.buffer.size={values.get('buffer.size')} is smaller than a fine-tune "
-                                    f"batch (config.eval.batch_size={s.eval.batch_size}); raise it")
-                else:
-                    phrase += f" (the filter kept {kept} samples over {len(chunk_records)} chunks)"
-                    fields = SSL_FIELDS
-                    if not kept and float(values.get("noise.rate", 1.0)) == 0.0:
-                        special_hint = ('on a stream without wrong labels SPR\'s filter often keeps nothing '
-                                        '(docs/algorithm.md, "Noise 0.0 with this filter"); for a clean-stream '
-                                        'baseline use --config.filter.kind=none')
+                phrase += f": {starved} (the filter kept {kept} samples over {len(chunk_records)} chunks)"
+                fields = SSL_FIELDS
+                if float(values.get("noise.rate", 1.0)) == 0.0:
+                    special_hint = ('on a stream without wrong labels SPR\'s filter often keeps nothing '
+                                    '(docs/algorithm.md, "Noise 0.0 with this filter"); for a clean-stream '
+                                    'baseline use --config.filter.kind=none')
             causes.append((phrase, fields))
     if not causes:
         return None

@@ -437,6 +437,17 @@ def test_a_tiny_temperature_names_ssl_temperature_first(tmp_path, temperature, f
         no_nan_on_disk(work)
 
 
+def test_a_clean_stream_that_spr_s_filter_starves_ends_with_exit_status_3_and_says_why(tmp_path):
+    """At noise 0.0 the centrality filter keeps (almost) nothing (docs/algorithm.md): the accuracy is at chance
+    and the hint points to filter.kind=none rather than to fields at their defaults."""
+    work = tmp_path / "w"
+    r = launch(TINY, "--config.noise.rate=0.0", f"--workdir={work}")
+    assert r.returncode == 3, r.stderr[-3000:]
+    assert_short(r.stderr, "collapsed: the final accuracy")
+    assert lines_of(r.stderr)[-1].endswith("for a clean-stream baseline use --config.filter.kind=none")
+    assert json.load(open(work / "summary.json"))["diverged"]["message"] == lines_of(r.stderr)[-2]
+
+
 def test_a_compare_marks_a_diverged_cell_and_ends_with_exit_status_3(tmp_path):
     work = tmp_path / "cmp"
     r = launch(TINY, "--mode=compare", "--methods=spr", "--sweep=eval.lr=0.002,10000.0",
