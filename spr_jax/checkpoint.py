@@ -43,10 +43,11 @@ class CorruptCheckpointError(UserError, RuntimeError):
     """A checkpoint step exists but cannot be read back intact."""
 
 
-def _canonical(obj, what: str):
-    """JSON round trip: tuples become lists, so a stored and a fresh value compare equal."""
+def _canonical(obj, what: str, sort_keys: bool = True):
+    """JSON round trip: tuples become lists, so a stored and a fresh value compare equal. sort_keys=False keeps
+    the dicts' key order (meta: a resume rewrites metrics.jsonl's records from it, byte for byte)."""
     try:
-        return json.loads(json.dumps(obj, sort_keys=True))
+        return json.loads(json.dumps(obj, sort_keys=sort_keys))
     except (TypeError, ValueError) as e:
         raise TypeError(f"{what} must be JSON-serialisable: {e}") from e
 
@@ -243,7 +244,7 @@ class RunCheckpointer:
             raise ValueError(f"cannot save step {step}: the latest checkpoint is already step {latest}")
         if latest == step:
             return
-        meta = _canonical(meta, "meta")
+        meta = _canonical(meta, "meta", sort_keys=False)
         paths, leaves = _paths_and_leaves(state)
         finite, sums = _inspect(leaves)
         bad = [p for p, ok in zip(paths, finite) if not ok]

@@ -12,7 +12,8 @@ Scalars: every numeric field of a chunk record as `chunk/<field>` at step = the 
 the chunk axis; each evaluation's fine-tune loss per epoch as `finetune_loss/after_task_<t>` at step = the
 epoch (1, 2, ...). A missing value (null) is not written. At the end, the accuracy matrix as the image
 `accuracy_matrix` (cell (i, j): after task i, on task j; black: not yet seen) and summary.png as the image
-`summary`. `tensorboard --logdir WORKDIR/tensorboard`.
+`summary`. A resumed run's events are rewritten from its checkpoint's records (each step once).
+`tensorboard --logdir WORKDIR/tensorboard`.
 """
 import os
 
@@ -71,6 +72,17 @@ class TensorBoard:
         w = self._open()
         for tag, value, step in scalars_of(record):
             w.add_scalar(tag, value, step)
+
+    def restart(self, records) -> None:
+        """Event files from `records` alone (a run's start or resume: those of its checkpoint): the events an
+        earlier session wrote are removed first, so a resumed run holds each step once."""
+        self.close()
+        if os.path.isdir(self.folder):
+            for name in os.listdir(self.folder):
+                if name.startswith("events.out.tfevents."):
+                    os.remove(os.path.join(self.folder, name))
+        for record in records:
+            self.write(record)
 
     def add_accuracy_matrix(self, matrix, step: int) -> None:
         if matrix:

@@ -32,15 +32,23 @@ class MetricsLog:
 
     def text(self) -> str:
         """metrics.jsonl's content for the records held, in stream order."""
-        records = sorted(self.chunks + self.evals, key=lambda r: (
+        return "".join(json.dumps(r) + "\n" for r in self.records())
+
+    def records(self) -> list:
+        """The records held, in stream order (each evaluation after the chunk it follows)."""
+        return sorted(self.chunks + self.evals, key=lambda r: (
             r["chunk"] + 1 if r["type"] == "chunk" else r["chunks_processed"], r["type"] == "eval"))
-        return "".join(json.dumps(r) + "\n" for r in records)
 
     def rewrite(self):
-        """metrics.jsonl from the records held (on resume: those of the checkpoint, in stream order)."""
+        """metrics.jsonl from the records held (on resume: those of the checkpoint, in stream order), and the
+        writers that can start over (TensorBoard) rewritten from them too: what an interrupted session wrote
+        after its last checkpoint is not left behind to be written again (no step twice)."""
         if not parallel.is_primary():
             return
         write_atomic(self.path, self.text())
+        for writer in self.writers:
+            if hasattr(writer, "restart"):
+                writer.restart(self.records())
 
 
 def chunk_record(c, task, m, known) -> dict:

@@ -115,6 +115,36 @@ def test_a_signal_stops_at_a_safe_point_and_the_run_resumes_to_the_same_summary(
     assert summary_without_walls(work) == summary_without_walls(undisturbed)
 
 
+def chunk_steps_in_events(work):
+    """{tag: [steps]} of the chunk scalars in WORKDIR/tensorboard, every event as stored (nothing purged)."""
+    from tensorboard.backend.event_processing import event_accumulator
+    acc = event_accumulator.EventAccumulator(str(work / "tensorboard"), purge_orphaned_data=False,
+                                             size_guidance={event_accumulator.SCALARS: 0})
+    acc.Reload()
+    return {tag: [e.step for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"] if tag.startswith("chunk/")}
+
+
+def test_a_run_killed_in_the_replay_resumes_to_byte_identical_metrics_and_each_event_step_once(tmp_path,
+                                                                                               undisturbed):
+    """kill -9 once some chunks past a checkpoint may be logged: the rerun's metrics.jsonl is the undisturbed
+    run's byte for byte (the records restored from the checkpoint keep their key order), and TensorBoard holds
+    each chunk step once (a resume rewrites the events from the checkpoint's records)."""
+    pytest.importorskip("tensorboard")
+    work = tmp_path / "w"
+    proc = start(TINY, f"--workdir={work}")
+    wait_for(lambda: glob.glob(str(work / "checkpoints" / "[0-9]*")) and os.path.exists(work / "metrics.jsonl")
+             and len(open(work / "metrics.jsonl").read().splitlines()) >= 7, proc)
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert not os.path.exists(work / "summary.json")
+    r = launch(TINY, f"--workdir={work}")
+    assert r.returncode == 0 and "resuming from the checkpoint" in r.stdout, r.stderr[-3000:]
+    assert subprocess.run(["cmp", str(work / "metrics.jsonl"), str(undisturbed / "metrics.jsonl")]).returncode == 0
+    steps = chunk_steps_in_events(work)
+    assert steps["chunk/kept"] == list(range(14)), steps["chunk/kept"]  # tiny: 14 chunks, each once
+    assert steps == chunk_steps_in_events(undisturbed)
+
+
 class Watched:
     """launch.py in a subprocess whose stderr is read as it comes, each piece timestamped (to see when a
     signal's acknowledgement arrives, not only that it does)."""
