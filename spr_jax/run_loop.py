@@ -71,24 +71,37 @@ def _run(setup: run_setup.Setup, started: float, workdir, progress, redo, compil
                 os.remove(path)
     # Opened before anything is written, so a workdir holding another run's checkpoints is refused untouched.
     ckpt = checkpoint.RunCheckpointer(workdir, identity.fingerprint, keep=options.checkpoint_keep)
-    done = finished_run.finished_summary(workdir, ckpt, prepared.stream.num_chunks)
-    if done is not None:
+    config_text = json.dumps(identity.description, indent=1, default=str)
+    stream_info = prepare_lib.stream_summary(prepared)
+    clean_share = (None if stream_info["noise_rate_in_chunks"] is None
+                   else 1.0 - stream_info["noise_rate_in_chunks"])
+    done, damaged = finished_run.finished_summary(
+        workdir, ckpt, prepared.stream.num_chunks,
+        expected=lambda: outputs.summary(finished_run.checkpoint_log(workdir, ckpt),
+                                         num_chunks=prepared.stream.num_chunks, method=identity.method,
+                                         seed=s.seed, dataset=prepared.dataset.name, noise=identity.noise, walls={},
+                                         stream_clean_share=clean_share))
+    if done is not None or damaged:  # damaged: the run's last step again below recomputes only its summary
         try:
-            repaired = finished_run.repair_finished_files(workdir, ckpt, prepared)
-        finally:
+            repaired = (["summary.json"] if damaged else []) + finished_run.repair_finished_files(
+                workdir, ckpt, prepared, config_text)
+        except BaseException:
             ckpt.close()
-        if progress and repaired:
-            print(f"{', '.join(repaired)} did not match the finished run's checkpoint; rewritten from it")
+            raise
+        if done is not None:
+            ckpt.close()
+        if progress:
+            for name in repaired:
+                print(f"warning: {name} did not match the finished run's checkpoint; rewritten from it")
+    if done is not None:
         if progress:
             print(f"{workdir} holds this run, finished (final accuracy {100 * done['final_accuracy']:.2f}%); "
                   f"nothing to do. Pass --redo to run it again from scratch.")
         raise_if_diverged(done)  # a rerun of a run that diverged ends as it did
         return done
-    stream_info = prepare_lib.stream_summary(prepared)
     if parallel.is_primary():
         files.write_atomic(os.path.join(workdir, "stream.json"), json.dumps(stream_info, indent=1))
-        files.write_atomic(os.path.join(workdir, "config.json"),
-                           json.dumps(identity.description, indent=1, default=str))
+        files.write_atomic(os.path.join(workdir, "config.json"), config_text)
     run_name = f"{outputs.method_name(identity.method)}, seed {s.seed}"
     if progress:
         print(f"run: {run_name}", flush=True)
@@ -200,8 +213,7 @@ def _run(setup: run_setup.Setup, started: float, workdir, progress, redo, compil
     verdict = run_checks.divergence(s, prepared, log.chunks, log.evals, out["final_loss"], identity.quoted)
     summary = outputs.summary(log, num_chunks=stream.num_chunks, method=identity.method, seed=s.seed, dataset=ds.name,
                               noise=identity.noise, walls=walls,
-                              stream_clean_share=None if stream_info["noise_rate_in_chunks"] is None
-                              else 1.0 - stream_info["noise_rate_in_chunks"], compile_s=compile_s, diverged=verdict)
+                              stream_clean_share=clean_share, compile_s=compile_s, diverged=verdict)
     # Not cut short by a signal: a summary.json without its summary.png would pass for a finished run.
     with interrupt.deferred("once the summary is written", kept="the last complete checkpoint is kept",
                             done="as the run ended", then="it finished and its outputs are complete"):

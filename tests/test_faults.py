@@ -323,6 +323,42 @@ def test_damaged_outputs_of_a_finished_run_are_rewritten_from_its_checkpoint(tmp
     assert file_digests(work) == before
 
 
+def test_a_finished_run_s_config_and_summary_are_checked_and_rewritten_with_one_warning_each(tmp_path, undisturbed):
+    """config.json unreadable, summary.json readable but edited (its final accuracy): both found on the rerun
+    of the finished run's command, rewritten with one warning line each; read_run sees the config again."""
+    import shutil
+    import spr_jax
+    work = tmp_path / "copy"
+    shutil.copytree(undisturbed, work)
+    config = json.load(open(work / "config.json"))
+    (work / "config.json").write_text('{"config": ')
+    edited = json.load(open(work / "summary.json"))
+    edited["final_accuracy"] = 0.99
+    (work / "summary.json").write_text(json.dumps(edited, indent=1))
+    assert spr_jax.read_run(str(work)).config is None
+    r = launch(TINY, f"--workdir={work}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+    warnings = [line for line in r.stdout.splitlines() if line.startswith("warning: ")]
+    assert warnings == [f"warning: {name} did not match the finished run's checkpoint; rewritten from it"
+                        for name in ("summary.json", "config.json")], r.stdout[-3000:]
+    assert json.load(open(work / "config.json")) == config
+    assert summary_without_walls(work) == summary_without_walls(undisturbed)
+    assert open(work / "metrics.jsonl").read() == open(undisturbed / "metrics.jsonl").read()
+    assert spr_jax.read_run(str(work)).config == config
+
+    (work / "config.json").write_text(json.dumps({**config, "config": {}}))  # readable, not this run's
+    r = launch(TINY, f"--workdir={work}")
+    assert r.returncode == 0 and "nothing to do" in r.stdout, r.stderr[-3000:]
+    assert [line for line in r.stdout.splitlines() if line.startswith("warning: ")] == [
+        "warning: config.json did not match the finished run's checkpoint; rewritten from it"]
+    assert json.load(open(work / "config.json")) == config
+    before = file_digests(work)
+    r = launch(TINY, f"--workdir={work}")
+    assert r.returncode == 0 and "rewritten" not in r.stdout and "warning" not in r.stdout
+    assert file_digests(work) == before
+
+
 def test_a_damaged_expert_cache_entry_is_recomputed_with_one_warning(tmp_path, undisturbed):
     """A truncated entry and one overwritten with garbage (numpy used to stop the run, advising allow_pickle)
     are misses: moved aside, recomputed, one warning line each, and the run ends as the undamaged one."""
