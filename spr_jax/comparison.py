@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from spr_jax import files
 from spr_jax import metrics
 from spr_jax import run_loop
-from spr_jax.errors import ConfigError, Diverged
+from spr_jax.errors import ConfigError, Diverged, RunStopped
 
 # name -> (config overrides, one line on what it is). Hyperparameters are the config's unless stated.
 METHODS = {
@@ -102,6 +102,17 @@ INTERVAL = ("mean +- sample sd (ddof=1) [95% confidence interval of the mean ove
             "sd / sqrt(n)]")
 
 
+def stopped_line(line: str, label: str, rate: float, seed: int, index: int, total: int) -> str:
+    """A run's stop line ("interrupted (SIGINT) after chunk 6 of 14 (checkpointed); run the same command to
+    resume") saying which run of the comparison it was: "interrupted (SIGINT) during spr, noise 0.4, seed 2
+    (run 3 of 8); after chunk 6 of 14 (checkpointed); ..."."""
+    head, sep, rest = line.partition(") ")
+    where = f"during {label}, noise {rate:g}, seed {seed} (run {index} of {total})"
+    if not (line.startswith("interrupted (") and sep):
+        return f"{line} ({where})"
+    return f"{head}) {where}; {rest}"
+
+
 class Comparison(list):
     """compare.json's rows (a list, one per run), with `cells`: compare.json's per-cell seed statistics."""
 
@@ -138,6 +149,9 @@ def run(config, workdir: str, methods=(), rates=(), seeds=(), progress: bool = T
             summary = run_loop.run(c, folder, progress=False)
         except Diverged as e:  # its cell is marked, the comparison goes on and ends with exit status 3
             summary = e.result or {"diverged": {"message": str(e), "hint": e.hint}}  # (None: stopped at a NaN)
+        except RunStopped as e:  # a signal: the line says which run it stopped
+            raise RunStopped(stopped_line(str(e), label, r, s, len(rows) + 1, len(runs)), e.hint,
+                             e.exit_status) from None
         has_memory = not (c.protocol == "online" and not c.online.replay)
         finished = "final_accuracy" in summary
         verdict = summary.get("diverged")

@@ -532,6 +532,18 @@ def test_a_compare_marks_a_diverged_cell_and_ends_with_exit_status_3(tmp_path):
     assert (work / "compare.png").exists()
 
 
+def test_an_interrupted_compare_says_which_method_rate_and_seed_was_running(tmp_path):
+    work = tmp_path / "cmp"
+    proc = start(TINY, "--mode=compare", "--methods=spr", "--seeds=1", "--rates=0.4",
+                 f"--config.cache.dir={tmp_path / 'cache'}", f"--workdir={work}")
+    wait_for(lambda: glob.glob(str(work / "spr" / "rate_0.4" / "seed_1" / "checkpoints" / "[0-9]*")), proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert_short(err, "interrupted (SIGTERM) during spr, noise 0.4, seed 1 (run 1 of 1); after chunk ")
+    assert lines_of(err)[-1].endswith("(checkpointed); run the same command to resume"), err[-2000:]
+
+
 def test_the_divergence_rule_on_records():
     """The rule's thresholds (spr_jax/run_checks.py, where the measurements they come from are listed)."""
     from spr_jax import run_checks as rc
