@@ -291,6 +291,7 @@ def plot(rows, path, config):
                    yerr=[_half_width(v) for v in acc],
                    marker="o", capsize=3, label=m)  # bars: the 95% interval over seeds
     if len(all_rates) > 1:
+        a.set_xticks([100 * x for x in all_rates], [f"{100 * x:g}" for x in all_rates])  # the rates run
         a.set_xlabel("noise rate (%)"), a.set_ylabel("final accuracy (%)")
         a.set_title("final accuracy (mean, 95% interval over seeds)")
     a.grid(alpha=0.3)
@@ -304,9 +305,13 @@ def plot(rows, path, config):
         for xi, p in zip(x, purity):
             if not p["n"]:  # a method without a memory has no purity
                 b.text(xi, 2, "no memory", rotation=90, ha="center", va="bottom", fontsize=7, color="grey")
+        if config.noise.kind not in ("real", "none"):  # the stream's clean share: the purity of keeping everything
+            b.axhline(100 * (1 - rate), color=f"C{i % 10}", linestyle="--", linewidth=1,
+                      label=f"stream's clean share at {100 * rate:g}% noise")
     b.set_xticks(np.arange(len(methods)), methods, rotation=30, ha="right")
     b.set_ylabel("final buffer purity (%)"), b.set_title("buffer purity (mean, 95% interval over seeds)")
-    b.set_ylim(0, 118), b.legend(fontsize=8, ncol=len(all_rates), loc="upper right")
+    b.set_ylim(0, 125), b.set_yticks(range(0, 101, 20))  # 0-100%; the legend above 100
+    b.legend(fontsize=7, ncol=2, loc="upper right")
     handles, labels = a.get_legend_handles_labels()
     rows_of_legend = -(-len(methods) // 5) if handles else 0
     if handles:

@@ -206,13 +206,18 @@ def plot(summary_, episodes, path, log=None):
         fig = plt.figure(figsize=(15, 14.2 if diagnostics else 9.6))
         grid = fig.add_gridspec(3 if diagnostics else 2, 6, height_ratios=[1.15, 1, 1][:3 if diagnostics else 2])
         a, b = fig.add_subplot(grid[0, :3]), fig.add_subplot(grid[0, 3:])
-        _plot_filter(fig.add_subplot(grid[1, :2]), log.chunks)
-        _plot_base_loss(fig.add_subplot(grid[1, 2:4]), log.chunks)
+        num_chunks = max(summary_.get("num_chunks", len(log.chunks)), len(log.chunks))
+        chunk_panels = [fig.add_subplot(grid[1, :2]), fig.add_subplot(grid[1, 2:4])]
+        _plot_filter(chunk_panels[0], log.chunks, summary_.get("stream_clean_share"))
+        _plot_base_loss(chunk_panels[1], log.chunks)
         _plot_finetune_loss(fig.add_subplot(grid[1, 4:]), log.evals)
         if diagnostics:
-            _plot_ranking(fig.add_subplot(grid[2, :2]), log.chunks)
-            _plot_turnover(fig.add_subplot(grid[2, 2:4]), log.chunks)
+            chunk_panels += [fig.add_subplot(grid[2, :2]), fig.add_subplot(grid[2, 2:4])]
+            _plot_ranking(chunk_panels[2], log.chunks)
+            _plot_turnover(chunk_panels[3], log.chunks)
             _plot_clean_p_hist(fig.add_subplot(grid[2, 4:]), log.chunks)
+        for ax in chunk_panels:  # one chunk numbering and integer ticks on every chunk axis
+            _chunk_axis(ax, num_chunks)
 
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")  # masked cells: grey
     im = a.imshow(m, vmin=0, vmax=100, cmap=cmap)
@@ -229,8 +234,7 @@ def plot(summary_, episodes, path, log=None):
     fig.colorbar(im, ax=a, fraction=0.046, pad=0.04)
 
     purity = np.array([np.nan if p is None else 100 * p for p in summary_["purity_history"]], dtype=float)
-    chunks = np.arange(1, len(purity) + 1)  # x: chunks processed
-    values = list(purity[np.isfinite(purity)])
+    chunks = np.arange(len(purity))  # x: the chunk's index, 0-based as in metrics.jsonl and TensorBoard
     if np.isfinite(purity).any():
         b.plot(chunks, purity, marker="o", markersize=3, label="buffer purity")
     else:
@@ -238,22 +242,12 @@ def plot(summary_, episodes, path, log=None):
                transform=b.transAxes, color="grey")
     share = summary_.get("stream_clean_share")
     if share is not None:
-        b.axhline(100 * share, color="tab:red", linestyle="--", label="stream (no filter)")
-        values.append(100 * share)
-    num_chunks = summary_.get("num_chunks", len(purity))
-    bounds = [c for c in (summary_.get("eval_chunks") or []) if c < num_chunks]
-    for k, c in enumerate(bounds):
-        b.axvline(c + 0.5, color="grey", linestyle=":", label="task boundary" if k == 0 else None)
-    if values:
-        lo, hi = min(values), max(values)
-        margin = max(0.1 * (hi - lo), 1.0)
-        b.set_ylim(max(0.0, lo - margin), min(100.0, hi + margin))
-    else:
-        b.set_ylim(0, 100)
-    b.set_xlim(0.5, max(num_chunks, len(purity), 1) + 0.5)
-    if len(purity) <= 30:
-        b.set_xticks(range(1, max(len(purity), 1) + 1))
-    b.set_xlabel("chunk"), b.set_ylabel("buffer purity (%)")
+        b.axhline(100 * share, color="tab:red", linestyle="--", label="stream's clean share (no filter)")
+    num_chunks = max(summary_.get("num_chunks", len(purity)), len(purity))
+    _task_bounds(b, summary_, num_chunks)
+    b.set_ylim(0, 100)
+    _chunk_axis(b, num_chunks)
+    b.set_ylabel("buffer purity (%)")
     b.set_title("buffer purity (share of correctly labelled samples)", fontsize=10)
     b.grid(axis="y", alpha=0.3)
     if b.get_legend_handles_labels()[0]:
@@ -265,12 +259,34 @@ def plot(summary_, episodes, path, log=None):
     plt.close(fig)
 
 
+def _chunk_axis(ax, num_chunks: int) -> None:
+    """A chunk x axis: chunk indices 0 .. num_chunks-1 (as metrics.jsonl and TensorBoard), integer ticks (each
+    chunk's up to 30 chunks)."""
+    from matplotlib.ticker import MaxNLocator
+    n = max(int(num_chunks), 1)
+    ax.set_xlim(-0.5, n - 0.5)
+    if n <= 30:
+        ax.set_xticks(range(n))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("chunk (0-based, as in metrics.jsonl)")
+
+
+def _task_bounds(ax, summary_, num_chunks: int) -> None:
+    """Dotted lines between the last chunk of a task and the first of the next."""
+    bounds = [c for c in (summary_.get("eval_chunks") or []) if c < num_chunks]
+    for k, c in enumerate(bounds):
+        ax.axvline(c - 0.5, color="grey", linestyle=":", label="task boundary" if k == 0 else None)
+
+
 def _no_data(ax, text):
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="grey")
 
 
-def _plot_filter(ax, chunks):
-    x = [r["chunk"] + 1 for r in chunks]
+def _plot_filter(ax, chunks, share=None):
+    """Per chunk: samples kept, and the filter's precision (0-100%) beside the stream's clean share (`share`:
+    the precision of keeping everything)."""
+    x = [r["chunk"] for r in chunks]
     if not x:
         _no_data(ax, "no chunk")
     else:
@@ -281,11 +297,12 @@ def _plot_filter(ax, chunks):
         if np.isfinite(precision).any():
             right = ax.twinx()
             right.plot(x, precision, color="tab:green", marker="o", markersize=3, label="filter precision")
-            right.set_ylim(0, 105), right.set_ylabel("filter precision (%)")
+            if share is not None:
+                right.axhline(100 * share, color="tab:red", linestyle="--", label="stream's clean share (no filter)")
+            right.set_ylim(0, 100), right.set_ylabel("filter precision (%)")
             more = right.get_legend_handles_labels()
             handles = (handles[0] + more[0], handles[1] + more[1])
         ax.legend(*handles, loc="lower right", fontsize=8)
-    ax.set_xlabel("chunk")
     ax.set_title("filter per chunk", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
 
@@ -297,7 +314,7 @@ def _values(chunks, key, scale=1.0):
 def _plot_ranking(ax, chunks):
     """Per chunk: how well clean_p separates the kept samples' right labels from wrong ones (AUC), and how
     many kept samples tie at the chunk's highest clean_p (where the buffer's eviction is oldest-first)."""
-    x = [r["chunk"] + 1 for r in chunks]
+    x = [r["chunk"] for r in chunks]
     auc, tied = _values(chunks, "clean_p_auc", 100), _values(chunks, "clean_p_tied_share", 100)
     if np.isfinite(auc).any():
         ax.plot(x, auc, color="tab:green", marker="o", markersize=3, label="ROC-AUC of clean_p (clean vs noisy)")
@@ -312,7 +329,7 @@ def _plot_ranking(ax, chunks):
         ax.legend(loc="upper center", fontsize=7, ncol=2)
     else:
         _no_data(ax, "nothing kept")
-    ax.set_ylim(-3, 128), ax.set_yticks(range(0, 101, 20)), ax.set_xlabel("chunk"), ax.set_ylabel("%")
+    ax.set_ylim(-3, 128), ax.set_yticks(range(0, 101, 20)), ax.set_ylabel("%")
     ax.set_title("filter: clean_p ranking of the kept samples", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
 
@@ -320,7 +337,7 @@ def _plot_ranking(ax, chunks):
 def _plot_turnover(ax, chunks):
     """Per chunk: samples admitted to the buffer (up) and evicted from it (down), clean and noisy stacked;
     the noisy ones only where the noise is known."""
-    x = np.array([r["chunk"] + 1 for r in chunks])
+    x = np.array([r["chunk"] for r in chunks])
     known = any(r.get("buffer_admitted_noisy") is not None for r in chunks)
     if known:
         bars = [("buffer_admitted_clean", 1, "tab:blue", "admitted clean"),
@@ -336,7 +353,7 @@ def _plot_turnover(ax, chunks):
         bottoms[sign] += v
     ax.axhline(0, color="k", linewidth=0.8)
     ax.legend(loc="best", fontsize=7, ncol=2)
-    ax.set_xlabel("chunk"), ax.set_ylabel("samples (evicted below 0)")
+    ax.set_ylabel("samples (evicted below 0)")
     ax.set_title("buffer: admissions and evictions per chunk", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
 
@@ -367,12 +384,12 @@ def _plot_clean_p_hist(ax, chunks):
 
 
 def _plot_base_loss(ax, chunks):
-    points = [(r["chunk"] + 1, r["base_loss"]) for r in chunks if r.get("base_loss") is not None]
+    points = [(r["chunk"], r["base_loss"]) for r in chunks if r.get("base_loss") is not None]
     if points:
         ax.plot(*zip(*points), marker="o", markersize=3, color="tab:purple")
     else:
         _no_data(ax, "base not trained")
-    ax.set_xlabel("chunk"), ax.set_ylabel("loss")
+    ax.set_ylabel("loss")
     ax.set_title("base: self-supervised loss per chunk", fontsize=10)
     ax.grid(alpha=0.3)
 
@@ -384,11 +401,16 @@ def _plot_finetune_loss(ax, evals):
         ax.plot(np.arange(1, len(losses) + 1), losses, color=colour, label=f"after task {task}")
     if curves:
         ax.legend(loc="upper right", fontsize=8)
+        if all(v > 0 for _, losses in curves for v in losses):  # (a loss of 0 or below has no log)
+            from matplotlib.ticker import FuncFormatter
+            ax.set_yscale("log")
+            plain = FuncFormatter(lambda v, _: f"{v:.3g}")  # 0.4, 2 (not 4 x 10^-1)
+            ax.yaxis.set_major_formatter(plain), ax.yaxis.set_minor_formatter(plain)
     else:
         _no_data(ax, "no fine-tune\n(memory smaller than a batch, or an online learner)")
     from matplotlib.ticker import MaxNLocator
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs
-    ax.set_xlabel("fine-tune epoch"), ax.set_ylabel("loss")
+    ax.set_xlabel("fine-tune epoch"), ax.set_ylabel("loss (log scale)" if ax.get_yscale() == "log" else "loss")
     ax.set_title("evaluation: classifier fine-tune loss", fontsize=10)
     ax.grid(alpha=0.3)
 

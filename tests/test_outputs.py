@@ -56,7 +56,9 @@ def test_plot_writes_png(tmp_path, new_keys, purity_known):
 
 
 def test_plot_figure_contents(tmp_path, monkeypatch):
-    """Heatmap's unseen cells masked and unlabelled; purity axis scaled to the data; boundaries and stream line."""
+    """Heatmap's unseen cells masked and unlabelled; purity axis 0-100% with the stream's clean share, chunks
+    0-based (as metrics.jsonl and TensorBoard) with a tick each, boundaries between a task's last chunk and the
+    next's first."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -69,13 +71,17 @@ def test_plot_figure_contents(tmp_path, monkeypatch):
     assert np.ma.is_masked(data) and data.mask[0, 2] and not data.mask[2, 0]
     assert sorted(t.get_text() for t in heat.texts) == sorted(["100", "70", "90", "50", "60", "80"])
     assert heat.get_xticklabels()[0].get_text() == "task 0 (7, 6)"
-    lo, hi = purity.get_ylim()
-    assert 0 <= lo < 60 and 50 < lo and 90 < hi <= 100  # not the flat 0-100 axis
+    assert purity.get_ylim() == (0, 100)
     labels = purity.get_legend_handles_labels()[1]
-    assert "stream (no filter)" in labels and "task boundary" in labels
+    assert "stream's clean share (no filter)" in labels and "task boundary" in labels
+    stream = [l for l in purity.get_lines() if l.get_linestyle() == "--"]
+    assert [l.get_ydata()[0] for l in stream] == [60.0]
+    np.testing.assert_array_equal(purity.get_lines()[0].get_xdata(), range(6))  # chunk 0 .. 5
     vlines = [l for l in purity.get_lines() if l.get_linestyle() == ":"]
-    assert sorted(l.get_xdata()[0] for l in vlines) == [2.5, 4.5]  # the last eval (chunk 6 = num_chunks) omitted
-    assert purity.get_xlabel() == "chunk"
+    # tasks end after chunks 1 and 3 (2 and 4 processed); the last eval (6 = num_chunks) omitted
+    assert sorted(l.get_xdata()[0] for l in vlines) == [1.5, 3.5]
+    assert list(purity.get_xticks()) == list(range(6)) and purity.get_xlim() == (-0.5, 5.5)
+    assert purity.get_xlabel().startswith("chunk (0-based")
     title = fig._suptitle.get_text()
     assert all(s in title for s in ("SPR on fashion_mnist", "symmetric noise 40%", "seed 1", "60.9%", "87.7%"))
     plt.close(fig)
@@ -105,13 +111,21 @@ def test_plot_with_the_runs_records_shows_filter_and_losses(tmp_path, monkeypatc
     axes = {ax.get_title(): ax for ax in figs[-1].axes}
     kept = axes["filter per chunk"]
     assert [p.get_height() for p in kept.patches] == [10, 11, 12, 13, 14, 15]
+    assert [p.get_x() + p.get_width() / 2 for p in kept.patches] == pytest.approx(range(6))  # chunk 0 .. 5
     precision = [ax for ax in figs[-1].axes if ax.get_ylabel() == "filter precision (%)"][0]
     np.testing.assert_allclose(precision.get_lines()[0].get_ydata(), [50, 55, 60, 65, 70, 75])
+    assert precision.get_ylim() == (0, 100)
+    assert [l.get_ydata()[0] for l in precision.get_lines() if l.get_linestyle() == "--"] == [60.0]  # the stream's
+    base = axes["base: self-supervised loss per chunk"]
+    np.testing.assert_array_equal(base.get_lines()[0].get_xdata(), range(6))
+    for ax in (kept, base):  # every chunk axis: one tick per chunk, integers
+        assert list(ax.get_xticks()) == list(range(6)) and ax.get_xlim() == (-0.5, 5.5)
     np.testing.assert_allclose(axes["base: self-supervised loss per chunk"].get_lines()[0].get_ydata(),
                                [4.0, 3.9, 3.8, 3.7, 3.6, 3.5])
     tune = axes["evaluation: classifier fine-tune loss"]
     assert [line.get_label() for line in tune.get_lines()] == ["after task 1", "after task 2"]
     np.testing.assert_allclose(tune.get_lines()[1].get_ydata(), [2.2, 1.8, 1.1])
+    assert tune.get_yscale() == "log"
 
     for c in chunks:
         c["base_loss"] = None
@@ -168,3 +182,25 @@ def test_plot_shows_the_clean_p_diagnostics_where_the_records_carry_them(tmp_pat
             del c[k]
     outputs.plot(summary(), EPISODES, str(tmp_path / "summary.png"), log=types.SimpleNamespace(chunks=chunks, evals=evals))
     assert "buffer: admissions and evictions per chunk" not in {ax.get_title() for ax in figs[-1].axes}
+
+
+def test_compare_plot_purity_axis_is_0_to_100_with_each_rate_s_clean_share(tmp_path, monkeypatch):
+    """compare.png: purity ticks 0-100% and a dashed line at each rate's clean share (1 - rate); the accuracy
+    panel's x ticks are the rates run."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import ml_collections
+    from spr_jax import comparison
+    figs = []
+    monkeypatch.setattr(plt, "close", lambda fig=None: figs.append(fig))
+    rows = [{"method": m, "noise_rate": rate, "seed": seed, "final_accuracy": 0.5, "average_accuracy": 0.5,
+             "forgetting": 0.1, "final_purity": 0.7, "filter_precision": None, "noisy_removed": None,
+             "wall_time_s": 1.0, "diverged": None}
+            for m in ("spr", "plain_replay") for rate in (0.2, 0.4) for seed in (0, 1)]
+    config = ml_collections.ConfigDict({"dataset": {"name": "synthetic"}, "noise": {"kind": "symmetric"}})
+    comparison.plot(rows, str(tmp_path / "compare.png"), config)
+    accuracy, purity = figs[-1].axes[:2]
+    assert list(purity.get_yticks()) == [0, 20, 40, 60, 80, 100] and purity.get_ylim()[0] == 0
+    assert sorted(l.get_ydata()[0] for l in purity.get_lines() if l.get_linestyle() == "--") == pytest.approx([60, 80])
+    assert list(accuracy.get_xticks()) == pytest.approx([20, 40])
