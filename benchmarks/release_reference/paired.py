@@ -21,20 +21,20 @@ import numpy as np
 from spr_jax import comparison
 from spr_jax import metrics as metrics_lib
 
-METRICS = (  # key, label, scale
-    ("final_accuracy", "final accuracy (%)", 100),
-    ("buffer_purity", "buffer purity (%)", 100),
-    ("kept", "filter kept (samples)", 1),
-    ("precision", "filter precision (%)", 100),
-    ("noisy_removed", "noisy removed (%)", 100),
-    ("auc", "clean_p ROC-AUC among kept (mean over chunks)", 1),
-    ("tied_share", "kept at the chunk's max clean_p (%, pooled)", 100),
-    ("tied_noisy_share", "noisy among those tied (%, pooled)", 100),
-    ("admitted_noisy", "noisy admitted to the buffer (sum over chunks)", 1),
-    ("evicted_noisy", "noisy evicted from the buffer (sum over chunks)", 1),
-    ("admitted_clean", "clean admitted (sum)", 1),
-    ("evicted_clean", "clean evicted (sum)", 1),
-    ("final_buffer_noisy_low_share", "final buffer: noisy among the lowest-clean_p half (%)", 100),
+METRICS = (  # key, label, scale, digits
+    ("final_accuracy", "final accuracy (%)", 100, 1),
+    ("buffer_purity", "buffer purity (%)", 100, 1),
+    ("kept", "filter kept (samples)", 1, 0),
+    ("precision", "filter precision (%)", 100, 1),
+    ("noisy_removed", "noisy removed (%)", 100, 1),
+    ("auc", "clean_p ROC-AUC among kept (mean over chunks)", 1, 3),
+    ("tied_share", "kept at the chunk's max clean_p (%, pooled)", 100, 1),
+    ("tied_noisy_share", "noisy among those tied (%, pooled)", 100, 1),
+    ("admitted_noisy", "noisy admitted to the buffer (sum over chunks)", 1, 1),
+    ("evicted_noisy", "noisy evicted from the buffer (sum over chunks)", 1, 1),
+    ("admitted_clean", "clean admitted (sum)", 1, 1),
+    ("evicted_clean", "clean evicted (sum)", 1, 1),
+    ("wall_s", "wall time (s; the release's under load, see BENCHMARKS.md)", 1, 0),
 )
 
 
@@ -75,17 +75,7 @@ def release_seed(path) -> dict:
     return dict(final_accuracy=r["final_accuracy"], buffer_purity=last["buffer_purity"], kept=kept,
                 precision=(kept - kept_noisy) / kept, noisy_removed=1 - kept_noisy / noisy_total,
                 auc=float(np.mean(aucs)), tied_share=tied / kept, tied_noisy_share=tied_noisy / tied if tied else None,
-                final_buffer_noisy_low_share=low_half_noisy(last["buffer_clean_p"], last["buffer_noisy"]),
                 wall_s=r.get("wall_s"), **turnover)
-
-
-def low_half_noisy(clean_p, noisy):
-    """Share of noisy samples among the buffer's lowest-clean_p half (what eviction reaches first)."""
-    p, n = np.asarray(clean_p, np.float32), np.asarray(noisy, bool)
-    if not n.sum():
-        return 0.0
-    order = np.argsort(p, kind="stable")
-    return float(n[order[: p.size // 2]].sum() / n.sum())
 
 
 def spr_seed(folder) -> dict:
@@ -103,8 +93,7 @@ def spr_seed(folder) -> dict:
     out = dict(final_accuracy=summary["final_accuracy"], buffer_purity=summary["final_purity"], kept=kept,
                precision=rates["filter_precision"], noisy_removed=rates["noisy_removed"],
                auc=float(np.mean([r["clean_p_auc"] for r in chunks if r["clean_p_auc"] is not None])),
-               tied_share=tied / kept, tied_noisy_share=tied_noisy / tied if tied else None,
-               final_buffer_noisy_low_share=None, wall_s=sum(summary["wall_time_s"].values()))
+               tied_share=tied / kept, tied_noisy_share=tied_noisy / tied if tied else None, wall_s=sum(summary["wall_time_s"].values()))
     for k in ("admitted_noisy", "evicted_noisy", "admitted_clean", "evicted_clean"):
         out[k] = sum(r["buffer_" + k] for r in chunks)
     return out
@@ -124,7 +113,7 @@ def main():
     release = {s: release_seed(os.path.join(args.release, f"release_seed{s}.json")) for s in seeds}
     ours = {s: spr_seed(args.spr.format(seed=s)) for s in seeds}
     table = {}
-    for key, label, scale in METRICS:
+    for key, label, scale, _ in METRICS:
         a, b = [ours[s][key] for s in seeds], [release[s][key] for s in seeds]
         table[key] = {"label": label, "scale": scale, "spr_jax": metrics_lib.seed_stats(a),
                       "release": metrics_lib.seed_stats(b), "difference": metrics_lib.paired_stats(a, b)}
@@ -132,11 +121,10 @@ def main():
     if args.markdown:
         print(f"\nseeds {seeds}; mean +- sd [95% t interval]; difference = spr_jax - release, paired by seed\n")
         print("| metric | spr_jax | release (pinned) | paired difference |\n| --- | --- | --- | --- |")
-        for key, label, scale in METRICS:
+        for key, label, scale, digits in METRICS:
             t = table[key]
-            print(f"| {label} | {metrics_lib.format_stats(t['spr_jax'], scale)} | "
-                  f"{metrics_lib.format_stats(t['release'], scale)} | "
-                  f"{metrics_lib.format_stats(t['difference'], scale)} |")
+            cells = [metrics_lib.format_stats(t[side], scale, digits) for side in ("spr_jax", "release", "difference")]
+            print(f"| {label} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
