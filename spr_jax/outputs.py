@@ -402,10 +402,13 @@ def _plot_finetune_loss(ax, evals):
     if curves:
         ax.legend(loc="upper right", fontsize=8)
         if all(v > 0 for _, losses in curves for v in losses):  # (a loss of 0 or below has no log)
-            from matplotlib.ticker import FuncFormatter
+            from matplotlib.ticker import FuncFormatter, NullFormatter
             ax.set_yscale("log")
             plain = FuncFormatter(lambda v, _: f"{v:.3g}")  # 0.4, 2 (not 4 x 10^-1)
-            ax.yaxis.set_major_formatter(plain), ax.yaxis.set_minor_formatter(plain)
+            values = [v for _, losses in curves for v in losses]
+            # Minor ticks get labels only within a decade: over several, 2..9 x 10^k labels overlap.
+            ax.yaxis.set_major_formatter(plain)
+            ax.yaxis.set_minor_formatter(plain if max(values) < 10 * min(values) else NullFormatter())
     else:
         _no_data(ax, "no fine-tune\n(memory smaller than a batch, or an online learner)")
     from matplotlib.ticker import MaxNLocator
