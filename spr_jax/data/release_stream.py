@@ -27,21 +27,14 @@ import random
 import numpy as np
 
 from spr_jax.data import noise as noise_lib
+from spr_jax.data import stream as stream_lib
 
 NAME = "release"
 
 
 def first_per_class(labels: np.ndarray, per_class: int) -> np.ndarray:
     """Sorted indices of the first `per_class` samples of each class, in dataset order."""
-    labels = np.asarray(labels)
-    picked = []
-    for c in np.unique(labels):
-        members = np.flatnonzero(labels == c)
-        if members.size < per_class:
-            raise ValueError(f"class {c} has only {members.size} training samples, fewer than "
-                             f"config.dataset.subset_per_class={per_class}; lower it or set it to 0 (all)")
-        picked.append(members[:per_class])
-    return np.sort(np.concatenate(picked))
+    return stream_lib.per_class_subset(labels, per_class, lambda members: members[:per_class])
 
 
 def noise_and_task_orders(seed: int, labels: np.ndarray, kind: str, rate: float, num_classes: int,

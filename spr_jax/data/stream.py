@@ -113,13 +113,19 @@ def chunk_stream(task_orders, *, chunk_size: int, batch: int = 10) -> Stream:
 
 def class_balanced_subset(seed: int, labels: np.ndarray, per_class: int) -> np.ndarray:
     """Sorted indices of `per_class` seeded random samples of each class (taken before any noise)."""
-    labels = np.asarray(labels)
     rng = np.random.default_rng([seed, _SUBSET_SEED])
+    return per_class_subset(labels, per_class, lambda members: rng.choice(members, size=per_class, replace=False))
+
+
+def per_class_subset(labels: np.ndarray, per_class: int, pick) -> np.ndarray:
+    """Sorted indices of `pick(members)` for each class's members (ascending class id), after checking each
+    class has `per_class` samples."""
+    labels = np.asarray(labels)
     picked = []
     for c in np.unique(labels):
         members = np.flatnonzero(labels == c)
         if members.size < per_class:
             raise ValueError(f"class {c} has only {members.size} training samples, fewer than "
                              f"config.dataset.subset_per_class={per_class}; lower it or set it to 0 (all)")
-        picked.append(rng.choice(members, size=per_class, replace=False))
+        picked.append(pick(members))
     return np.sort(np.concatenate(picked))  # dataset order is kept: symmetric noise takes the first samples
