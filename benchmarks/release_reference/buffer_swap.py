@@ -4,8 +4,8 @@ expert cache of a run on the release's stream), chunk by chunk on the same strea
 purity's mean and 95% interval over the draws for each. A gap between (a) and (b) lies in the filter's outputs;
 (a) against the release's own final purity tells whether the buffer (and its chance) reproduces the release.
 It also replays (b) with the run's own buffer keys (rng.chunk_key(seed, BUFFER, c): the run's purity exactly)
-and with the buffer keys of --draws other seeds: where the run's own keys rank at the bottom, the run's buffer
-draws are not independent of its filter's outputs.
+and with the buffer keys of --draws other seeds, and prints the own keys' rank among them: over many seeds the
+rank should spread evenly (a run's buffer draws independent of its filter's outputs).
 
     python benchmarks/release_reference/buffer_swap.py --release /tmp/spr_release/results/release_seed2.json \
         --spr workdirs/release_stream_seed2 [--draws 200]
