@@ -72,14 +72,28 @@ def seed_keys(seed, n):
     return [rng.chunk_key(seed, rng.BUFFER, c) for c in range(n)]
 
 
+def offers_json(offers) -> list:
+    """The kept samples of each chunk in the filter's emission order (by class), as release_buffer.py reads them."""
+    chunks = []
+    for idx, label, corrupt, clean_p, keep in offers:
+        order = np.argsort(np.where(keep, label, np.iinfo(np.int32).max), kind="stable")[:int(keep.sum())]
+        chunks.append({"idx": idx[order].tolist(), "lab": label[order].tolist(),
+                       "noisy": corrupt[order].astype(int).tolist(), "p": clean_p[order].astype(float).tolist()})
+    return chunks
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--release", required=True)
     parser.add_argument("--spr", required=True)
     parser.add_argument("--draws", type=int, default=200)
+    parser.add_argument("--export", default="", help="also write both programs' offers here for release_buffer.py")
     args = parser.parse_args()
     theirs, their_purity = release_offers(args.release)
     ours = spr_offers(args.spr)
+    if args.export:
+        with open(args.export, "w") as f:
+            json.dump({"release": offers_json(theirs), "spr_jax": offers_json(ours)}, f)
     same_stream = all(np.array_equal(a[0], b[0]) for a, b in zip(theirs, ours))
     out = {"same_chunks": same_stream, "release_run_final_purity": their_purity}
     for name, offers in (("release_filter_outputs", theirs), ("spr_jax_filter_outputs", ours)):
