@@ -135,6 +135,9 @@ def base_config() -> ml_collections.ConfigDict:
     # in its last bit); -1 = XLA's default.
     # Accelerators always keep XLA's defaults.
     c.cache.cpu_opt_level = 1
+    # The vector width (bits) XLA prefers in the programs that gain from wide vectors (the evaluation's
+    # fine-tuning): 0 = chosen from the CPU's flags (512 with AVX-512, else 256); 256 | 512 set it.
+    c.cache.cpu_vector_width = 0
     return c
 
 
@@ -197,6 +200,7 @@ RANGES = (
     Range("checkpoint.keep", 1, note="checkpoints kept; the latest is the one a run resumes from"),
     Range("logging.profile_segments", 0, note="0 = no profile"),
     Range("cache.cpu_opt_level", -1, 3, note="an LLVM optimisation level 0-3, or -1 for XLA's default"),
+    Range("cache.cpu_vector_width", 0, 512, note="0 = chosen from the CPU's flags; else 256 or 512 bits"),
 )
 
 

@@ -72,10 +72,11 @@ def classifier_variables(classifier, base: simclr.TrainState, key, input_shape):
     return out
 
 
-# 512-bit vectors (XLA's CPU default is 256): the fine-tuning's small batches leave it bound by Adam's
-# elementwise updates; one fine-tune took 1.39 s instead of 1.67 s on an AVX-512 Xeon, with bit-identical
-# weights and a bit-identical whole run there (benchmarks/finetune.py). Not measured on a CPU without AVX-512.
-_FINETUNE_CPU_OPTIONS = {"xla_cpu_prefer_vector_width": 512}
+# The CPU's widest vectors (compilation.wide_vector_options: 512-bit with AVX-512, XLA's default 256
+# otherwise): the fine-tuning's small batches leave it bound by Adam's elementwise updates; one fine-tune took
+# 1.39 s instead of 1.67 s on an AVX-512 Xeon at 512, with bit-identical weights and a bit-identical whole run
+# there (benchmarks/finetune.py); on an AVX2-only EPYC 512 was 20% slower than 256.
+_FINETUNE_CPU_OPTIONS = compilation.wide_vector_options
 
 
 @functools.partial(compilation.jit, cpu_options=_FINETUNE_CPU_OPTIONS,

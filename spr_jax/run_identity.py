@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import jax
 
-from spr_jax import expert_cache
+from spr_jax import compilation, expert_cache
 from spr_jax.version import __version__
 
 # Config fields that change no result: a run may resume with other values of these.
@@ -61,9 +61,13 @@ def run_description(config, identities: dict) -> dict:
     except OSError:
         pass
     devices = jax.devices()
+    machine = {"cpu": cpu, "platform": devices[0].platform, "device_kind": devices[0].device_kind,
+               "devices": len(devices), "processes": jax.process_count()}
+    if devices[0].platform == "cpu":  # what XLA is asked for on this CPU (results are deterministic per CPU)
+        machine["cpu_compiler"] = compilation.cpu_choices(config.cache.cpu_opt_level,
+                                                          config.cache.get("cpu_vector_width", 0))
     return {"config": config.to_dict(), "plugins": identities, "versions": versions, "python": platform.python_version(),
-            "machine": {"cpu": cpu, "platform": devices[0].platform, "device_kind": devices[0].device_kind,
-                        "devices": len(devices), "processes": jax.process_count()}}
+            "machine": machine}
 
 
 def run_fingerprint(config, identities: dict) -> dict:

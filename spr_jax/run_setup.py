@@ -19,6 +19,7 @@ class RunOptions(NamedTuple):
     expert_cache: str  # the expert cache folder; "" = WORKDIR/expert_cache
     compile_dir: str  # JAX's persistent compilation cache ("" = off)
     cpu_opt_level: int
+    cpu_vector_width: int  # 0: chosen from the CPU (compilation.vector_width)
     warm_up: bool  # compile the replay and evaluation programs while the experts train
     tensorboard: bool
     wandb: str  # "" | "offline" | "online"
@@ -30,6 +31,7 @@ def run_options(config) -> RunOptions:
     return RunOptions(checkpoint_every=max(1, int(config.checkpoint.every_chunks)),
                       checkpoint_keep=int(config.checkpoint.keep), expert_cache=config.cache.dir,
                       compile_dir=config.cache.compile_dir, cpu_opt_level=config.cache.cpu_opt_level,
+                      cpu_vector_width=int(config.cache.get("cpu_vector_width", 0)),
                       warm_up=bool(config.cache.warm_up), tensorboard=bool(config.logging.tensorboard),
                       wandb=config.logging.wandb, wandb_project=config.logging.wandb_project,
                       profile_segments=int(config.logging.profile_segments))

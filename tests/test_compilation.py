@@ -76,3 +76,31 @@ def test_a_programs_own_cpu_options_come_with_the_level_and_go_with_it(monkeypat
     level(-1)
     program(jnp.ones(4))
     assert seen == [{"xla_backend_optimization_level": 1, "xla_cpu_prefer_vector_width": 512}, None]
+
+
+@pytest.mark.parametrize("flags, width", [({"avx", "avx2", "fma"}, 256), ({"avx2", "avx512f"}, 512), (set(), 256)])
+def test_wide_vector_programs_get_the_cpus_widest_vectors_unless_set(monkeypatch, level, flags, width):
+    monkeypatch.setattr(compilation, "cpu_flags", lambda: frozenset(flags))
+    seen = _recording_jit(monkeypatch)
+    program = compilation.jit(lambda x: x * 2.0, cpu_options=compilation.wide_vector_options)
+    level(1)
+    program(jnp.ones(4))
+    wide = {"xla_cpu_prefer_vector_width": 512}
+    assert seen[-1] == {"xla_backend_optimization_level": 1, **(wide if width == 512 else {})}
+    for set_width, options in ((256, {}), (512, wide)):  # set: the same on every CPU
+        with compilation.cpu_vector_width(set_width):
+            compilation.jit(lambda x: x * 3.0, cpu_options=compilation.wide_vector_options)(jnp.ones(4))
+            assert seen[-1] == {"xla_backend_optimization_level": 1, **options}
+    # the setting ends with its block: the CPU's choice again
+    assert compilation.compiler_options("cpu", compilation.wide_vector_options) == {
+        "xla_backend_optimization_level": 1, **(wide if width == 512 else {})}
+    assert compilation.cpu_choices(1, 0) == {"vector_flags": [f for f in ("avx", "avx2", "fma", "avx512f")
+                                                              if f in flags],
+                                             "llvm_opt_level": 1, "wide_vector_width": width}
+
+
+def test_a_vector_width_xla_does_not_take_is_refused_before_anything_runs():
+    from spr_jax.errors import ConfigError
+    with pytest.raises(ConfigError, match="cpu_vector_width=300 .* 256 or 512"):
+        with compilation.cpu_vector_width(300):
+            pass

@@ -38,6 +38,9 @@ def test_outputs_are_complete_and_finite(tiny_run):
     description = json.load(open(os.path.join(workdir, "config.json")))
     assert description["config"] == json.loads(json.dumps(config.to_dict())) and description["versions"]["jax"]
     assert description["plugins"]["filter"]["kind"] == "centrality" and description["machine"]["platform"]
+    if description["machine"]["platform"] == "cpu":  # the compiler's per-CPU choices are on record
+        from spr_jax import compilation
+        assert description["machine"]["cpu_compiler"] == compilation.cpu_choices(1, 0)
     assert 0 <= summary["final_accuracy"] <= 1 and 0 <= summary["final_purity"] <= 1
     assert len(summary["purity_history"]) == summary["num_chunks"]
     for r in chunks:
