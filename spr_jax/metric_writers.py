@@ -3,17 +3,20 @@ written with tensorboardX (no TensorFlow), in WORKDIR/tensorboard, and optionall
 (WandB below). Each writer takes the records as they are logged (write), two images at the end
 (add_accuracy_matrix, add_image_file) and close().
 
-Scalars: every numeric field of a chunk record as `chunk/<field>` at step = the chunk's index (`base_loss`,
-`kept`, `filter_precision`, `filter_recall`, `buffer_size`, `buffer_purity`, and the clean_p diagnostics
-`clean_p_max`, `clean_p_tied_share`, `clean_p_tied_noisy_share`, `clean_p_auc`, `buffer_admitted[_clean|_noisy]`,
+One step numbering for everything: the 0-based index of a chunk, as metrics.jsonl's `chunk`. Scalars: every
+numeric field of a chunk record as `chunk/<field>` at its chunk (`base_loss`, `kept`, `filter_precision`,
+`filter_recall`, `buffer_size`, `buffer_purity`, and the clean_p diagnostics `clean_p_max`,
+`clean_p_tied_share`, `clean_p_tied_noisy_share`, `clean_p_auc`, `buffer_admitted[_clean|_noisy]`,
 `buffer_evicted[_clean|_noisy]`; the clean_p histograms stay in metrics.jsonl), and of an evaluation record as
-`eval/<field>` at step = the chunks processed (`accuracy`, `buffer_purity`, `buffer_size`, and
-`eval/task_<j>_accuracy` for the tasks seen, `eval/finetune_loss` the fine-tune's last epoch), so both share
-the chunk axis; each evaluation's fine-tune loss per epoch as `finetune_loss/after_task_<t>` at step = the
-epoch (1, 2, ...). A missing value (null) is not written. At the end, the accuracy matrix as the image
-`accuracy_matrix` (cell (i, j): after task i, on task j; black: not yet seen) and summary.png as the image
-`summary`. A resumed run's events are rewritten from its checkpoint's records (each step once).
-`tensorboard --logdir WORKDIR/tensorboard`.
+`eval/<field>` at the chunk it follows (the last chunk of its task, `chunks_processed - 1`): `accuracy` (all
+test samples of the episodes' classes), `accuracy_seen_tasks` (the mean accuracy over the tasks seen so far,
+as the progress line prints it), `buffer_purity`, `buffer_size`, `eval/task_<j>_accuracy` for the tasks seen
+and `eval/finetune_loss` the fine-tune's last epoch; each evaluation's fine-tune loss per epoch as
+`finetune_loss/after_task_<t>` at step = the epoch (1, 2, ...). A missing value (null) is not written. At the
+end, the accuracy matrix as the image `accuracy_matrix` (summary.png's panel: rows after task i, columns task
+j with its classes, each cell's accuracy written in it, unseen tasks grey) and summary.png as the image
+`summary`, both at the last chunk. A resumed run's events are rewritten from its checkpoint's records (each
+step once). `tensorboard --logdir WORKDIR/tensorboard`.
 """
 import os
 
@@ -26,15 +29,23 @@ CHUNK_SCALARS = ("base_loss", "kept", "filter_precision", "filter_recall", "buff
 EVAL_SCALARS = ("accuracy", "buffer_purity", "buffer_size")
 
 
+def step_of(record: dict) -> int:
+    """The step of a record's scalars: a chunk's index, or for an evaluation the index of the chunk it follows."""
+    if record["type"] == "chunk":
+        return int(record["chunk"])
+    return max(int(record["chunks_processed"]) - 1, 0)
+
+
 def scalars_of(record: dict) -> list[tuple[str, float, int]]:
     """(tag, value, step) of one metrics.jsonl record, as the writer writes them."""
+    from spr_jax import outputs
     out = []
+    step = step_of(record)
     if record["type"] == "chunk":
-        step = int(record["chunk"])
         out += [(f"chunk/{k}", float(record[k]), step) for k in CHUNK_SCALARS if record.get(k) is not None]
     else:
-        step = int(record["chunks_processed"])
         out += [(f"eval/{k}", float(record[k]), step) for k in EVAL_SCALARS if record.get(k) is not None]
+        out.append(("eval/accuracy_seen_tasks", float(outputs.seen_tasks_accuracy(record)), step))
         out += [(f"eval/task_{j}_accuracy", float(a), step)
                 for j, a in enumerate(record["task_accuracy"][:record["after_task"] + 1])]
         losses = record.get("finetune_loss") or []
@@ -44,14 +55,19 @@ def scalars_of(record: dict) -> list[tuple[str, float, int]]:
     return out
 
 
-def matrix_image(matrix, cell: int = 32) -> np.ndarray:
-    """The accuracy matrix (rows: after task i; None: not yet seen) as an RGB uint8 image, viridis 0-100%,
-    unseen cells black, each cell `cell` pixels square."""
-    import matplotlib
-    m = np.array([[np.nan if v is None else v for v in row] for row in matrix], dtype=float)
-    rgb = matplotlib.colormaps["viridis"](np.nan_to_num(m, nan=0.0))[..., :3]
-    rgb[~np.isfinite(m)] = 0.0
-    return (np.kron(rgb, np.ones((cell, cell, 1))) * 255).round().astype(np.uint8)
+def matrix_image(matrix, episodes=None) -> np.ndarray:
+    """The accuracy matrix (rows: after task i; None: not yet seen) drawn as summary.png draws it (values in
+    the cells, task labels with their classes, unseen cells grey), as an RGB uint8 image."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from spr_jax import outputs
+    size = 1.5 + 0.75 * len(matrix)
+    fig = Figure(figsize=(size + 1.0, size), dpi=100)  # (not pyplot: the caller's backend stays as it is)
+    canvas = FigureCanvasAgg(fig)
+    outputs.draw_accuracy_matrix(fig.add_subplot(), matrix, episodes)
+    fig.tight_layout()
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 class TensorBoard:
@@ -84,9 +100,9 @@ class TensorBoard:
         for record in records:
             self.write(record)
 
-    def add_accuracy_matrix(self, matrix, step: int) -> None:
+    def add_accuracy_matrix(self, matrix, step: int, episodes=None) -> None:
         if matrix:
-            self._open().add_image("accuracy_matrix", matrix_image(matrix), step, dataformats="HWC")
+            self._open().add_image("accuracy_matrix", matrix_image(matrix, episodes), step, dataformats="HWC")
 
     def add_image_file(self, tag: str, path: str, step: int) -> None:
         if not os.path.isfile(path):
@@ -108,7 +124,7 @@ class WandB:
 
     mode "offline" writes WORKDIR/wandb/ and needs no network or account (`wandb sync WORKDIR/wandb/offline-run-*`
     uploads it later); "online" logs live. Every scalar is logged against `chunk` (an evaluation's at the
-    chunks processed, as in TensorBoard); the fine-tune curves stay in metrics.jsonl and TensorBoard. The run's
+    chunk it follows, as in TensorBoard); the fine-tune curves stay in metrics.jsonl and TensorBoard. The run's
     id is derived from the workdir, so a resumed run continues the same W&B run online.
     """
 
@@ -130,13 +146,12 @@ class WandB:
 
     def write(self, record: dict) -> None:
         values = {tag: value for tag, value, _ in scalars_of(record) if not tag.startswith("finetune_loss/")}
-        step = int(record["chunk"]) if record["type"] == "chunk" else int(record["chunks_processed"])
-        self._open().log({"chunk": step, **values})
+        self._open().log({"chunk": step_of(record), **values})
 
-    def add_accuracy_matrix(self, matrix, step: int) -> None:
+    def add_accuracy_matrix(self, matrix, step: int, episodes=None) -> None:
         if matrix:
             import wandb
-            self._open().log({"chunk": step, "accuracy_matrix": wandb.Image(matrix_image(matrix))})
+            self._open().log({"chunk": step, "accuracy_matrix": wandb.Image(matrix_image(matrix, episodes))})
 
     def add_image_file(self, tag: str, path: str, step: int) -> None:
         if os.path.isfile(path):

@@ -113,11 +113,16 @@ def write_summary(workdir, summary_, episodes, progress=True, log=None) -> None:
         print(report(summary_))
 
 
+def seen_tasks_accuracy(record) -> float:
+    """An evaluation's mean accuracy over the tasks seen so far (tasks 0 to after_task, each weighted alike)."""
+    seen = record["task_accuracy"][:record["after_task"] + 1]
+    return sum(seen) / len(seen)
+
+
 def eval_line(record) -> str:
     """The progress line of one evaluation, saying what each accuracy covers."""
     t = record["after_task"]
-    seen = record["task_accuracy"][:t + 1]
-    return (f"after task {t}: accuracy {100 * sum(seen) / len(seen):.1f}% on the tasks seen so far (mean over "
+    return (f"after task {t}: accuracy {100 * seen_tasks_accuracy(record):.1f}% on the tasks seen so far (mean over "
             f"tasks 0-{t}), {100 * record['accuracy']:.1f}% on all test samples of the episodes' classes; "
             f"buffer purity {pct(record['buffer_purity'])}")
 
@@ -188,6 +193,26 @@ def _task_label(j, episodes) -> str:
     return f"task {j} ({shown})"
 
 
+def draw_accuracy_matrix(ax, matrix, episodes):
+    """The accuracy matrix on `ax` (summary.png's panel, TensorBoard's image): cells in % with their values
+    written, rows "after task i", columns task j with its classes, unseen tasks grey. Returns the image."""
+    import matplotlib
+    m = _seen_matrix(matrix)
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")  # masked cells: grey
+    im = ax.imshow(m, vmin=0, vmax=100, cmap=cmap)
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            if not m.mask[i, j]:
+                ax.text(j, i, f"{m[i, j]:.0f}", ha="center", va="center", fontsize=9,
+                        color="k" if m[i, j] > 60 else "w")
+    ax.set_xticks(range(m.shape[1]), [_task_label(j, episodes) for j in range(m.shape[1])],
+                  rotation=30 if m.shape[1] > 3 else 0, ha="right" if m.shape[1] > 3 else "center", fontsize=8)
+    ax.set_yticks(range(m.shape[0]), [f"after task {i}" for i in range(m.shape[0])], fontsize=8)
+    ax.set_xlabel("evaluated on the test samples of task j's classes")
+    ax.set_title("test accuracy (%) per task\n(grey: task not yet seen)", fontsize=10)
+    return im
+
+
 def plot(summary_, episodes, path, log=None):
     """summary.png: the accuracy matrix and the buffer's purity; given the run's MetricsLog, a second row
     with the filter per chunk (kept, precision), the base's self-supervised loss per chunk and the
@@ -197,8 +222,6 @@ def plot(summary_, episodes, path, log=None):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    m = _seen_matrix(summary_["accuracy_matrix"])
-    t = m.shape[0]
     if log is None:
         fig, (a, b) = plt.subplots(1, 2, figsize=(13, 5.2), gridspec_kw={"width_ratios": [1, 1.15]})
     else:
@@ -219,18 +242,7 @@ def plot(summary_, episodes, path, log=None):
         for ax in chunk_panels:  # one chunk numbering and integer ticks on every chunk axis
             _chunk_axis(ax, num_chunks)
 
-    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")  # masked cells: grey
-    im = a.imshow(m, vmin=0, vmax=100, cmap=cmap)
-    for i in range(m.shape[0]):
-        for j in range(m.shape[1]):
-            if not m.mask[i, j]:
-                a.text(j, i, f"{m[i, j]:.0f}", ha="center", va="center", fontsize=9,
-                       color="k" if m[i, j] > 60 else "w")
-    a.set_xticks(range(m.shape[1]), [_task_label(j, episodes) for j in range(m.shape[1])],
-                 rotation=30 if m.shape[1] > 3 else 0, ha="right" if m.shape[1] > 3 else "center", fontsize=8)
-    a.set_yticks(range(t), [f"after task {i}" for i in range(t)], fontsize=8)
-    a.set_xlabel("evaluated on the test samples of task j's classes")
-    a.set_title("test accuracy (%) per task\n(grey: task not yet seen)", fontsize=10)
+    im = draw_accuracy_matrix(a, summary_["accuracy_matrix"], episodes)
     fig.colorbar(im, ax=a, fraction=0.046, pad=0.04)
 
     purity = np.array([np.nan if p is None else 100 * p for p in summary_["purity_history"]], dtype=float)

@@ -53,14 +53,17 @@ def test_an_offline_run_holds_the_metrics_scalars(tmp_path):
     precision = [row["chunk/filter_precision"] for row in rows if "chunk/filter_precision" in row]
     np.testing.assert_allclose(precision, [r["filter_precision"] for r in chunks], rtol=1e-6)
     accuracy = [(row["chunk"], row["eval/accuracy"]) for row in rows if "eval/accuracy" in row]
-    assert [c for c, _ in accuracy] == [r["chunks_processed"] for r in evals]
+    assert [c for c, _ in accuracy] == [r["chunks_processed"] - 1 for r in evals]  # the chunk it follows
     np.testing.assert_allclose([a for _, a in accuracy], [r["accuracy"] for r in evals], rtol=1e-6)
     tune = [row["eval/finetune_loss"] for row in rows if "eval/finetune_loss" in row]
     np.testing.assert_allclose(tune, [r["finetune_loss"][-1] for r in evals], rtol=1e-6)
     images = [(tag, row[f"{tag}/_type"]) for row in rows for tag in ("accuracy_matrix", "summary") if f"{tag}/_type" in row]
     assert images == [("accuracy_matrix", "image-file"), ("summary", "image-file")]
-    size = [(row["accuracy_matrix/width"], row["accuracy_matrix/height"]) for row in rows if "accuracy_matrix/width" in row]
-    assert size == [(5 * 32, 5 * 32)]  # tiny: 5 tasks
+    size = [(row["accuracy_matrix/height"], row["accuracy_matrix/width"]) for row in rows
+            if "accuracy_matrix/width" in row]
+    from spr_jax import metric_writers
+    summary = json.load(open(os.path.join(work, "summary.json")))
+    assert size == [metric_writers.matrix_image(summary["accuracy_matrix"], spr_jax.load_config("tiny").episodes).shape[:2]]
 
 
 def test_wandb_settings_are_checked_before_any_work(tmp_path, monkeypatch):
