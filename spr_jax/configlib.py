@@ -87,6 +87,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.filter.kind = "centrality"
     c.filter.num_graphs = 5  # E_max
     c.filter.max_iter = 6000  # eigenvector-centrality power iterations (networkx's cap)
+    # The other filters (docs/algorithm.md, "Other filters"), each a classifier on the chunk's expert features:
+    # aum (area under the margin, with threshold samples), incv (iterative noisy cross-validation), knn.
+    c.filter.aum_steps = 400  # aum: full-batch gradient steps of its linear classifier (the margins' epochs)
+    c.filter.aum_lr = 1.0  # aum: their learning rate
+    c.filter.aum_percentile = 99.0  # aum: the threshold samples' AUM percentile below which a sample is dropped
+    c.filter.incv_iterations = 4  # incv: cross-validation rounds (the paper's 4)
+    c.filter.incv_steps = 25  # incv: full-batch gradient steps of each half's linear classifier
+    c.filter.incv_lr = 1.0  # incv: their learning rate
+    c.filter.incv_remove_ratio = -1.0  # incv: r, large-loss removals per selected sample; < 0: estimated (paper)
+    c.filter.knn_k = 10  # knn: neighbours whose labels vote
 
     c.buffer = ml_collections.ConfigDict()
     c.buffer.size = 300  # P; 0 = a memory that holds the whole stream (the multitask upper bound)
@@ -185,6 +195,15 @@ RANGES = (
     Range("base.batch_size", 2, note="B; SimCLR needs two samples to contrast"),
     Range("filter.num_graphs", 1, note="E_max"),
     Range("filter.max_iter", 1),
+    Range("filter.aum_steps", 1),
+    Range("filter.aum_lr", 0, open_low=True, integer=False, note="a learning rate"),
+    Range("filter.aum_percentile", 0, 100, integer=False, note="a percentile"),
+    Range("filter.incv_iterations", 1),
+    Range("filter.incv_steps", 1),
+    Range("filter.incv_lr", 0, open_low=True, integer=False, note="a learning rate"),
+    Range("filter.incv_remove_ratio", -1, 2, integer=False,
+          note="< 0 = estimated from the first round's held-out agreement, as the paper"),
+    Range("filter.knn_k", 1, note="at most the chunk's size - 1 are used"),
     Range("buffer.size", 0, note="P; 0 = a memory holding the whole stream"),
     Range("online.lr", 0, open_low=True, integer=False, note="a learning rate"),
     Range("online.stream_batch", 1),

@@ -7,6 +7,8 @@ from typing import NamedTuple
 import jax
 
 from spr_jax import compilation, expert_cache
+from spr_jax import filters
+from spr_jax import plugins
 from spr_jax.version import __version__
 
 # Config fields that change no result: a run may resume with other values of these.
@@ -70,6 +72,14 @@ def run_description(config, identities: dict) -> dict:
             "machine": machine}
 
 
+def filter_settings(config) -> dict:
+    """config.filter as a run's keys hold it: less the settings of the baseline filters (filters.BASELINE_SETTINGS)
+    that the run's filter does not read, so that adding those settings changed no earlier run's keys."""
+    block = config.filter.to_dict()
+    read = plugins.accepted_settings(plugins.resolve(config.filter.kind, filters.FILTERS, "config.filter.kind"), block)
+    return {k: v for k, v in block.items() if k not in filters.BASELINE_SETTINGS or k in read}
+
+
 def run_fingerprint(config, identities: dict) -> dict:
     """What a run's checkpoints must match: its config (less result-neutral fields), the code version and
     the plug-ins' identities."""
@@ -78,6 +88,7 @@ def run_fingerprint(config, identities: dict) -> dict:
         d.pop(k, None)
     d["expert"].pop("group_size", None)
     d["eval"].pop("test_batch_size", None)
+    d["filter"] = filter_settings(config)
     if d["dataset"].get("stream") == "spr_jax":  # the default since before the option: old workdirs still match
         d["dataset"].pop("stream")
     return {"config": d, "code_version": __version__, "plugins": identities}
@@ -96,7 +107,7 @@ def expert_inputs(config, prepared) -> dict:
         stream={"chunk_size": prepared.stream.chunk_size, "batch": int(config.stream.batch),
                 "episodes": [list(map(int, t)) for t in prepared.episodes]},
         expert={"model": config.model.to_dict(), "ssl": config.ssl.to_dict(), "epochs": int(config.expert.epochs),
-                "filter": config.filter.to_dict(), "precision": config.precision})
+                "filter": filter_settings(config), "precision": config.precision})
 
 
 def expert_chunk_descriptions(config, prepared, identities: dict) -> list:

@@ -1,6 +1,7 @@
 """Filters: which of a chunk's samples may enter the buffer, and how clean each one looks. This package
 holds the seam: the interface (below), its settings (`FilterSettings`), its check (`check`), the built-ins
-(`none` here, SPR's self-centered filter in `centrality.py`) and their registry (`FILTERS`).
+(`none` here, SPR's self-centered filter in `centrality.py`; the baselines AUM in `aum.py`, INCV in `incv.py`
+and k-NN agreement in `knn.py`) and their registry (`FILTERS`).
 
 A filter is a pure, jit-able function on one chunk (docs/extending.md):
 
@@ -41,8 +42,17 @@ def keep_all(key, features, labels, *, num_classes):
 
 keep_all.needs_features = False
 
-# Built-in names of config.filter.kind -> import paths.
-FILTERS = {"centrality": "spr_jax.filters.centrality:purify_chunk", "none": "spr_jax.filters:keep_all"}
+# Built-in names of config.filter.kind -> import paths. aum and incv are the filters SPR's paper compares its
+# own with, knn the k-NN agreement of examples/knn_filter.py (docs/algorithm.md, "Other filters").
+FILTERS = {"centrality": "spr_jax.filters.centrality:purify_chunk", "none": "spr_jax.filters:keep_all",
+           "aum": "spr_jax.filters.aum:aum_filter", "incv": "spr_jax.filters.incv:incv_filter",
+           "knn": "spr_jax.filters.knn:knn_filter"}
+
+# config.filter's settings of aum, incv and knn. They came after runs had been cached and checkpointed, so
+# a run's keys (expert cache, checkpoint fingerprint) hold them only when its filter reads them
+# (run_identity): the keys of every other run stay what they were.
+BASELINE_SETTINGS = ("aum_steps", "aum_lr", "aum_percentile", "incv_iterations", "incv_steps", "incv_lr",
+                     "incv_remove_ratio", "knn_k")
 
 
 def needs_features(fn) -> bool:
