@@ -8,6 +8,10 @@ features, itself excluded) carry its noisy label; clean_p is that agreement shar
 
 `k` is a keyword parameter, so `--config.filter.k=20` (or a config that defines `config.filter.k`) sets it
 (default 10).
+
+The same rule ships built in as `--config.filter.kind=knn` (spr_jax/filters/knn.py, its k read from
+`config.filter.knn_k`; `--mode=compare` runs it as the method `spr_knn`). This file stays as the template of
+a filter of your own (docs/extending.md).
 """
 import jax
 import jax.numpy as jnp

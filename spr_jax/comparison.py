@@ -49,6 +49,19 @@ METHODS = {
                         "as reservoir_ce with JoCoR's two classifiers and joint loss on each step's batch of 20; "
                         "the forget rate ramps to the noise rate over the first 10 chunks (our choice: no epochs "
                         "online)"),
+    "spr_aum": ({"filter.kind": "aum"},
+                "SPR with AUM's filter (Pleiss et al. 2020) in place of the centrality filter: per chunk, a linear "
+                "classifier on the expert's features (400 full-batch steps, lr 1) trained twice, each time with "
+                "D // (C + 1) threshold samples moved to an extra class; kept when a sample's area under the margin "
+                "exceeds the threshold samples' 99th percentile; clean_p = sigmoid(AUM - threshold)"),
+    "spr_incv": ({"filter.kind": "incv"},
+                 "SPR with INCV's filter (Chen et al. 2019): per chunk, 4 rounds of two-fold cross-validation of a "
+                 "linear classifier on the expert's features (25 full-batch steps, lr 1); kept: the samples a "
+                 "held-out classifier predicts as labelled; large-loss removals at the rate the first round's noise "
+                 "estimate implies; clean_p = the held-out probability of the label"),
+    "spr_knn": ({"filter.kind": "knn"},
+                "SPR with the k-NN agreement filter: kept when more than half of the 10 nearest chunk samples "
+                "(cosine similarity of the expert's features) carry the sample's label; clean_p = that share"),
 }
 
 
