@@ -4,8 +4,9 @@ Each method is a composition of plug-ins, i.e. a few config overrides (METHODS).
 WORKDIR/<method>/rate_<r>/seed_<s> through the ordinary run loop, so a finished run is reused and an
 interrupted one resumes: an interrupted comparison picks up where it stopped. Writes WORKDIR/compare.json
 (one row per method, rate and seed under "runs"; per cell, i.e. method (sweep point) x rate, the seed
-statistics of every metric under "cells"), compare.md (per cell: mean +- sd [95% t interval] over seeds) and
-compare.png (final accuracy vs noise rate per method, or a bar per method at one rate; final buffer purity
+statistics of every metric under "cells"), compare.md (per cell: mean +- sd [95% t interval] over seeds, the
+run's wall time among them), compare.tex (the paper's table: methods x noise rates, final accuracy mean +- sd,
+the best per column in bold, each method's wall time per run) and compare.png (final accuracy vs noise rate per method, or a bar per method at one rate; final buffer purity
 per method; error bars: the 95% interval over seeds).
 """
 import json
@@ -15,10 +16,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from spr_jax import files
+from spr_jax import interrupt
 from spr_jax import metrics
 from spr_jax import run_loop
-from spr_jax.errors import ConfigError, Diverged, RunStopped
+from spr_jax.errors import ConfigError, Diverged
 
+# Online EWC's penalty weight (docs/algorithm.md, "Baselines": how it was chosen).
+EWC_LAMBDA = 10.0
 # name -> (config overrides, one line on what it is). Hyperparameters are the config's unless stated.
 METHODS = {
     "spr": ({}, "SPR: self-supervised base, centrality filter, purified buffer"),
@@ -62,12 +66,54 @@ METHODS = {
     "spr_knn": ({"filter.kind": "knn"},
                 "SPR with the k-NN agreement filter: kept when more than half of the 10 nearest chunk samples "
                 "(cosine similarity of the expert's features) carry the sample's label; clean_p = that share"),
+    "ewc": ({"protocol": "online", "online.replay": False, "filter.kind": "none", "buffer.policy": "reservoir",
+             "online.ewc_lambda": EWC_LAMBDA},
+            f"online EWC (Schwarz et al. 2018): the online learner without memory, its loss plus (lambda / 2) "
+            f"sum F* (theta - theta*)^2 with lambda {EWC_LAMBDA:g}; the Fisher of the stream batches, averaged over "
+            f"each chunk, consolidated (F* <- F* + F_chunk) and the anchor theta* moved at each chunk's end"),
+    "mir": ({"protocol": "online", "filter.kind": "none", "buffer.policy": "reservoir", "online.retrieval": "mir"},
+               "MIR (Aljundi et al. 2019): as reservoir_ce, but the 10 replayed samples are those of 50 random "
+               "memory samples whose loss a virtual SGD step (size 0.1) on the stream batch raises most"),
+    "mir_sl": ({"protocol": "online", "filter.kind": "none", "buffer.policy": "reservoir", "online.retrieval": "mir",
+                "eval.loss": "sl"},
+               "as mir with symmetric cross-entropy (the retrieval scores the SL loss)"),
+    "mir_jocor": ({"protocol": "online", "filter.kind": "none", "buffer.policy": "reservoir",
+                   "online.retrieval": "mir", "eval.loss": "jocor"},
+                  "as mir with JoCoR's two classifiers (the virtual step is one of both on their joint loss; "
+                  "each candidate scored by its own joint loss)"),
+    "prs_ce": ({"protocol": "online", "filter.kind": "none", "buffer.policy": "class_balanced"},
+               "PRS (Kim et al. 2020, power 0, the release's base buffer): as reservoir_ce with the memory of "
+               "partitioning reservoir sampling (admission min(1, (P/C)/n_k), eviction from a class drawn by "
+               "softmax(count - P/C), uniform within it): buffer.policy=class_balanced"),
+    "prs_sl": ({"protocol": "online", "filter.kind": "none", "buffer.policy": "class_balanced", "eval.loss": "sl"},
+               "as prs_ce with symmetric cross-entropy"),
+    "prs_jocor": ({"protocol": "online", "filter.kind": "none", "buffer.policy": "class_balanced",
+                   "eval.loss": "jocor"},
+                  "as prs_ce with JoCoR (as reservoir_jocor)"),
 }
+
+# Named lists for --methods. paper: every row of the paper's comparison (Table 1 of Kim et al. 2021) that
+# spr_jax has, in the paper's order (CRS is reservoir_*; L2R and Pencil are not here yet).
+METHOD_LISTS = {
+    "paper": ("multitask", "finetune", "ewc", "reservoir_ce", "reservoir_sl", "reservoir_jocor", "prs_ce", "prs_sl",
+              "prs_jocor", "mir", "mir_sl", "mir_jocor", "gdumb_ce", "gdumb_sl", "gdumb_jocor", "spr"),
+}
+# Bounds, not continual learners: shown in compare.tex but never marked best.
+BOUNDS = ("multitask",)
+
+
+def expand_methods(names) -> list:
+    """--methods with the named lists (METHOD_LISTS) replaced by their methods, duplicates dropped, order kept."""
+    out = []
+    for name in names:
+        out += METHOD_LISTS.get(name, (name,))
+    return list(dict.fromkeys(out))
 
 
 def method_config(config, method: str, rate: float, seed: int):
     if method not in METHODS:
-        raise ConfigError(f"--methods: unknown method {method!r}; use some of {', '.join(METHODS)}")
+        raise ConfigError(f"--methods: unknown method {method!r}; use some of {', '.join(METHODS)}, or a named "
+                          f"list: {', '.join(METHOD_LISTS)}")
     c = config.copy_and_resolve_references()
     for key, value in METHODS[method][0].items():
         node = c
@@ -115,17 +161,6 @@ INTERVAL = ("mean +- sample sd (ddof=1) [95% confidence interval of the mean ove
             "sd / sqrt(n)]")
 
 
-def stopped_line(line: str, label: str, rate: float, seed: int, index: int, total: int) -> str:
-    """A run's stop line ("interrupted (SIGINT) after chunk 6 of 14 (checkpointed); run the same command to
-    resume") saying which run of the comparison it was: "interrupted (SIGINT) during spr, noise 0.4, seed 2
-    (run 3 of 8); after chunk 6 of 14 (checkpointed); ..."."""
-    head, sep, rest = line.partition(") ")
-    where = f"during {label}, noise {rate:g}, seed {seed} (run {index} of {total})"
-    if not (line.startswith("interrupted (") and sep):
-        return f"{line} ({where})"
-    return f"{head}) {where}; {rest}"
-
-
 class Comparison(list):
     """compare.json's rows (a list, one per run), with `cells`: compare.json's per-cell seed statistics."""
 
@@ -139,7 +174,7 @@ def run(config, workdir: str, methods=(), rates=(), seeds=(), progress: bool = T
     rows (with .cells, the seed statistics per cell). `sweeps`: ["FIELD=V1,V2", ...], the product of their
     values (none: the config's values)."""
     from spr_jax import config_files
-    methods = list(methods) or list(METHODS)
+    methods = expand_methods(methods) or list(METHODS)
     rates = [float(r) for r in rates] or [float(config.noise.rate)]
     seeds = [int(s) for s in seeds] or [int(config.seed)]
     points = parse_sweeps(config, sweeps) if sweeps else [{}]
@@ -158,13 +193,11 @@ def run(config, workdir: str, methods=(), rates=(), seeds=(), progress: bool = T
         label = m if not p else f"{m} [{sweep_label(p)}]"
         bar.set_postfix_str(f"{label} rate {r} seed {s}")
         folder = os.path.join(workdir, m, *([sweep_label(p)] if p else []), f"rate_{r}", f"seed_{s}")
-        try:
-            summary = run_loop.run(c, folder, progress=False)
+        try:  # a signal's lines name the run it stopped (interrupt.during)
+            with interrupt.during(f"{label}, noise {r:g}, seed {s} (run {len(rows) + 1} of {len(runs)})"):
+                summary = run_loop.run(c, folder, progress=False)
         except Diverged as e:  # its cell is marked, the comparison goes on and ends with exit status 3
             summary = e.result or {"diverged": {"message": str(e), "hint": e.hint}}  # (None: stopped at a NaN)
-        except RunStopped as e:  # a signal: the line says which run it stopped
-            raise RunStopped(stopped_line(str(e), label, r, s, len(rows) + 1, len(runs)), e.hint,
-                             e.exit_status) from None
         has_memory = not (c.protocol == "online" and not c.online.replay)
         finished = "final_accuracy" in summary
         verdict = summary.get("diverged")
@@ -264,6 +297,58 @@ def table(rows) -> str:
     return "\n".join(lines)
 
 
+_TEX_SPECIAL = {"\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "$": r"\$",
+                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def _tex(text: str) -> str:
+    return "".join(_TEX_SPECIAL.get(ch, ch) for ch in str(text))
+
+
+def latex_table(rows, config) -> str:
+    """compare.tex: the paper's layout, a row per method (sweep point) and a column per noise rate, each cell
+    final accuracy mean +- sd over seeds (%; one seed: its value), the best mean of each column in bold (bounds,
+    BOUNDS, excluded; ties all bold), and the method's mean wall time per run."""
+    cs = cells(rows)
+    rates = sorted({c["noise_rate"] for c in cs})
+    methods = list(dict.fromkeys(c["method"] for c in cs))
+    by = {(c["method"], c["noise_rate"]): c for c in cs}
+    best = {}
+    for rate in rates:
+        means = [by[(m, rate)]["final_accuracy"]["mean"] for m in methods
+                 if (m, rate) in by and m.split(" [")[0] not in BOUNDS]
+        means = [round(100 * v, 1) for v in means if v is not None]
+        best[rate] = max(means) if means else None
+
+    def cell(m, rate):
+        c = by.get((m, rate))
+        acc = c["final_accuracy"] if c else None
+        if not acc or acc["mean"] is None:
+            return "--"
+        text = f"{100 * acc['mean']:.1f}" + (rf" $\pm$ {100 * acc['sd']:.1f}" if acc["sd"] is not None else "")
+        bold = m.split(" [")[0] not in BOUNDS and round(100 * acc["mean"], 1) == best[rate]
+        return rf"\textbf{{{text}}}" if bold else text
+
+    def wall(m):
+        times = [r["wall_time_s"] for r in rows if r["method"] == m and r.get("wall_time_s") is not None]
+        return f"{np.mean(times):.0f}" if times else "--"
+
+    seeds = sorted({len(c["seeds"]) for c in cs})
+    kind = config.noise.kind
+    lines = [r"\begin{table}[t]", r"\centering",
+             rf"\caption{{Final accuracy (\%) on {_tex(config.dataset.name)}, {_tex(kind)} noise: mean $\pm$ "
+             rf"sample sd over {'/'.join(map(str, seeds))} seeds; best per column in bold"
+             + (rf" (the {', '.join(_tex(b) for b in BOUNDS)} bound excluded)" if any(
+                 m.split(' [')[0] in BOUNDS for m in methods) else "")
+             + r"; last column: mean wall time per run (s).}",
+             r"\begin{tabular}{l" + "c" * len(rates) + "r}", r"\toprule",
+             "Method & " + " & ".join(rf"{100 * r:g}\%" for r in rates) + r" & s / run \\", r"\midrule"]
+    for m in methods:
+        lines.append(_tex(m) + " & " + " & ".join(cell(m, r) for r in rates) + f" & {wall(m)} " + r"\\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
 def write(workdir: str, rows, config) -> None:
     os.makedirs(workdir, exist_ok=True)
     doc = {"dataset": config.dataset.name, "noise_kind": config.noise.kind,
@@ -276,6 +361,7 @@ def write(workdir: str, rows, config) -> None:
             "chunks (methods with a filter).\n\n"
             + "\n".join(f"- {m}: {d}" for m, d in doc["methods"].items()) + "\n")
     files.write_atomic(os.path.join(workdir, "compare.md"), text)
+    files.write_atomic(os.path.join(workdir, "compare.tex"), latex_table(rows, config))
     try:
         plot(rows, os.path.join(workdir, "compare.png"), config)
     except Exception as e:  # a plot is a convenience; the JSON and the table hold the results

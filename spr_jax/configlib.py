@@ -14,6 +14,7 @@ from spr_jax.errors import ConfigError  # (raised by validate; spr_jax.configlib
 MNIST_EPISODES = ((7, 6), (2, 3), (0, 1), (5, 9), (8, 4))
 PRECISIONS = ("highest", "default", "bfloat16")
 STREAMS = ("spr_jax", "release")
+RETRIEVALS = ("random", "mir")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -110,6 +111,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.online.replay = True  # experience replay from the buffer policy's memory; False: plain fine-tuning
     c.online.stream_batch = 10  # samples per step, as the stream is read
     c.online.replay_batch = 10  # memory samples added to each step
+    # Which memory samples are replayed: random (the buffer policy's sample: experience replay) | mir (MIR: those
+    # whose loss a virtual SGD step on the stream batch raises most; docs/algorithm.md, "Baselines")
+    c.online.retrieval = "random"
+    c.online.mir_candidates = 50  # MIR: memory samples drawn (without replacement) and scored per step
+    c.online.mir_step = 0.1  # MIR: the virtual SGD step's size
+    c.online.ewc_lambda = 0.0  # > 0: online EWC's penalty weight (0 = no EWC)
+    c.online.ewc_decay = 1.0  # online EWC: the consolidated Fisher's factor at each chunk's end (gamma)
 
     c.eval = ml_collections.ConfigDict()
     c.eval.epochs = 50
@@ -208,6 +216,10 @@ RANGES = (
     Range("online.lr", 0, open_low=True, integer=False, note="a learning rate"),
     Range("online.stream_batch", 1),
     Range("online.replay_batch", 1),
+    Range("online.mir_candidates", 1, note="at least online.replay_batch when online.retrieval=mir"),
+    Range("online.mir_step", 0, open_low=True, integer=False, note="MIR's virtual SGD step size"),
+    Range("online.ewc_lambda", 0, integer=False, note="0 = no EWC"),
+    Range("online.ewc_decay", 0, 1, integer=False, note="1 = every chunk's Fisher kept in full"),
     Range("eval.epochs", 1, note="the classifier is fine-tuned on the buffer for at least one epoch"),
     Range("eval.batch_size", 1),
     Range("eval.lr", 0, open_low=True, integer=False, note="a learning rate"),
@@ -263,6 +275,13 @@ def validate(c: ml_collections.ConfigDict) -> None:
     kinds = ("none", "symmetric", "asymmetric", "superclass", "real")
     need(c.noise.kind in kinds, f"config.noise.kind={c.noise.kind!r} is unknown; use one of {kinds}")
     need(c.protocol in ("spr", "online"), f"config.protocol={c.protocol!r} is unknown; use 'spr' or 'online'")
+    retrieval = c.online.get("retrieval", "random")
+    need(retrieval in RETRIEVALS, f"config.online.retrieval={retrieval!r} is unknown; use one of {RETRIEVALS}")
+    if c.protocol == "online" and retrieval == "mir":
+        need(c.online.replay, "config.online.retrieval='mir' retrieves replay samples; set config.online.replay=True")
+        need(c.online.mir_candidates >= c.online.replay_batch,
+             f"config.online.mir_candidates={c.online.mir_candidates} must be at least config.online.replay_batch="
+             f"{c.online.replay_batch} (MIR picks the replay batch among the candidates)")
     need(c.logging.wandb in ("", "offline", "online"),
          f"config.logging.wandb={c.logging.wandb!r} is unknown; use '' (off), 'offline' or 'online'")
     if c.logging.wandb:

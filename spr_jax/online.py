@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from spr_jax import buffers, compilation, evaluate, rng, simclr
+from spr_jax import buffers, compilation, evaluate, losses, online_methods, rng, simclr
 from spr_jax.segment_scan import TrainData, chunk_key, chunk_metrics, scan_chunks, stack_networks
 
 
@@ -38,6 +38,11 @@ class OnlineSettings(NamedTuple):
     policy: buffers.BufferPolicy
     num_classes: int
     networks: int = 1  # 2: a two-network learner (JoCoR): two classifiers, stacked, trained on its joint loss
+    retrieval: str = "random"  # which memory samples are replayed: "random" (the policy's sample: ER) | "mir"
+    mir_candidates: int = 50  # MIR: memory samples scored per step (C)
+    mir_step: float = 0.1  # MIR: the virtual SGD step's size (alpha)
+    ewc_lambda: float = 0.0  # > 0: online EWC with this penalty weight
+    ewc_decay: float = 1.0  # online EWC: F* <- decay F* + F_chunk at each chunk's end (gamma)
 
 
 @flax.struct.dataclass
@@ -46,6 +51,7 @@ class OnlineState:
     buffer: Any
     chunk: jax.Array
     seed: jax.Array
+    ewc: Any = None  # online_methods.EWCState with online EWC (ewc_lambda > 0), else None
 
 
 @functools.lru_cache(maxsize=None)
@@ -64,7 +70,8 @@ def init_state(s: OnlineSettings, seed: int, input_shape, buffer_size: int) -> O
     learner = simclr.TrainState.create(apply_fn=None, params=variables["params"], tx=optimizer(s.lr),
                                       batch_stats=variables.get("batch_stats", {}))
     return OnlineState(learner=learner, buffer=s.policy.init(buffer_size, s.num_classes),
-                       chunk=jnp.zeros((), jnp.int32), seed=jnp.asarray(seed, jnp.int32))
+                       chunk=jnp.zeros((), jnp.int32), seed=jnp.asarray(seed, jnp.int32),
+                       ewc=online_methods.ewc_init(learner.params) if s.ewc_lambda > 0 else None)
 
 
 def _forward(s: OnlineSettings, params, batch_stats, x):
@@ -76,20 +83,76 @@ def _forward(s: OnlineSettings, params, batch_stats, x):
     return s.classifier.apply({"params": params}, x, train=True), batch_stats
 
 
-def _update(s: OnlineSettings, learner, x, y, weight, epoch):
-    """One step on the weighted mean loss of (x, y); weight 0 drops a sample (replay from an empty memory).
-    A two-network learner takes the mean of its own joint loss over the batch, and `epoch` (see chunk_step)."""
+def _per_sample_loss(s: OnlineSettings, params, batch_stats, x, y, epoch):
+    """The learner's loss of each sample of (x, y), [B], the batch forwarded as one (train mode); a
+    two-network learner's joint loss of each sample alone (its small-loss selection keeps a lone sample)."""
+    if s.networks == 2:
+        logits, _ = jax.vmap(functools.partial(_forward, s), in_axes=(0, 0, None))(params, batch_stats, x)
+        return jax.vmap(lambda lg, t: s.loss(lg[:, None], t[None], epoch), in_axes=(1, 0))(logits, y)
+    logits, _ = _forward(s, params, batch_stats, x)
+    return jax.vmap(lambda lg, t: s.loss(lg[None], t[None]))(logits, y)
+
+
+def _batch_loss(s: OnlineSettings, params, batch_stats, x, y, weight, epoch):
+    """The step's loss of (x, y) and the updated BatchNorm statistics: the weighted mean loss (weight 0 drops a
+    sample: replay from an empty memory); a two-network learner's own joint loss over the batch."""
+    if s.networks == 2:
+        logits, stats = jax.vmap(functools.partial(_forward, s), in_axes=(0, 0, None))(params, batch_stats, x)
+        return s.loss(logits, y, epoch), stats
+    logits, stats = _forward(s, params, batch_stats, x)
+    per_sample = jax.vmap(lambda lg, t: s.loss(lg[None], t[None]))(logits, y)
+    return jnp.sum(per_sample * weight) / jnp.maximum(jnp.sum(weight), 1.0), stats
+
+
+def _update(s: OnlineSettings, learner, x, y, weight, epoch, ewc=None):
+    """One step on the batch's loss (_batch_loss; `epoch`: see chunk_step), plus online EWC's penalty when
+    `ewc` is given."""
     def loss_fn(params):
-        if s.networks == 2:
-            logits, stats = jax.vmap(functools.partial(_forward, s), in_axes=(0, 0, None))(
-                params, learner.batch_stats, x)
-            return s.loss(logits, y, epoch), stats
-        logits, stats = _forward(s, params, learner.batch_stats, x)
-        per_sample = jax.vmap(lambda lg, t: s.loss(lg[None], t[None]))(logits, y)
-        return jnp.sum(per_sample * weight) / jnp.maximum(jnp.sum(weight), 1.0), stats
+        loss, stats = _batch_loss(s, params, learner.batch_stats, x, y, weight, epoch)
+        if ewc is not None:
+            loss = loss + online_methods.ewc_penalty(params, ewc, s.ewc_lambda)
+        return loss, stats
 
     (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(learner.params)
     return learner.apply_gradients(grads=grads, batch_stats=stats), loss
+
+
+def _stream_fisher(s: OnlineSettings, learner, x, y):
+    """Online EWC: the empirical diagonal Fisher of the stream batch at the parameters before the step. Without
+    BatchNorm a sample's gradient is its own (one backward pass per sample, vmapped); with it, each sample's
+    gradient through the batch's statistics (online_methods.empirical_fisher: a backward pass of the batch per
+    sample)."""
+    if not learner.batch_stats:  # one sample at a time, its squared gradient summed (no [B, params] stack)
+        def add_one(total, xy):
+            g = jax.grad(lambda p: losses.per_sample_cross_entropy(_forward(s, p, {}, xy[0][None])[0],
+                                                                   xy[1][None])[0])(learner.params)
+            return jax.tree.map(lambda t, gi: t + jnp.square(gi), total, g), None
+        total = jax.lax.scan(add_one, jax.tree.map(jnp.zeros_like, learner.params), (x, y))[0]
+        return jax.tree.map(lambda t: t / x.shape[0], total)
+
+    def nll(params):
+        logits, _ = _forward(s, params, learner.batch_stats, x)
+        return losses.per_sample_cross_entropy(logits, y)
+    return online_methods.empirical_fisher(nll, learner.params)
+
+
+def _images(data: TrainData, index):
+    return data.images[index].astype(jnp.float32) / 255.0
+
+
+def _mir_slots(s: OnlineSettings, data: TrainData, learner, buffer, key, x, y, epoch):
+    """MIR's replay: the virtual SGD step on the stream batch (x, y), then the replay_batch candidates of
+    largest loss increase among mir_candidates drawn from the memory; returns their slots and which are real."""
+    cand, ok = online_methods.mir_candidates(buffer.valid, key, s.mir_candidates)
+    xc = _images(data, jnp.maximum(buffer.index[cand], 0))
+    yc = jnp.maximum(buffer.label[cand], 0)
+    weight = jnp.ones(y.shape[0], jnp.float32)
+    grads = jax.grad(lambda p: _batch_loss(s, p, learner.batch_stats, x, y, weight, epoch)[0])(learner.params)
+    virtual = online_methods.virtual_step(learner.params, grads, s.mir_step)
+    before = _per_sample_loss(s, learner.params, learner.batch_stats, xc, yc, epoch)
+    after = _per_sample_loss(s, virtual, learner.batch_stats, xc, yc, epoch)
+    top, real = online_methods.mir_select(before, after, ok, s.replay_batch)
+    return cand[top], real
 
 
 def chunk_step(s: OnlineSettings, data: TrainData, state: OnlineState, indices, clean_p, keep):
@@ -100,37 +163,48 @@ def chunk_step(s: OnlineSettings, data: TrainData, state: OnlineState, indices, 
     keep = jnp.asarray(keep, bool)
 
     def step(carry, xs):
-        learner, buffer = carry
+        learner, buffer, fisher = carry
         idx, key, cp, kp = xs
         k_replay, k_offer = jax.random.split(key)
-        x = data.images[idx].astype(jnp.float32) / 255.0
+        x = _images(data, idx)
         y = data.noisy[idx]
+        if s.ewc_lambda > 0:  # the stream batch's Fisher, before the step changes the parameters
+            fisher = jax.tree.map(jnp.add, fisher, _stream_fisher(s, learner, x, y))
         weight = jnp.ones(s.stream_batch, jnp.float32)
         replayed = jnp.asarray(False)
         if s.replay:
-            slots = s.policy.sample(buffer, k_replay, s.replay_batch)
-            replayed = jnp.any(buffer.valid)
+            if s.retrieval == "mir":
+                slots, real = _mir_slots(s, data, learner, buffer, k_replay, x, y, state.chunk)
+            else:
+                slots = s.policy.sample(buffer, k_replay, s.replay_batch)
+                real = jnp.broadcast_to(jnp.any(buffer.valid), (s.replay_batch,))
+            replayed = jnp.any(real)
             slots = jnp.maximum(slots, 0)
-            x_replay = data.images[buffer.index[slots]].astype(jnp.float32) / 255.0
+            x_replay = _images(data, buffer.index[slots])
             y_replay = buffer.label[slots]
-            if s.networks == 2:  # a joint loss has no weights: the stream batch stands in for an empty memory
+            if s.networks == 2:  # a joint loss has no weights: stream samples stand in for missing memory ones
                 take = jnp.arange(s.replay_batch) % s.stream_batch
-                x_replay = jnp.where(replayed, x_replay, x[take])
-                y_replay = jnp.where(replayed, y_replay, y[take])
+                x_replay = jnp.where(real.reshape((-1,) + (1,) * (x.ndim - 1)), x_replay, x[take])
+                y_replay = jnp.where(real, y_replay, y[take])
             x = jnp.concatenate([x, x_replay])
             y = jnp.concatenate([y, y_replay])
-            weight = jnp.concatenate([weight, jnp.full(s.replay_batch, replayed, jnp.float32)])
-        learner, loss = _update(s, learner, x, y, weight, state.chunk)
+            weight = jnp.concatenate([weight, real.astype(jnp.float32)])
+        learner, loss = _update(s, learner, x, y, weight, state.chunk, state.ewc)
         cands = buffers.Candidates(index=idx, label=data.noisy[idx], corrupt=data.corrupt[idx], clean_p=cp, keep=kp)
         buffer = s.policy.offer(buffer, k_offer, cands)
-        return (learner, buffer), (loss, replayed)
+        return (learner, buffer, fisher), (loss, replayed)
 
+    fisher = jax.tree.map(jnp.zeros_like, state.learner.params) if s.ewc_lambda > 0 else None
     xs = (batches, keys, clean_p[:n * s.stream_batch].reshape(n, -1), keep[:n * s.stream_batch].reshape(n, -1))
-    (learner, buffer), (losses, replayed) = jax.lax.scan(step, (state.learner, state.buffer), xs)
+    (learner, buffer, fisher), (losses_, replayed) = jax.lax.scan(step, (state.learner, state.buffer, fisher), xs)
     corrupt = data.corrupt[indices]
-    metrics = chunk_metrics(losses[-1], jnp.any(replayed), clean_p, keep, corrupt, state.buffer, buffer,
+    metrics = chunk_metrics(losses_[-1], jnp.any(replayed), clean_p, keep, corrupt, state.buffer, buffer,
                             s.num_classes)
-    return state.replace(learner=learner, buffer=buffer, chunk=state.chunk + 1), metrics
+    ewc = state.ewc
+    if s.ewc_lambda > 0:  # the chunk's mean Fisher consolidated, the anchor moved to the chunk's end
+        ewc = online_methods.ewc_consolidate(ewc, learner.params, jax.tree.map(lambda f: f / n, fisher),
+                                             s.ewc_decay)
+    return state.replace(learner=learner, buffer=buffer, chunk=state.chunk + 1, ewc=ewc), metrics
 
 
 @functools.partial(compilation.jit, static_argnames=("settings",), donate_argnames=("state",))

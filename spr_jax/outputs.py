@@ -137,7 +137,8 @@ def method_name(method: dict) -> str:
     spr = {"filter": "centrality", "buffer_policy": "purified", "encoder": None, "eval_loss": "cross_entropy"}
     parts = [f"{k}={v}" for k, v in method.items() if k in spr and spr[k] is not None and v != spr[k]]
     if method.get("protocol") == "online":
-        return "online learner: " + ", ".join(f"{k}={method[k]}" for k in ("buffer_policy", "eval_loss") if k in method)
+        return "online learner: " + ", ".join(f"{k}={method[k]}" for k in ("buffer_policy", "eval_loss", "retrieval",
+                                                                            "ewc_lambda") if k in method)
     if not method.get("self_supervised_base", True):
         return "memory-only learner (no self-supervised base): " + ", ".join(
             f"{k}={method[k]}" for k in ("filter", "buffer_policy", "eval_loss") if k in method)

@@ -13,6 +13,10 @@ from spr_jax.version import __version__
 
 # Config fields that change no result: a run may resume with other values of these.
 _RESULT_NEUTRAL = ("checkpoint", "cache", "logging")
+# Settings of the online protocol added after runs were checkpointed: at these values a run is what it was
+# before they existed (issue 33: MIR and online EWC), so they are left out of the fingerprint.
+_ONLINE_DEFAULTS = {"retrieval": "random", "mir_candidates": 50, "mir_step": 0.1, "ewc_lambda": 0.0,
+                    "ewc_decay": 1.0}
 # The config values that the run's checks quote (run_checks: the fields a divergence's hint names).
 QUOTED = ("ssl.lr", "ssl.temperature", "eval.lr", "eval.clip", "online.lr", "buffer.size", "buffer.policy",
           "eval.batch_size", "noise.rate")
@@ -42,7 +46,12 @@ def method_of(config) -> dict:
     return {"filter": config.filter.kind, "buffer_policy": config.buffer.policy,
             "encoder": config.model.encoder, "eval_loss": config.eval.loss,
             "self_supervised_base": config.protocol == "spr" and int(config.base.epochs) > 0,
-            "protocol": config.protocol}
+            "protocol": config.protocol,
+            # the online methods' settings, where a run uses them (so earlier runs' records stay as they were)
+            **({"retrieval": config.online.retrieval} if config.protocol == "online" and config.online.replay
+               and config.online.retrieval != "random" else {}),
+            **({"ewc_lambda": float(config.online.ewc_lambda)} if config.protocol == "online"
+               and float(config.online.ewc_lambda) > 0 else {})}
 
 
 def run_description(config, identities: dict) -> dict:
@@ -91,6 +100,9 @@ def run_fingerprint(config, identities: dict) -> dict:
     d["filter"] = filter_settings(config)
     if d["dataset"].get("stream") == "spr_jax":  # the default since before the option: old workdirs still match
         d["dataset"].pop("stream")
+    for field, default in _ONLINE_DEFAULTS.items():  # (the same for the online methods' later settings)
+        if d.get("online", {}).get(field, default) == default:
+            d.get("online", {}).pop(field, None)
     return {"config": d, "code_version": __version__, "plugins": identities}
 
 

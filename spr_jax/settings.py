@@ -154,9 +154,15 @@ def online_settings(config, classifier, loss, policy, num_classes: int, chunk_si
     if chunk_size % int(config.online.stream_batch):
         raise ConfigError(f"config.online.stream_batch={config.online.stream_batch} must divide the chunk size "
                           f"{chunk_size}")
-    return OnlineSettings(classifier=classifier, lr=float(config.online.lr), replay=bool(config.online.replay),
-                          stream_batch=int(config.online.stream_batch), replay_batch=int(config.online.replay_batch),
-                          loss=loss, policy=policy, num_classes=num_classes, networks=networks)
+    o = config.online
+    if float(o.ewc_lambda) > 0 and networks != 1:
+        raise ConfigError(f"config.online.ewc_lambda={o.ewc_lambda} (online EWC) needs a one-network learner; "
+                          f"config.eval.loss={config.eval.loss!r} trains {networks}")
+    return OnlineSettings(classifier=classifier, lr=float(o.lr), replay=bool(o.replay),
+                          stream_batch=int(o.stream_batch), replay_batch=int(o.replay_batch),
+                          loss=loss, policy=policy, num_classes=num_classes, networks=networks,
+                          retrieval=str(o.retrieval), mir_candidates=int(o.mir_candidates), mir_step=float(o.mir_step),
+                          ewc_lambda=float(o.ewc_lambda), ewc_decay=float(o.ewc_decay))
 
 
 def expert_group_size(requested: int, model, image_shape, chunk_size: int, device=None) -> int:

@@ -205,10 +205,12 @@ def test_compare_runs_every_method_reuses_finished_runs_and_agrees_with_them(tmp
         summary = json.load(open(work / row["method"] / f"rate_{row['noise_rate']}" / f"seed_{row['seed']}" /
                                  "summary.json"))
         assert row["final_accuracy"] == summary["final_accuracy"]
-        # finetune keeps no memory: no purity to report
-        assert row["final_purity"] == (None if row["method"] == "finetune" else summary["final_purity"])
+        # finetune and EWC keep no memory: no purity to report
+        assert row["final_purity"] == (None if row["method"] in ("finetune", "ewc") else summary["final_purity"])
     md = (work / "compare.md").read_text()
     assert all(f"| {m} | 0.4 | 1 |" in md for m in compare.METHODS) and (work / "compare.png").exists()
+    tex = (work / "compare.tex").read_text()  # the paper's layout: a row per method, a column per rate
+    assert all(line.count(" & ") == 2 for line in tex.splitlines() if " & " in line) and r"\textbf{" in tex
     # Rerun: every run is finished, so nothing is trained again and the rows are the same.
     before = file_digests(work / "spr")
     again = launch("--config=configs/tiny.py", "--mode=compare", "--methods=spr,gdumb_sl", f"--workdir={work}")

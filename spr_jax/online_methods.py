@@ -1,0 +1,79 @@
+"""The continual-learning methods of the online protocol beyond experience replay's random retrieval
+(docs/algorithm.md, "Baselines"): online EWC's penalty, Fisher and consolidation, and MIR's retrieval.
+
+Pure functions of arrays and parameter pytrees; online.py calls them inside its scanned step.
+
+- Online EWC (Kirkpatrick et al., PNAS 2017; the online form of Schwarz et al., ICML 2018): the loss gains
+  (lambda / 2) sum_i F*_i (theta_i - theta*_i)^2. F* is a consolidated diagonal Fisher and theta* the anchor.
+  Every step measures the empirical Fisher of its stream batch (the mean over the batch of each sample's
+  squared gradient of -log p(y | x), at the parameters before the step); a chunk's Fisher is the mean over its
+  steps. At the end of each chunk F* <- decay F* + F_chunk and theta* <- theta: a chunk plays the role of
+  Schwarz's task, so the learner needs no task boundaries (the stream gives none to any method here).
+- MIR (Aljundi et al., NeurIPS 2019): before each step a virtual SGD step theta_v = theta - alpha grad L(stream
+  batch); among C memory samples drawn at random (without replacement), the k whose loss rises most from theta
+  to theta_v are replayed.
+"""
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+
+
+# -- online EWC ----------------------------------------------------------------------------------------------
+
+@flax.struct.dataclass
+class EWCState:
+    anchor: Any  # theta*: the parameters at the end of the last chunk (a params pytree)
+    fisher: Any  # F*: the consolidated diagonal Fisher (same pytree; zeros before the first chunk ends)
+
+
+def ewc_init(params) -> EWCState:
+    """No penalty yet: F* = 0, theta* a copy of the parameters (its own buffers: the state is donated)."""
+    return EWCState(anchor=jax.tree.map(lambda p: jnp.array(p, copy=True), params),
+                    fisher=jax.tree.map(jnp.zeros_like, params))
+
+
+def ewc_penalty(params, ewc: EWCState, lam: float):
+    """(lam / 2) sum_i F*_i (theta_i - theta*_i)^2 over every parameter."""
+    terms = jax.tree.map(lambda p, a, f: jnp.sum(f * jnp.square(p - a)), params, ewc.anchor, ewc.fisher)
+    return 0.5 * lam * sum(jax.tree.leaves(terms))
+
+
+def empirical_fisher(per_sample_nll, params):
+    """The diagonal empirical Fisher of a batch: mean over its samples of (d nll_n / d theta)^2, where
+    per_sample_nll(params) -> [B] is each sample's -log p(y | x) (computed on the whole batch, so BatchNorm's
+    batch statistics are those of a training step)."""
+    jac = jax.jacrev(per_sample_nll)(params)  # each leaf [B, *shape]
+    return jax.tree.map(lambda g: jnp.mean(jnp.square(g), axis=0), jac)
+
+
+def ewc_consolidate(ewc: EWCState, params, chunk_fisher, decay: float) -> EWCState:
+    """End of a chunk: F* <- decay F* + F_chunk, theta* <- theta."""
+    return EWCState(anchor=params, fisher=jax.tree.map(lambda f, c: decay * f + c, ewc.fisher, chunk_fisher))
+
+
+# -- MIR -----------------------------------------------------------------------------------------------------
+
+def mir_candidates(valid, key, n: int):
+    """n memory slots drawn uniformly without replacement among the valid ones (int32 [n]) and which of them
+    hold a sample (bool [n]: False where the memory has fewer than n valid slots)."""
+    n = min(int(n), valid.shape[0])
+    order = jnp.where(valid, jax.random.uniform(key, valid.shape), 2.0)  # invalid slots sort last
+    slots = jnp.argsort(order, stable=True)[:n].astype(jnp.int32)
+    return slots, valid[slots]
+
+
+def virtual_step(params, grads, step_size: float):
+    """MIR's estimated update: theta_v = theta - alpha grad (plain SGD, whatever the learner's optimiser)."""
+    return jax.tree.map(lambda p, g: p - step_size * g, params, grads)
+
+
+def mir_select(loss_before, loss_after, ok, k: int):
+    """The k candidates of largest loss increase loss_after - loss_before (ties: the earlier candidate),
+    ignoring those with ok=False; returns their positions among the candidates (int32 [k]) and whether each
+    is a real sample (bool [k]: False only when fewer than k candidates are)."""
+    score = jnp.where(ok, loss_after - loss_before, -jnp.inf)
+    score = jnp.nan_to_num(score, nan=-jnp.inf)  # a non-finite loss never ranks first
+    top = jnp.argsort(-score, stable=True)[:k].astype(jnp.int32)
+    return top, ok[top]
