@@ -85,9 +85,10 @@ def dump_stream(scheduler):
 class Recorder:
     """Wraps the release's SPR methods to record each chunk's filter output and buffer changes."""
 
-    def __init__(self, model):
+    def __init__(self, model, features=False):
         self.model = model
         self.chunks = []
+        self.features = [] if features else None  # per chunk: the expert's L2-normalised features [D, 256]
         self.times = {"expert": 0.0, "base": 0.0, "filter": 0.0, "buffer": 0.0, "evaluation": 0.0}
         self._current = None
         self._wrap("train_self_expert", "expert")
@@ -124,6 +125,11 @@ class Recorder:
             elapsed = time.perf_counter() - start
             self.times["filter"] += elapsed
             delay = self.model.delay_buffer
+            if self.features is not None:  # what the filter read (the expert in eval mode, as cluster_and_sample)
+                with torch.no_grad():
+                    self.model.expert.eval()
+                    f = torch.nn.functional.normalize(self.model.expert(delay.get("imgs")), dim=1)
+                self.features.append(f.numpy().astype(np.float32))
             idxs = delay.get("idxs").tolist()
             corrupt = delay.get("corrupts").tolist()
             cats = delay.get("cats").tolist()
@@ -161,6 +167,7 @@ class Recorder:
                                    self.model.purified_buffer.get("clean_ps").tolist()],
                 "buffer_noisy": [bool(after[i]) for i in
                                  self.model.purified_buffer.get("idxs").tolist()],
+                "buffer_idxs": [int(i) for i in self.model.purified_buffer.get("idxs").tolist()],
             })
             self.chunks.append(self._current)
             self._current = {}
@@ -184,6 +191,10 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", default="work", help="scratch folder for data and logs (inside the release)")
     parser.add_argument("--stream-only", action="store_true", help="dump the stream and stop")
+    parser.add_argument("--features", default="", help="also write each chunk's expert features here (.npz)")
+    parser.add_argument("--experts-only", action="store_true",
+                        help="skip the base's training and the evaluations (the experts, filter and buffer only: "
+                             "the filter's random draws then differ from a whole run's)")
     args = parser.parse_args()
     if args.seed == 0:
         sys.exit("seed 0: the release does not seed its generators for --random_seed 0; use a seed >= 1")
@@ -238,12 +249,16 @@ def main():
         writer = SummaryWriter(config["log_dir"])
         model = SPR(config, writer)
         model.to(config["device"])
-        recorder = Recorder(model)
+        recorder = Recorder(model, features=bool(args.features))
+        if args.experts_only:
+            model.train_self_base = lambda *a, **k: None
         recorder.start()
         start = time.perf_counter()
         original_eval = scheduler.eval
 
         def timed_eval(*a, **k):
+            if args.experts_only:
+                return None
             t0 = time.perf_counter()
             out = original_eval(*a, **k)
             recorder.times["evaluation"] += time.perf_counter() - t0
@@ -251,9 +266,12 @@ def main():
         scheduler.eval = timed_eval
         train_model(config, model, scheduler, writer)
         result.update({"wall_s": time.perf_counter() - start, "times_s": recorder.times,
-                       "chunks": recorder.chunks, "accuracies": accuracies,
-                       "final_accuracy": [a["value"] for a in accuracies
-                                          if a["tag"].endswith("/overall")][-1]})
+                       "chunks": recorder.chunks, "accuracies": accuracies, "experts_only": args.experts_only,
+                       "final_accuracy": ([a["value"] for a in accuracies
+                                           if a["tag"].endswith("/overall")] or [None])[-1]})
+        if args.features:
+            np.savez_compressed(args.features, features=np.stack(recorder.features),
+                                indices=np.asarray([c["indices"] for c in recorder.chunks], np.int64))
     tmp = args.out + ".tmp"
     with open(tmp, "w") as f:
         json.dump(result, f)
