@@ -90,13 +90,25 @@ METHODS = {
     "prs_jocor": ({"protocol": "online", "filter.kind": "none", "buffer.policy": "class_balanced",
                    "eval.loss": "jocor"},
                   "as prs_ce with JoCoR (as reservoir_jocor)"),
+    "reservoir_l2r": ({"protocol": "online", "filter.kind": "none", "buffer.policy": "reservoir", "eval.loss": "l2r"},
+                      "as reservoir_ce with learning to reweight (Ren et al. 2018): each step's 20 samples weighted "
+                      "by how much a virtual step on them lowers the cross-entropy of a clean meta set, 10 training "
+                      "samples per class with their TRUE labels (extra supervision no other method gets)"),
+    "prs_l2r": ({"protocol": "online", "filter.kind": "none", "buffer.policy": "class_balanced", "eval.loss": "l2r"},
+                "as prs_ce with learning to reweight (as reservoir_l2r)"),
+    "mir_l2r": ({"protocol": "online", "filter.kind": "none", "buffer.policy": "reservoir", "online.retrieval": "mir",
+                 "eval.loss": "l2r"},
+                "as mir with learning to reweight (as reservoir_l2r; MIR scores the unweighted cross-entropy)"),
+    "gdumb_l2r": ({"filter.kind": "none", "buffer.policy": "gdumb", "base.epochs": 0, "eval.loss": "l2r"},
+                  "as gdumb_ce with learning to reweight in every fine-tuning step (as reservoir_l2r)"),
 }
 
 # Named lists for --methods. paper: every row of the paper's comparison (Table 1 of Kim et al. 2021) that
-# spr_jax has, in the paper's order (CRS is reservoir_*; L2R and Pencil are not here yet).
+# spr_jax has, in the paper's order (CRS is reservoir_*; Pencil is not here yet).
 METHOD_LISTS = {
-    "paper": ("multitask", "finetune", "ewc", "reservoir_ce", "reservoir_sl", "reservoir_jocor", "prs_ce", "prs_sl",
-              "prs_jocor", "mir", "mir_sl", "mir_jocor", "gdumb_ce", "gdumb_sl", "gdumb_jocor", "spr"),
+    "paper": ("multitask", "finetune", "ewc", "reservoir_ce", "reservoir_l2r", "reservoir_sl", "reservoir_jocor",
+              "prs_ce", "prs_l2r", "prs_sl", "prs_jocor", "mir", "mir_l2r", "mir_sl", "mir_jocor", "gdumb_ce",
+              "gdumb_l2r", "gdumb_sl", "gdumb_jocor", "spr"),
 }
 # Bounds, not continual learners: shown in compare.tex but never marked best.
 BOUNDS = ("multitask",)

@@ -128,6 +128,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.clip = 0.5  # gradient clipping by value
     c.eval.test_batch_size = 1000
     c.eval.loss = "cross_entropy"  # the fine-tuning loss: a built-in or 'package.module:fn(logits, labels)'
+    # eval.loss=l2r (learning to reweight): clean training samples per class in its meta set, with their TRUE
+    # labels: supervision the other methods do not get (docs/algorithm.md section 8)
+    c.eval.l2r_meta_per_class = 10
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_chunks = 10
@@ -227,6 +230,7 @@ RANGES = (
     Range("eval.decay", 0, 1, open_low=True, integer=False, note="the learning rate's factor at each decay; 1 = none"),
     Range("eval.clip", 0, open_low=True, integer=False, note="gradients are clipped to [-clip, clip]"),
     Range("eval.test_batch_size", 1),
+    Range("eval.l2r_meta_per_class", 1, note="L2R's clean samples per class (true labels)"),
     Range("checkpoint.every_chunks", 1),
     Range("checkpoint.keep", 1, note="checkpoints kept; the latest is the one a run resumes from"),
     Range("logging.profile_segments", 0, note="0 = no profile"),

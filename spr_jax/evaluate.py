@@ -20,6 +20,7 @@ from spr_jax import compilation
 from spr_jax import losses
 from spr_jax.errors import Diverged
 from spr_jax import metrics as metrics_lib
+from spr_jax import online_methods
 from spr_jax import optim
 from spr_jax import run_checks
 from spr_jax.segment_scan import stack_networks
@@ -38,6 +39,8 @@ class EvalSettings:
     test_batch_size: int
     loss: Callable  # fn(logits, labels) -> scalar; with networks=2, fn(logits [2, B, K], labels, epoch)
     networks: int = 1  # 2: a two-network learner (JoCoR)
+    l2r: bool = False  # learning to reweight (eval.loss=l2r): each batch weighted against a clean meta set
+    l2r_meta_per_class: int = 0  # L2R: the meta set's clean samples per class (eval.l2r_meta_per_class)
     pretrained_base: bool = True  # False: the base is never trained (GDumb), so a second network starts afresh
 
 
@@ -82,13 +85,15 @@ _FINETUNE_CPU_OPTIONS = compilation.wide_vector_options
 @functools.partial(compilation.jit, cpu_options=_FINETUNE_CPU_OPTIONS,
                    static_argnames=("classifier", "epochs", "batch_size", "lr", "decay_every", "decay", "clip", "loss",
                                     "networks"))
-def finetune(classifier, variables, images, labels, key, *, epochs, batch_size, lr, decay_every, decay, clip,
-             loss=losses.cross_entropy, networks: int = 1):
+def finetune(classifier, variables, images, labels, key, meta_images=None, meta_labels=None, *, epochs, batch_size,
+             lr, decay_every, decay, clip, loss=losses.cross_entropy, networks: int = 1):
     """Fine-tunes all of the classifier on (images uint8 [n, ...], labels [n]) with `loss(logits, labels)`;
     returns the variables and each epoch's mean training loss (float32 [epochs]).
 
     networks=2 (a two-network learner such as JoCoR): `variables` holds two classifiers stacked on a leading
     axis, both are applied to every batch and trained together on `loss(logits [2, B, K], labels, epoch)`.
+    With a clean meta set (meta_images, meta_labels: L2R) each batch's samples are weighted by
+    online_methods.l2r_weights and the step's loss is sum_i w_i loss(sample i).
     """
     tx = optim.finetune_optimizer(lr=lr, decay_every=decay_every, decay=decay, clip=clip)
     params = variables["params"]
@@ -103,6 +108,13 @@ def finetune(classifier, variables, images, labels, key, *, epochs, batch_size, 
         return logits, updates.get("batch_stats", stats)
 
     def loss_fn(params, stats, x, y, e):
+        if meta_images is not None:  # L2R: the batch's weights from the parameters before the step
+            per_sample = lambda p: jax.vmap(lambda lg, t: loss(lg[None], t[None]))(forward(p, stats, x)[0], y)
+            meta_loss = lambda p: losses.cross_entropy(forward(p, stats, meta_images)[0], meta_labels)
+            w = jax.lax.stop_gradient(online_methods.l2r_weights(per_sample, meta_loss, params,
+                                                                 jnp.ones(y.shape, bool)))
+            logits, stats = forward(params, stats, x)
+            return jnp.sum(w * jax.vmap(lambda lg, t: loss(lg[None], t[None]))(logits, y)), stats
         if networks == 1:
             logits, stats = forward(params, stats, x)
             return loss(logits, y), stats
@@ -166,15 +178,16 @@ def _rows(images, index):
     return images[index]
 
 
-def evaluate(s: EvalSettings, base, buffer_images, buffer_labels, test_images, key):
+def evaluate(s: EvalSettings, base, buffer_images, buffer_labels, test_images, key, meta=None):
     """Fine-tunes a copy of the base on the buffer's (images, noisy labels); returns the test predictions
-    and the fine-tune's mean loss per epoch (None: the memory holds less than one batch, no fine-tune)."""
+    and the fine-tune's mean loss per epoch (None: the memory holds less than one batch, no fine-tune).
+    meta: (images, true labels) of L2R's clean meta set, with s.l2r."""
     k_init, k_tune = _split(key)  # (one compiled program, warmed up, instead of jax's op-by-op compiles)
     variables = initial_variables(s, base, k_init, test_images.shape[1:])
     epoch_losses = None
     if buffer_images.shape[0] >= s.batch_size:
         variables, epoch_losses = finetune(s.classifier, variables, buffer_images, buffer_labels, k_tune,
-                                           **_finetune_settings(s))
+                                           *(meta if s.l2r else ()), **_finetune_settings(s))
         epoch_losses = [float(x) for x in np.asarray(epoch_losses)]
         if not all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(variables)) or not np.isfinite(
                 epoch_losses).all():
@@ -205,7 +218,7 @@ def warm_up(s: EvalSettings, base, buffer_size: int, test_images, train_images=N
     _init_head.lower(s.classifier, key, features).compile()
     images = jax.ShapeDtypeStruct((buffer_size,) + input_shape, test_images.dtype)
     labels = jax.ShapeDtypeStruct((buffer_size,), jnp.int32)
-    if buffer_size >= s.batch_size:
+    if buffer_size >= s.batch_size and not s.l2r:  # (L2R's compiles at its first call)
         finetune.lower(s.classifier, variables, images, labels, key, **_finetune_settings(s)).compile()
     if s.networks == 2:
         variables = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), variables)
@@ -214,8 +227,10 @@ def warm_up(s: EvalSettings, base, buffer_size: int, test_images, train_images=N
 
 
 def evaluation_record(s: EvalSettings, *, base, buffer, train_images, test_images, test_labels, episodes,
-                      num_classes: int, noise_known: bool, key, after_task: int, chunks_processed: int) -> dict:
-    """Evaluates the base on the buffer's contents (any policy's state) and returns metrics.jsonl's record.
+                      num_classes: int, noise_known: bool, key, after_task: int, chunks_processed: int,
+                      meta=None) -> dict:
+    """Evaluates the base on the buffer's contents (any policy's state) and returns metrics.jsonl's record;
+    `meta`: (images, true labels) of L2R's meta set when s.l2r.
 
     "accuracy" covers the test samples of every class of the episodes (seen or not yet seen);
     "task_accuracy"[j] those of task j's classes; "class_accuracy"[k] those of class k.
@@ -224,7 +239,7 @@ def evaluation_record(s: EvalSettings, *, base, buffer, train_images, test_image
     valid = np.asarray(buf.valid)
     idx = np.asarray(buf.index)[valid]
     preds, epoch_losses = evaluate(s, base, _rows(train_images, jnp.asarray(idx, jnp.int32)), jnp.asarray(np.asarray(buf.label)[valid]),
-                     test_images, key)
+                     test_images, key, meta)
     record = record_from_predictions(preds, buf, test_labels=test_labels, episodes=episodes, num_classes=num_classes,
                                      noise_known=noise_known, after_task=after_task, chunks_processed=chunks_processed)
     record["finetune_loss"] = epoch_losses  # the classifier's mean training loss per fine-tune epoch

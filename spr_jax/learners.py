@@ -20,6 +20,7 @@ import numpy as np
 from spr_jax import compilation
 from spr_jax import evaluate as evaluate_lib
 from spr_jax import online
+from spr_jax import online_methods
 from spr_jax import replay_phase
 from spr_jax import rng
 from spr_jax import run_checks
@@ -41,6 +42,9 @@ class _Common:
     def __init__(self, s, prepared, data, test_images, names: dict):
         """names: the config values the checks' messages quote ({"ssl.lr": ..., "buffer.policy": ...})."""
         self.s, self.prepared, self.data, self.test_images, self.names = s, prepared, data, test_images, names
+        self.meta = None  # L2R's clean meta set (eval.loss=l2r): training samples with their true labels
+        if s.eval.l2r:
+            self.meta = online_methods.meta_set(prepared.dataset.train.labels, s.eval.l2r_meta_per_class, s.seed)
 
     def _evaluation_inputs(self) -> dict:
         p = self.prepared
@@ -88,7 +92,13 @@ class ReplayLearner(_Common):
         return evaluate_lib.evaluation_record(
             self.s.eval, base=state.base, buffer=state.buffer, train_images=self.data.images,
             key=rng.chunk_key(self.s.seed, rng.EVAL, task), after_task=task, chunks_processed=int(state.chunk),
-            **self._evaluation_inputs())
+            meta=self._meta_images(), **self._evaluation_inputs())
+
+    def _meta_images(self):
+        if self.meta is None:
+            return None
+        images = self.prepared.dataset.train.images[np.asarray(self.meta.index)]
+        return jax.numpy.asarray(images), self.meta.label
 
 
 class OnlineLearner(_Common):
@@ -100,7 +110,7 @@ class OnlineLearner(_Common):
 
     def init_state(self):
         return online.init_state(self.s.online, self.s.seed, self.prepared.dataset.train.images.shape[1:],
-                                 self.s.buffer_size)
+                                 self.s.buffer_size, self.meta)
 
     def run_segment(self, state, chunk_indices, clean_p, keep, active):
         state, m = online.run_chunks(self.s.online, state, self.data, chunk_indices, clean_p, keep, active)

@@ -96,10 +96,21 @@ def jocor(logits, labels, epoch, *, noise_rate: float, jocor_lambda: float = 0.1
 jocor.networks = 2  # the learner trains two networks: called as fn(logits [2, N, K], labels, epoch)
 
 
+def l2r(logits, labels):
+    """Learning to reweight (L2R; Ren et al., ICML 2018): the learner's loss is each sample's cross-entropy,
+    weighted per step by spr_jax.online_methods.l2r_weights against a small clean meta set (the extra
+    supervision of eval.l2r_meta_per_class true labels per class); alone, as here, the batch's mean
+    cross-entropy. A learner recognises it by its attribute `meta_set`."""
+    return cross_entropy(logits, labels)
+
+
+l2r.meta_set = True  # the learner reweights each batch against a clean meta set (evaluate.py, online.py)
+
+
 # Built-in names of config.eval.loss -> import paths. A loss is fn(logits [B, K], labels [B]) -> scalar; a
 # two-network learner (attribute networks = 2, as JoCoR) is fn(logits [2, B, K], labels [B], epoch) -> scalar.
 EVAL_LOSSES = {"cross_entropy": "spr_jax.losses:cross_entropy", "sl": "spr_jax.losses:symmetric_cross_entropy",
-               "jocor": "spr_jax.losses:jocor"}
+               "jocor": "spr_jax.losses:jocor", "l2r": "spr_jax.losses:l2r"}
 
 
 def check(loss, num_classes: int, kind, networks: int = 1) -> None:

@@ -43,6 +43,7 @@ class OnlineSettings(NamedTuple):
     mir_step: float = 0.1  # MIR: the virtual SGD step's size (alpha)
     ewc_lambda: float = 0.0  # > 0: online EWC with this penalty weight
     ewc_decay: float = 1.0  # online EWC: F* <- decay F* + F_chunk at each chunk's end (gamma)
+    l2r: bool = False  # learning to reweight (eval.loss=l2r): each step's samples weighted against the meta set
 
 
 @flax.struct.dataclass
@@ -52,6 +53,7 @@ class OnlineState:
     chunk: jax.Array
     seed: jax.Array
     ewc: Any = None  # online_methods.EWCState with online EWC (ewc_lambda > 0), else None
+    meta: Any = None  # online_methods.MetaSet with L2R (its clean meta set), else None
 
 
 @functools.lru_cache(maxsize=None)
@@ -60,7 +62,10 @@ def optimizer(lr: float):
     return optax.adam(lr)
 
 
-def init_state(s: OnlineSettings, seed: int, input_shape, buffer_size: int) -> OnlineState:
+def init_state(s: OnlineSettings, seed: int, input_shape, buffer_size: int, meta=None) -> OnlineState:
+    """The state of chunk 0; `meta`: L2R's clean meta set (online_methods.meta_set), needed with s.l2r."""
+    if s.l2r and meta is None:
+        raise ValueError("an L2R learner needs its meta set: online_methods.meta_set(...)")
     init = compilation.jit(s.classifier.init, static_argnames=("train",))
     key, x = rng.purpose_key(seed, rng.BASE_INIT), jnp.zeros((2,) + tuple(input_shape), jnp.float32)
     variables = init(key, x, train=False)
@@ -71,7 +76,8 @@ def init_state(s: OnlineSettings, seed: int, input_shape, buffer_size: int) -> O
                                       batch_stats=variables.get("batch_stats", {}))
     return OnlineState(learner=learner, buffer=s.policy.init(buffer_size, s.num_classes),
                        chunk=jnp.zeros((), jnp.int32), seed=jnp.asarray(seed, jnp.int32),
-                       ewc=online_methods.ewc_init(learner.params) if s.ewc_lambda > 0 else None)
+                       ewc=online_methods.ewc_init(learner.params) if s.ewc_lambda > 0 else None,
+                       meta=meta if s.l2r else None)
 
 
 def _forward(s: OnlineSettings, params, batch_stats, x):
@@ -104,9 +110,15 @@ def _batch_loss(s: OnlineSettings, params, batch_stats, x, y, weight, epoch):
     return jnp.sum(per_sample * weight) / jnp.maximum(jnp.sum(weight), 1.0), stats
 
 
-def _update(s: OnlineSettings, learner, x, y, weight, epoch, ewc=None):
+def _update(s: OnlineSettings, learner, x, y, weight, epoch, ewc=None, meta=None):
     """One step on the batch's loss (_batch_loss; `epoch`: see chunk_step), plus online EWC's penalty when
-    `ewc` is given."""
+    `ewc` is given; with `meta` (L2R: the meta set's images and true labels) the samples' weights are L2R's."""
+    if meta is not None:
+        xm, ym = meta
+        per_sample = lambda p: _per_sample_loss(s, p, learner.batch_stats, x, y, epoch)
+        meta_loss = lambda p: losses.cross_entropy(_forward(s, p, learner.batch_stats, xm)[0], ym)
+        weight = online_methods.l2r_weights(per_sample, meta_loss, learner.params, weight > 0)
+
     def loss_fn(params):
         loss, stats = _batch_loss(s, params, learner.batch_stats, x, y, weight, epoch)
         if ewc is not None:
@@ -189,12 +201,13 @@ def chunk_step(s: OnlineSettings, data: TrainData, state: OnlineState, indices, 
             x = jnp.concatenate([x, x_replay])
             y = jnp.concatenate([y, y_replay])
             weight = jnp.concatenate([weight, real.astype(jnp.float32)])
-        learner, loss = _update(s, learner, x, y, weight, state.chunk, state.ewc)
+        learner, loss = _update(s, learner, x, y, weight, state.chunk, state.ewc, meta)
         cands = buffers.Candidates(index=idx, label=data.noisy[idx], corrupt=data.corrupt[idx], clean_p=cp, keep=kp)
         buffer = s.policy.offer(buffer, k_offer, cands)
         return (learner, buffer, fisher), (loss, replayed)
 
     fisher = jax.tree.map(jnp.zeros_like, state.learner.params) if s.ewc_lambda > 0 else None
+    meta = (_images(data, state.meta.index), state.meta.label) if s.l2r else None
     xs = (batches, keys, clean_p[:n * s.stream_batch].reshape(n, -1), keep[:n * s.stream_batch].reshape(n, -1))
     (learner, buffer, fisher), (losses_, replayed) = jax.lax.scan(step, (state.learner, state.buffer, fisher), xs)
     corrupt = data.corrupt[indices]

@@ -12,12 +12,15 @@ Pure functions of arrays and parameter pytrees; online.py calls them inside its 
 - MIR (Aljundi et al., NeurIPS 2019): before each step a virtual SGD step theta_v = theta - alpha grad L(stream
   batch); among C memory samples drawn at random (without replacement), the k whose loss rises most from theta
   to theta_v are replayed.
+- L2R (Ren et al., ICML 2018), a noisy-label learner of both protocols: each step's samples are weighted by how
+  much a virtual step on them would lower the loss of a small clean meta set (l2r_weights, meta_set).
 """
 from typing import Any
 
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 # -- online EWC ----------------------------------------------------------------------------------------------
@@ -77,3 +80,37 @@ def mir_select(loss_before, loss_after, ok, k: int):
     score = jnp.nan_to_num(score, nan=-jnp.inf)  # a non-finite loss never ranks first
     top = jnp.argsort(-score, stable=True)[:k].astype(jnp.int32)
     return top, ok[top]
+
+
+# -- L2R -----------------------------------------------------------------------------------------------------
+
+def l2r_weights(batch_losses, meta_loss, params, mask):
+    """Learning to reweight's weights of one batch: with theta_hat(eps) = theta - alpha grad sum_i eps_i l_i(theta),
+    u = -d meta_loss(theta_hat(eps)) / d eps at eps = 0, then w = max(u, 0) normalised to sum 1 (all zero when
+    no u is positive). batch_losses(params) -> [B] per-sample losses; meta_loss(params) -> the clean meta set's
+    mean loss; mask [B]: samples that may be weighted (False: a missing replay sample). At eps = 0 theta_hat is
+    theta, so u_i = alpha grad meta . grad l_i exactly: alpha cancels in the normalisation and is taken as 1."""
+    def meta_after(eps):
+        grads = jax.grad(lambda p: jnp.sum(eps * batch_losses(p)))(params)
+        return meta_loss(jax.tree.map(lambda p, g: p - g, params, grads))
+
+    u = -jax.grad(meta_after)(jnp.zeros(mask.shape, jnp.float32))
+    w = jnp.where(mask & jnp.isfinite(u), jnp.maximum(u, 0.0), 0.0)
+    total = jnp.sum(w)
+    return jnp.where(total > 0, w / jnp.where(total > 0, total, 1.0), 0.0)
+
+
+@flax.struct.dataclass
+class MetaSet:
+    index: jax.Array  # int32 [M] training-set indices
+    label: jax.Array  # int32 [M] their TRUE labels (the extra supervision L2R assumes)
+
+
+def meta_set(true_labels, per_class: int, seed: int) -> MetaSet:
+    """L2R's clean meta set: per_class training samples of each class (fewer where a class has fewer), drawn
+    without replacement by a numpy generator of (seed, 33), with their true labels; in class order."""
+    true_labels = np.asarray(true_labels)
+    gen = np.random.default_rng([int(seed), 33])
+    index = np.concatenate([gen.choice(np.flatnonzero(true_labels == k), min(per_class, int(np.sum(true_labels == k))),
+                                       replace=False) for k in np.unique(true_labels)]).astype(np.int32)
+    return MetaSet(index=jnp.asarray(index), label=jnp.asarray(true_labels[index].astype(np.int32)))

@@ -118,6 +118,11 @@ def build(config, *, image_shape, num_classes: int, chunk_size: int, data_parall
     loss = plugins.bind(p.loss, loss_settings)
     networks = loss_networks(p.loss, config)
     losses.check(loss, num_classes, config.eval.loss, networks)
+    l2r = bool(getattr(p.loss, "meta_set", False))  # learning to reweight: a clean meta set of true labels
+    if l2r and (networks != 1 or config.noise.kind == "real"):
+        raise ConfigError(f"config.eval.loss={config.eval.loss!r} reweights against a clean meta set of true labels"
+                          + (" and one network" if networks != 1 else "; with config.noise.kind='real' the true "
+                             "labels are unknown: use another loss"))
 
     ssl = dict(base_lr=float(config.ssl.lr), warmup_epochs=int(config.ssl.warmup_epochs),
                temperature=float(config.ssl.temperature), views=views)
@@ -135,9 +140,10 @@ def build(config, *, image_shape, num_classes: int, chunk_size: int, data_parall
                           lr=float(config.eval.lr), decay_every=int(config.eval.decay_every),
                           decay=float(config.eval.decay), clip=float(config.eval.clip),
                           test_batch_size=int(config.eval.test_batch_size), loss=loss, networks=networks,
+                          l2r=l2r, l2r_meta_per_class=int(config.eval.l2r_meta_per_class) if l2r else 0,
                           pretrained_base=config.protocol == "spr" and int(config.base.epochs) > 0),
         identities=p.identities,
-        online=online_settings(config, classifier, loss, p.policy, num_classes, chunk_size, networks))
+        online=online_settings(config, classifier, loss, p.policy, num_classes, chunk_size, networks, l2r))
 
 
 def loss_networks(loss, config) -> int:
@@ -148,7 +154,8 @@ def loss_networks(loss, config) -> int:
     return networks
 
 
-def online_settings(config, classifier, loss, policy, num_classes: int, chunk_size: int, networks: int = 1):
+def online_settings(config, classifier, loss, policy, num_classes: int, chunk_size: int, networks: int = 1,
+                    l2r: bool = False):
     if config.protocol != "online":
         return None
     if chunk_size % int(config.online.stream_batch):
@@ -162,7 +169,7 @@ def online_settings(config, classifier, loss, policy, num_classes: int, chunk_si
                           stream_batch=int(o.stream_batch), replay_batch=int(o.replay_batch),
                           loss=loss, policy=policy, num_classes=num_classes, networks=networks,
                           retrieval=str(o.retrieval), mir_candidates=int(o.mir_candidates), mir_step=float(o.mir_step),
-                          ewc_lambda=float(o.ewc_lambda), ewc_decay=float(o.ewc_decay))
+                          ewc_lambda=float(o.ewc_lambda), ewc_decay=float(o.ewc_decay), l2r=l2r)
 
 
 def expert_group_size(requested: int, model, image_shape, chunk_size: int, device=None) -> int:

@@ -290,7 +290,7 @@ def test_prs_with_power_0_is_the_class_balanced_policy(seed):
 def test_paper_lists_every_method_of_the_table_spr_jax_has():
     paper = comparison.expand_methods(["paper"])
     assert set(paper) <= set(comparison.METHODS) and "plain_replay" not in paper  # (an ablation, not a row)
-    assert paper[0] == "multitask" and paper[-1] == "spr" and len(paper) == 16
+    assert paper[0] == "multitask" and paper[-1] == "spr" and len(paper) == 20
     assert comparison.expand_methods(["spr", "paper", "plain_replay"])[:2] == ["spr", "multitask"]
 
 
@@ -311,3 +311,79 @@ def test_compare_tex_bolds_the_best_mean_per_rate_and_gives_wall_times():
     assert row["multitask"].startswith(r"multitask & 89.0 $\pm$ 1.4 & ")
     assert r"\textbf" not in row[r"mir\_sl"] and r"\textbf" not in row["multitask"]
     assert r"\begin{tabular}{lccr}" in tex and r"20\% & 40\% & s / run" in tex
+
+
+# --- L2R -------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_l2r_weights_are_the_normalised_positive_alignment_with_the_meta_gradient(seed):
+    """u_i = -d meta(theta - grad sum_j eps_j l_j) / d eps_i at eps = 0 is grad meta . grad l_i: numpy's dot
+    products of the softmax regression's gradients, clipped at 0 and normalised."""
+    data = _data(seed)
+    params = _params(seed)
+    w, b = _np(params)
+    idx, meta_idx = np.arange(8), np.arange(20, 32)
+    x, y = _x(data, idx), np.asarray(data.noisy)[idx]
+    xm, ym = _x(data, meta_idx), np.asarray(data.noisy)[meta_idx]
+    mask = np.ones(8, bool)
+    mask[5] = False
+
+    def per_sample(p):
+        return losses.per_sample_cross_entropy(Linear().apply({"params": p}, jnp.asarray(x, jnp.float32)),
+                                               jnp.asarray(y))
+
+    def meta_loss(p):
+        return losses.cross_entropy(Linear().apply({"params": p}, jnp.asarray(xm, jnp.float32)), jnp.asarray(ym))
+
+    got = np.asarray(online_methods.l2r_weights(per_sample, meta_loss, params, jnp.asarray(mask)))
+    gw, gb = _grads(w, b, x, y)
+    mw, mb = (g.mean(0) for g in _grads(w, b, xm, ym))
+    u = np.einsum("ndk,dk->n", gw, mw) + gb @ mb
+    want = np.where(mask, np.maximum(u, 0), 0)
+    assert 0 < (want > 0).sum() < 7  # some samples weighted, some not: the test can tell
+    np.testing.assert_allclose(got, want / want.sum(), rtol=1e-3, atol=1e-6)
+    assert got[5] == 0.0 and got.sum() == pytest.approx(1.0)
+
+
+def test_l2r_weights_are_zero_when_no_sample_helps_the_meta_set():
+    params = _params()
+    w = online_methods.l2r_weights(lambda p: jnp.sum(p["Dense_0"]["bias"]) * jnp.ones(3),
+                                   lambda p: -jnp.sum(p["Dense_0"]["bias"]), params, jnp.ones(3, bool))
+    np.testing.assert_array_equal(np.asarray(w), np.zeros(3))  # every u_i = -|grad|^2 < 0
+
+
+def test_l2r_meta_set_is_class_balanced_true_labelled_and_seeded():
+    labels = np.repeat(np.arange(4), [30, 5, 12, 40])
+    m = online_methods.meta_set(labels, 10, seed=3)
+    idx = np.asarray(m.index)
+    assert len(set(idx.tolist())) == len(idx) == 10 + 5 + 10 + 10
+    np.testing.assert_array_equal(np.asarray(m.label), labels[idx])
+    np.testing.assert_array_equal(np.bincount(np.asarray(m.label)), [10, 5, 10, 10])
+    assert np.array_equal(np.asarray(online_methods.meta_set(labels, 10, seed=3).index), idx)
+    assert not np.array_equal(np.asarray(online_methods.meta_set(labels, 10, seed=4).index), idx)
+
+
+def test_an_l2r_step_weights_the_batch_by_l2r_weights():
+    """online._update with the meta set: one Adam step on sum_i w_i CE_i with numpy's weights."""
+    data = _data()
+    params = _params(2)
+    w, b = _np(params)
+    idx, meta_idx = np.arange(6), np.arange(20, 30)
+    x, y = _x(data, idx), np.asarray(data.noisy)[idx]
+    xm, ym = _x(data, meta_idx), np.asarray(data.noisy)[meta_idx]
+    s = _settings(replay=False, l2r=True)
+    learner, _ = online._update(s, _learner(params), jnp.asarray(x, jnp.float32), jnp.asarray(y),
+                                jnp.ones(6, jnp.float32), 0, None,
+                                (jnp.asarray(xm, jnp.float32), jnp.asarray(ym)))
+    gw, gb = _grads(w, b, x, y)
+    mw, mb = (g.mean(0) for g in _grads(w, b, xm, ym))
+    u = np.maximum(np.einsum("ndk,dk->n", gw, mw) + gb @ mb, 0)
+    wt = u / u.sum()
+    grads = {"Dense_0": {"kernel": jnp.asarray(np.einsum("n,ndk->dk", wt, gw), jnp.float32),
+                         "bias": jnp.asarray(wt @ gb, jnp.float32)}}
+    tx = online.optimizer(1e-2)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    want = optax.apply_updates(params, updates)
+    for leaf in ("kernel", "bias"):
+        np.testing.assert_allclose(np.asarray(learner.params["Dense_0"][leaf]), np.asarray(want["Dense_0"][leaf]),
+                                   rtol=1e-4, atol=1e-6)
