@@ -15,7 +15,6 @@ if __name__ == "__main__":  # first of all, before JAX is imported: a signal at 
     from spr_jax import interrupt
     interrupt.install()
 
-import errno
 import os
 import re
 import sys
@@ -25,6 +24,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from spr_jax import config_files  # light: imports neither jax nor the rest of the package
+from spr_jax import storage  # light too
 from spr_jax import workdir_lock  # light too
 from spr_jax.errors import RunStopped, UserError
 
@@ -206,64 +206,8 @@ def main(argv) -> int:
     return 0
 
 
-def storage_error(e: BaseException):
-    """(path, cause) if e, or an exception it was raised from, is an OS error writing a file (disk full,
-    quota, read-only filesystem, I/O error), as Python or orbax/tensorstore report it; else None."""
-    codes = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
-             errno.EROFS: "read-only filesystem", errno.EIO: "input/output error", errno.EACCES: "permission denied"}
-    seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, OSError) and e.errno in codes:
-            return e.filename or "", codes[e.errno]
-        text = str(e)
-        if "No space left on device" in text or ("RESOURCE_EXHAUSTED" in text and "space" in text):
-            match = re.search(r'"(/[^"]+)"', text) or re.search(r"(/[^\s'\"]+)", text)
-            path = re.sub(r"\.orbax-checkpoint-tmp.*", "", match.group(1)) if match else ""  # the step's folder
-            return path, "no space left on the device"
-        e = e.__cause__ or e.__context__
-    return None
-
-
-class _HeldBackgroundErrors:
-    """Holds back what background threads report (orbax's absl error logs, uncaught thread exceptions)
-    until the run ends: a storage error then prints as one line instead of dozens of tracebacks from
-    orbax's writer threads; in any other ending, the held reports are printed as they would have been."""
-
-    def __init__(self):
-        import logging as std_logging
-        import threading
-        self.held, self._logging, self._threading = [], std_logging, threading
-        self._previous_hook = threading.excepthook
-        self._filter = std_logging.Filter()
-        self._filter.filter = self._hold_record
-        self._logger = std_logging.getLogger("absl")  # where orbax logs its errors
-        self._logger.addFilter(self._filter)
-        threading.excepthook = self._hold_exception
-
-    def _hold_record(self, record) -> bool:
-        if record.levelno >= self._logging.ERROR:
-            self.held.append(("log", record))
-            return False
-        return True
-
-    def _hold_exception(self, args) -> None:
-        self.held.append(("thread", args))
-
-    def release(self, show: bool) -> None:
-        self._logger.removeFilter(self._filter)
-        self._threading.excepthook = self._previous_hook
-        if show:
-            for kind, item in self.held:
-                if kind == "log":
-                    self._logger.handle(item)
-                else:
-                    self._previous_hook(item)
-        self.held = []
-
-
 def entry() -> None:
-    held = _HeldBackgroundErrors()
+    held = storage.HeldBackgroundErrors()
     try:
         code = main(sys.argv)
     except BrokenPipeError:  # output piped into `head`
@@ -274,15 +218,12 @@ def entry() -> None:
     except RunStopped as e:  # a signal (128 + its number) or a divergence (3): the work so far is kept
         held.release(show=True)
         _leave(config_files.one_line(e), e.hint, e.exit_status)
-    except Exception as e:  # noqa: BLE001 - storage errors get one line; anything else is a bug
-        where = storage_error(e)
-        held.release(show=where is None)
-        if where is None:
+    except Exception as e:  # noqa: BLE001 - a refused write gets one line; anything else is a bug
+        error = storage.as_error(e)
+        held.release(show=error is None)
+        if error is None:
             raise
-        path, cause = where
-        _leave(f"error: cannot write {path or 'to the workdir'}: {cause}",
-               "free space (or pass another --workdir) and run the same command: it resumes from the last "
-               "complete checkpoint, and no file was left half-written", 1)
+        _leave(f"error: {error}", error.hint, error.exit_status)
     held.release(show=True)
     sys.exit(code)
 

@@ -10,7 +10,7 @@ The public API (docs/api.md), imported on first use so that `import spr_jax` sta
 from spr_jax.version import __version__
 
 _API = ("load_config", "run", "compare", "read_run", "Run")
-_ERRORS = ("UserError", "RunStopped", "Diverged")
+_ERRORS = ("UserError", "RunStopped", "Diverged", "WriteFailed")
 __all__ = list(_API + _ERRORS)
 
 

@@ -6,8 +6,10 @@
     run = spr_jax.read_run("/tmp/spr_tiny")          # summary, config, per-chunk metrics as arrays
 
 `run` and `compare` behave as `launch.py` does (the workdir lock, resuming, refusing another run's
-workdir, stopping on divergence), but raise instead of exiting: `spr_jax.UserError` for a mistake the caller
-can fix, `spr_jax.RunStopped` (and its `Diverged`) for a run stopped with its work kept.
+workdir, stopping on divergence, on a signal and on a full disk), but raise instead of exiting:
+`spr_jax.UserError` for a mistake the caller can fix, `spr_jax.RunStopped` (and its `Diverged` and
+`WriteFailed`) for a run stopped with its work kept. While they run, Ctrl-C (SIGINT), SIGTERM and SIGHUP stop
+the run at its next safe point, as launch.py does, but never end the process (interrupt.handled).
 """
 import json
 import os
@@ -33,9 +35,10 @@ def load_config(name_or_path: str, overrides: Optional[dict] = None):
 def run(config, workdir: str, *, progress: bool = True, redo: bool = False) -> dict:
     """Runs SPR (or the config's composition of plug-ins) in `workdir` and returns summary.json's dict. A
     finished run is read back as it is (redo=True runs it again from scratch, keeping the expert cache); an
-    interrupted one resumes from its last checkpoint."""
-    from spr_jax import parallel, run_loop, workdir_lock
-    with workdir_lock.hold(workdir, enabled=parallel.is_primary()):
+    interrupted one resumes from its last checkpoint. A signal (Ctrl-C) stops it at its next safe point with
+    RunStopped, its work so far kept (docs/api.md, "Stopping a run")."""
+    from spr_jax import interrupt, parallel, run_loop, storage, workdir_lock
+    with workdir_lock.hold(workdir, enabled=parallel.is_primary()), interrupt.handled(), storage.one_line():
         return run_loop.run(config, workdir, progress=progress, redo=redo)
 
 
@@ -45,8 +48,8 @@ def compare(config, workdir: str, *, methods=(), rates=(), seeds=(), sweeps=(), 
     compare.png in `workdir` and returns compare.json's rows (a list, one per run) whose `.cells` are
     compare.json's cells: per method (sweep point) and noise rate, each metric's mean, sd, 95% t interval over
     seeds, n and per-seed values (spr_jax.metrics.seed_stats)."""
-    from spr_jax import comparison, parallel, workdir_lock
-    with workdir_lock.hold(workdir, enabled=parallel.is_primary()):
+    from spr_jax import comparison, interrupt, parallel, storage, workdir_lock
+    with workdir_lock.hold(workdir, enabled=parallel.is_primary()), interrupt.handled(), storage.one_line():
         return comparison.run(config, workdir, methods, rates, seeds, progress=progress, sweeps=sweeps)
 
 

@@ -22,8 +22,9 @@ class ConfigError(UserError, ValueError):
 class RunStopped(Exception):
     """A run stopped on purpose before its end, its work so far kept (launch.py: one line, its exit status).
 
-    Raised for a signal (SIGINT, SIGTERM: `exit_status` 128 + the signal's number, as shells report it) and
-    for a run that diverged or collapsed (`exit_status` 3), its work so far kept."""
+    Raised for a signal (SIGINT, SIGTERM, SIGHUP: `exit_status` 128 + the signal's number, as shells report
+    it), for a run that diverged or collapsed (`exit_status` 3) and for a write the system refused
+    (`exit_status` 1), its work so far kept."""
 
     def __init__(self, message: str, hint: str = "", exit_status: int = 1):
         super().__init__(message)
@@ -42,6 +43,15 @@ class Diverged(RunStopped):
     def __init__(self, message: str, hint: str = "", result=None):
         super().__init__(message, hint, exit_status=3)
         self.result = result
+
+
+class WriteFailed(RunStopped):
+    """A write the system refused (a full disk, a quota, a read-only filesystem: spr_jax/storage.py), the path
+    named; exit status 1. The run's work up to its last complete checkpoint is kept: fix the cause and run the
+    same command to resume."""
+
+    def __init__(self, message: str, hint: str = ""):
+        super().__init__(message, hint, exit_status=1)
 
 
 def first_line(e: Exception) -> str:

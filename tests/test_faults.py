@@ -1,9 +1,11 @@
 """Runs that never mislead, tried through launch.py as a user meets them: a second launch on a busy workdir,
-Ctrl-C, SIGTERM and SIGHUP at any moment (JAX's import included), a full disk, damaged outputs of a finished
-run, a damaged expert cache, the leftovers of a killed write, divergence, meaningless runs, values out of
-range, broken plug-ins, a missing JAX platform. Each ends in one line (or two with a hint), no
-traceback, nothing already written lost, no NaN on disk, and where the run can go on, a rerun that ends
-with the summary of an undisturbed run."""
+Ctrl-C, SIGTERM and SIGHUP at any moment (JAX's import, the data's preparation, the experts, the replay, a
+comparison's run, twice), a full disk, damaged outputs of a finished run, a damaged expert cache, the leftovers
+of a killed write, divergence (experts, base, fine-tune, online learners), meaningless runs, values out of
+range, broken plug-ins, an unusable workdir, a missing JAX platform; and the Python API's share of them
+through spr_jax.run (Ctrl-C, a full disk, an unusable workdir). Each ends in one line (or two with a hint),
+no traceback, nothing already written lost, no NaN on disk, and where the run can go on, a rerun that ends
+with the metrics.jsonl and summary of an undisturbed run."""
 import glob
 import json
 import os
@@ -230,6 +232,26 @@ def test_a_signal_while_the_run_starts_stops_it_at_once_with_one_line(tmp_path, 
     assert not work.exists()  # nothing written, not even the workdir's lock
 
 
+def test_a_signal_after_jax_loaded_before_the_experts_stops_at_once_and_the_run_resumes(tmp_path, undisturbed):
+    """Ctrl-C once JAX is loaded and the workdir locked, while the data and the run's settings are prepared (the
+    ~3 s moment that used to print a 36-line KeyboardInterrupt traceback): one line, 130, nothing half-written,
+    the lock released; the same command then runs to the undisturbed run's files."""
+    work = tmp_path / "w"
+    proc = start(TINY, f"--workdir={work}")
+    wait_for(lambda: os.path.exists(work / ".spr_jax.lock") and os.path.getsize(work / ".spr_jax.lock"), proc,
+             timeout=120)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (proc.returncode, err[-3000:])
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+    assert messages(err) == ["interrupted (SIGINT) with no work in progress; nothing was lost"]
+    assert not os.path.exists(work / ".spr_jax.lock") and not os.path.exists(work / "summary.json")
+    r = launch(TINY, f"--workdir={work}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert open(work / "metrics.jsonl").read() == open(undisturbed / "metrics.jsonl").read()
+    assert summary_without_walls(work) == summary_without_walls(undisturbed)
+
+
 def test_signals_during_experts_and_replay_are_acknowledged_at_once_and_the_run_resumes(tmp_path, undisturbed):
     """Ctrl-C while the first expert round trains: acknowledged at once (the round takes seconds), the run stops
     after the round with its experts cached; SIGHUP (a closed terminal) in the replay of the rerun: handled as
@@ -280,6 +302,81 @@ def test_a_second_ctrl_c_stops_at_once_and_releases_the_workdir(tmp_path):
     assert not os.path.exists(work / ".spr_jax.lock")
 
 
+API_SCRIPT = textwrap.dedent("""
+    import sys
+    import spr_jax
+    try:
+        spr_jax.run(spr_jax.load_config("tiny"), sys.argv[1], progress=False)
+    except spr_jax.RunStopped as e:  # a notebook would show it; a script says it in one line
+        print(e, file=sys.stderr)
+        sys.exit(e.exit_status)
+""")
+
+
+def test_ctrl_c_through_spr_jax_run_stops_at_a_checkpoint_and_a_second_call_resumes(tmp_path, undisturbed):
+    """spr_jax.run handles Ctrl-C as launch.py does, without ending the process: acknowledged at once, RunStopped
+    (one line, exit_status 130) at the next checkpoint; calling it again resumes to byte-identical metrics."""
+    script = tmp_path / "api_run.py"
+    script.write_text(API_SCRIPT)
+    work = tmp_path / "w"
+    run = subprocess.Popen([sys.executable, str(script), str(work)], cwd=ROOT, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: glob.glob(str(work / "checkpoints" / "[0-9]*")), run)
+    run.send_signal(signal.SIGINT)
+    _, err = run.communicate(timeout=300)
+    assert run.returncode == 130, (run.returncode, err[-3000:])
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+    lines = messages(err)
+    assert lines[0] == ("SIGINT received: stopping at the next checkpoint (after this segment of chunks); Ctrl-C "
+                        "again stops as soon as the computation in progress returns"), lines
+    assert len(lines) == 2 and lines[1].startswith("interrupted (SIGINT) after chunk "), lines
+    assert lines[1].endswith("(checkpointed); run the same command to resume")
+    assert not os.path.exists(work / "summary.json") and not os.path.exists(work / ".spr_jax.lock")
+    r = subprocess.run([sys.executable, str(script), str(work)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert open(work / "metrics.jsonl").read() == open(undisturbed / "metrics.jsonl").read()
+    assert summary_without_walls(work) == summary_without_walls(undisturbed)
+
+
+def test_the_api_s_signal_handling_never_ends_the_process_and_gives_the_handlers_back():
+    """interrupt.handled() (spr_jax.run, spr_jax.compare): with no work in progress a signal raises RunStopped at
+    once; in a deferred scope it is acknowledged and raised at the safe point, a second one at once; afterwards
+    Python's own handling is back. A handler of the caller's is left alone."""
+    from spr_jax import interrupt
+    from spr_jax.errors import RunStopped
+    before = {s: signal.getsignal(s) for s in interrupt.SIGNALS}
+    with pytest.raises(RunStopped, match=r"^interrupted \(SIGTERM\) with no work in progress; nothing was lost$") as e:
+        with interrupt.handled():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # (the handler raises within)
+    assert e.value.exit_status == 143
+    with interrupt.handled(), interrupt.during("spr, noise 0.4, seed 1 (run 1 of 2)"):
+        with pytest.raises(RunStopped, match=r"^interrupted \(SIGINT\) during spr, noise 0.4, seed 1 \(run 1 of 2\); "
+                                             r"after the round; run the same command to resume$"):
+            with interrupt.deferred("after this round", kept="the rounds done are kept", done="after the round"):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.5)  # acknowledged, not raised: the scope's end is the safe point
+        with pytest.raises(RunStopped, match=r"^interrupted again \(SIGINT\) during spr, noise 0.4, seed 1 "
+                                             r"\(run 1 of 2\); stopped at once, the rounds done are kept"):
+            with interrupt.deferred("after this round", kept="the rounds done are kept", done="after the round"):
+                os.kill(os.getpid(), signal.SIGINT)  # (the first signal is still on record: this is the second)
+                time.sleep(5)
+    assert {s: signal.getsignal(s) for s in interrupt.SIGNALS} == before
+    with pytest.raises(KeyboardInterrupt):  # Python's Ctrl-C again
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)
+    mine = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: mine.append(signum))
+    try:
+        with interrupt.handled():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.2)
+        assert mine == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 # --- storage ---------------------------------------------------------------------------------------------
 
 def test_a_full_disk_is_one_line_and_the_run_resumes_once_there_is_space(tmp_path, undisturbed):
@@ -300,6 +397,46 @@ def test_a_full_disk_is_one_line_and_the_run_resumes_once_there_is_space(tmp_pat
         assert summary_without_walls(work) == summary_without_walls(undisturbed)
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def test_a_full_disk_through_spr_jax_run_is_a_one_line_spr_jax_error(tmp_path, undisturbed, capfd):
+    """The Python API raises spr_jax.WriteFailed (the line launch.py prints, not a raw OSError, no orbax
+    tracebacks on stderr); with space again, the same call resumes to the undisturbed run's files."""
+    import spr_jax
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small filesystem here (needs root)")
+    try:
+        work = disk / "w"
+        with pytest.raises(spr_jax.WriteFailed) as e:
+            spr_jax.run(spr_jax.load_config("tiny"), str(work), progress=False)
+        assert str(e.value).startswith(f"cannot write {work}") and str(e.value).endswith("no space left on the device")
+        assert e.value.exit_status == 1 and "resumes" in e.value.hint and "\n" not in str(e.value)
+        assert isinstance(e.value.__context__, Exception)  # the cause, kept for debugging
+        assert "Traceback" not in capfd.readouterr().err
+        assert not glob.glob(str(work / "**" / "*orbax-checkpoint-tmp*"), recursive=True)
+        subprocess.run(["mount", "-o", "remount,size=200m", str(disk)], check=True)
+        spr_jax.run(spr_jax.load_config("tiny"), str(work), progress=False)
+        assert open(work / "metrics.jsonl").read() == open(undisturbed / "metrics.jsonl").read()
+        assert summary_without_walls(work) == summary_without_walls(undisturbed)
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def test_an_unusable_workdir_is_one_line_from_launch_and_from_spr_jax_run(tmp_path):
+    """A workdir that is a file: the same one line from launch.py (exit 2) and spr_jax.run (UserError), the file
+    untouched (tests/test_api.py tries a read-only one and one that cannot be created, with compare too)."""
+    import spr_jax
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    r = launch(TINY, f"--workdir={afile}")
+    assert r.returncode == 2
+    assert_short(r.stderr, f"error: --workdir={afile} is a file, not a folder")
+    with pytest.raises(spr_jax.UserError) as e:
+        spr_jax.run(spr_jax.load_config("tiny"), str(afile), progress=False)
+    assert lines_of(r.stderr) == [f"error: {e.value}", f"hint: {e.value.hint}"]
+    assert afile.read_text() == "x" and os.listdir(tmp_path) == ["afile"]
 
 
 def test_damaged_outputs_of_a_finished_run_are_rewritten_from_its_checkpoint(tmp_path, undisturbed):
@@ -542,6 +679,25 @@ def test_an_interrupted_compare_says_which_method_rate_and_seed_was_running(tmp_
     assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
     assert_short(err, "interrupted (SIGTERM) during spr, noise 0.4, seed 1 (run 1 of 1); after chunk ")
     assert lines_of(err)[-1].endswith("(checkpointed); run the same command to resume"), err[-2000:]
+
+
+def test_a_second_signal_in_a_compare_names_the_run_it_stopped(tmp_path):
+    """The immediate stop of a second Ctrl-C names the method, rate and seed too (it used to say only
+    'interrupted again (SIGINT)')."""
+    work = tmp_path / "cmp"
+    run = Watched(TINY, "--mode=compare", "--methods=spr", "--seeds=1", "--rates=0.4", "--config.expert.epochs=3000",
+                  f"--config.cache.dir={tmp_path / 'cache'}", f"--workdir={work}")
+    wait_for(lambda: os.path.exists(work / "spr" / "rate_0.4" / "seed_1" / "config.json"), run.proc)  # experts next
+    time.sleep(0.5)
+    run.proc.send_signal(signal.SIGINT)
+    wait_for(lambda: "SIGINT received" in run.stderr, run.proc, timeout=60)
+    run.proc.send_signal(signal.SIGINT)
+    assert run.wait(timeout=60) == 130, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr
+    lines = messages(run.stderr)
+    assert lines[-2:] == ["SIGINT received: stopping after this expert round; Ctrl-C again stops now",
+                          "error: interrupted again (SIGINT) during spr, noise 0.4, seed 1 (run 1 of 1); stopped at "
+                          "once, the experts of finished rounds are cached; run the same command to resume"], lines
 
 
 def test_the_divergence_rule_on_records():
