@@ -90,7 +90,7 @@ def check_field(config, dotted: str, prefix: str = "--config.") -> None:
 
 
 # Config blocks whose fields a plug-in reads as keyword settings, and the field naming the plug-in.
-PLUGIN_BLOCKS = {"filter": "kind", "model": "encoder", "eval": "loss"}
+PLUGIN_BLOCKS = {"filter": "kind", "buffer": "policy", "model": "encoder", "eval": "loss"}
 
 
 def declare_plugin_settings(config, overrides: dict, prefix: str = "") -> list:
@@ -103,24 +103,19 @@ def declare_plugin_settings(config, overrides: dict, prefix: str = "") -> list:
               and d.split(".")[0] in config and d.split(".")[1] not in config[d.split(".")[0]]]
     if not wanted:
         return []
-    import inspect
-    from spr_jax import settings
+    from spr_jax import buffers, plugins, settings
     probe = config.copy_and_resolve_references()
     for block, field in PLUGIN_BLOCKS.items():  # the plug-ins as the overrides choose them
         if f"{block}.{field}" in overrides:
             probe[block][field] = overrides[f"{block}.{field}"]
     resolved = settings.resolve_plugins(probe)
-    objects = {"filter": resolved.filter, "model": resolved.encoder, "eval": resolved.loss}
+    defaults = {"filter": plugins.setting_defaults(resolved.filter),
+                "buffer": buffers.setting_defaults(resolved.policy),  # (init, offer and sample together)
+                "model": plugins.setting_defaults(resolved.encoder), "eval": plugins.setting_defaults(resolved.loss)}
     added = []
     for dotted in wanted:
         block, field = dotted.split(".")
-        try:
-            params = inspect.signature(objects[block]).parameters
-        except (TypeError, ValueError):
-            params = {}
-        settable = {name: p.default for name, p in params.items()
-                    if p.default not in (inspect.Parameter.empty, None)
-                    and p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)}
+        settable = defaults[block]
         if field in settable:
             with config.unlocked():
                 config[block][field] = settable[field]

@@ -13,8 +13,8 @@ the same way, by importing the module and reading the attribute at resolution ti
 is always the one the module holds now (a monkeypatched one too).
 
 Extra settings: a plug-in's keyword parameters are filled from its own config block (`config.filter` for
-filters, `config.model` for encoders, `config.eval` for losses) by name, when the block has a field of that
-name; the others keep their defaults. So `def knn(key, features, labels, *, num_classes, k=10)` reads `config.filter.k` if a
+filters, `config.buffer` for the three functions of a buffer policy, `config.model` for encoders, `config.eval`
+for losses) by name, when the block has a field of that name; the others keep their defaults. So `def knn(key, features, labels, *, num_classes, k=10)` reads `config.filter.k` if a
 config defines it; launch.py, sweeps and load_config declare such a field at its default when an override
 names it (config_files.declare_plugin_settings).
 
@@ -64,15 +64,28 @@ def resolve(kind: str, registry: Mapping[str, str], field: str) -> Any:
     return obj
 
 
-def accepted_settings(fn, block: Mapping[str, Any], exclude=()) -> dict:
-    """The fields of a config block that `fn` takes as keyword parameters (by name)."""
+def _settable_parameters(fn, skip: int = 0) -> dict:
+    """{name: inspect.Parameter} of fn's parameters that can be given by keyword, less its first `skip`
+    (the interface's own arguments, e.g. a buffer policy's `state, key, candidates`)."""
     try:
-        params = inspect.signature(fn).parameters
+        params = list(inspect.signature(fn).parameters.values())[skip:]
     except (TypeError, ValueError):
         return {}
     kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    return {name: block[name] for name, p in params.items()
-            if p.kind in kinds and name in block and name not in exclude}
+    return {p.name: p for p in params if p.kind in kinds}
+
+
+def accepted_settings(fn, block: Mapping[str, Any], exclude=(), skip: int = 0) -> dict:
+    """The fields of a config block that `fn` takes as keyword parameters (by name), its first `skip`
+    parameters apart."""
+    return {name: block[name] for name in _settable_parameters(fn, skip) if name in block and name not in exclude}
+
+
+def setting_defaults(fn, skip: int = 0) -> dict:
+    """{name: default} of fn's keyword parameters with a default (not None), its first `skip` apart: the
+    settings a config can declare for it (config_files.declare_plugin_settings)."""
+    return {name: p.default for name, p in _settable_parameters(fn, skip).items()
+            if p.default not in (inspect.Parameter.empty, None)}
 
 
 def _freeze(value):

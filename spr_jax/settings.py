@@ -111,7 +111,8 @@ def build(config, *, image_shape, num_classes: int, chunk_size: int, data_parall
 
     filter_fn = plugins.bind(p.filter, plugins.accepted_settings(p.filter, config.filter, exclude=("num_classes",)))
     filters.check(filter_fn, chunk_size=chunk_size, feature_dim=int(config.model.proj_dim), num_classes=num_classes)
-    buffers.check(p.policy, buffer_size, num_classes, chunk_size, config.buffer.policy)
+    policy = buffers.with_settings(p.policy, config.buffer, num_classes)  # its settings from config.buffer
+    buffers.check(policy, buffer_size, num_classes, chunk_size, config.buffer.policy)
     loss_settings = plugins.accepted_settings(p.loss, config.eval)
     if "noise_rate" in plugins.accepted_settings(p.loss, {"noise_rate": 0.0}):  # e.g. JoCoR's forget rate
         loss_settings["noise_rate"] = float(config.noise.rate)
@@ -135,7 +136,7 @@ def build(config, *, image_shape, num_classes: int, chunk_size: int, data_parall
         filter=FilterSettings(kind=config.filter.kind, fn=filter_fn, needs_features=filters.needs_features(p.filter),
                               num_classes=num_classes),
         replay=ReplaySettings(epochs=int(config.base.epochs), batch_size=int(config.base.batch_size),
-                              policy=p.policy, num_classes=num_classes, data_parallel=data_parallel, **ssl),
+                              policy=policy, num_classes=num_classes, data_parallel=data_parallel, **ssl),
         eval=EvalSettings(classifier=classifier, epochs=int(config.eval.epochs), batch_size=int(config.eval.batch_size),
                           lr=float(config.eval.lr), decay_every=int(config.eval.decay_every),
                           decay=float(config.eval.decay), clip=float(config.eval.clip),
@@ -143,7 +144,7 @@ def build(config, *, image_shape, num_classes: int, chunk_size: int, data_parall
                           l2r=l2r, l2r_meta_per_class=int(config.eval.l2r_meta_per_class) if l2r else 0,
                           pretrained_base=config.protocol == "spr" and int(config.base.epochs) > 0),
         identities=p.identities,
-        online=online_settings(config, classifier, loss, p.policy, num_classes, chunk_size, networks, l2r))
+        online=online_settings(config, classifier, loss, policy, num_classes, chunk_size, networks, l2r))
 
 
 def loss_networks(loss, config) -> int:

@@ -155,6 +155,76 @@ def test_a_filter_from_outside_the_package_runs_through_launch(tmp_path):
         assert "Traceback" not in r.stderr and "experts" not in r.stderr  # refused before any training
 
 
+CAPPED_POLICY = textwrap.dedent("""
+    import jax
+    import jax.numpy as jnp
+    import fifo_buffer
+    from spr_jax import buffers
+
+    def offer(state, key, c, *, num_classes, per_class=4):
+        # First come, first kept, at most per_class samples of a class: needs the run's class count.
+        del key
+        size = state.valid.shape[0]
+
+        def one(carry, x):
+            s, counts = carry
+            index, label, corrupt, clean_p, keep = x
+            admit = keep & (counts[label] < per_class) & (s.next < size)
+            slot = jnp.minimum(s.next, size - 1)
+            put = lambda a, v: a.at[slot].set(jnp.where(admit, v, a[slot]))
+            s = s.replace(index=put(s.index, index), label=put(s.label, label), corrupt=put(s.corrupt, corrupt),
+                          clean_p=put(s.clean_p, clean_p), valid=put(s.valid, True),
+                          next=s.next + admit.astype(jnp.int32))
+            return (s, counts.at[label].add(admit.astype(jnp.int32))), None
+
+        carry = (state, buffers.class_counts(state, num_classes))
+        return jax.lax.scan(one, carry, (c.index, c.label, c.corrupt, c.clean_p, c.keep))[0][0]
+
+    CAPPED = buffers.BufferPolicy(init=fifo_buffer.init, offer=offer, sample=buffers.sample_indices)
+""")
+
+
+def test_a_buffer_policy_takes_settings_and_the_class_count(tmp_path):
+    """A policy's keyword setting is a config.buffer field (set on the command line, in a sweep, through
+    load_config), and offer's keyword num_classes receives the run's class count."""
+    import spr_jax
+    from spr_jax import comparison
+    plugin_dir = tmp_path / "plugins"
+    plugin_dir.mkdir()
+    (plugin_dir / "capped.py").write_text(CAPPED_POLICY)
+    path = os.pathsep.join([str(plugin_dir), os.path.join(ROOT, "examples")])
+    # A clean stream: first come, first kept holds right labels (40% noise would fill the memory's later classes
+    # with early chunks' mislabelled samples, an accuracy at chance).
+    common = ("--config=configs/tiny.py", "--config.noise.rate=0.0", "--config.filter.kind=none",
+              "--config.buffer.policy=capped:CAPPED")
+    counts = {}
+    for per_class in (None, 3):
+        work = tmp_path / f"run_{per_class}"
+        r = _launch(*common, *([f"--config.buffer.per_class={per_class}"] if per_class else []), f"--workdir={work}",
+                    pythonpath=path)
+        assert r.returncode == 0, r.stderr[-3000:]
+        counts[per_class] = json.load(open(work / "summary.json"))["final_buffer_counts"]
+        assert json.load(open(work / "config.json"))["config"]["buffer"].get("per_class") == per_class
+    assert counts == {None: [4] * 10, 3: [3] * 10}  # tiny: 10 classes, a memory of 40
+    r = _launch(*common, "--config.buffer.per_clas=3", f"--workdir={tmp_path / 'bad'}", pythonpath=path)
+    assert r.returncode == 2 and "did you mean --config.buffer.per_class" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "bad").exists()
+
+    sys.path[:0] = path.split(os.pathsep)
+    try:
+        config = spr_jax.load_config("tiny", {"buffer.policy": "capped:CAPPED", "buffer.per_class": 2})
+        assert config.buffer.per_class == 2
+        sweep = spr_jax.load_config("tiny", {"buffer.policy": "capped:CAPPED"})
+        assert comparison.parse_sweeps(sweep, ["buffer.per_class=1,2"]) == [{"buffer.per_class": 1},
+                                                                             {"buffer.per_class": 2}]
+        s = settings.build(config, image_shape=(8, 8, 1), num_classes=10, chunk_size=40)
+        assert s.replay.policy.offer.keywords == {"num_classes": 10, "per_class": 2}
+        assert s.replay.policy.init is plugins.resolve("capped:CAPPED", buffers.POLICIES, "p").init  # no settings
+    finally:
+        del sys.path[:2]
+        sys.modules.pop("capped", None)
+
+
 # --- identities in the expert cache ---------------------------------------------------------------------
 
 def test_a_changed_filter_never_reuses_the_cached_experts(tiny_config, tmp_path, monkeypatch):
