@@ -46,7 +46,7 @@ def check_online(names: dict, state, m, n: int, start: int, end: int) -> None:
     if what:
         raise Diverged(f"diverged: the online learner's training gave a non-finite {what} at chunk "
                        f"{start + int(bad[0]) if bad.size else end - 1}; nothing of it was written",
-                       f"{likely_fields(names, ('online.lr',))}; {_kept(start)}")
+                       f"{likely_fields(names, ONLINE_FIELDS)}; {_kept(start)}")
 
 
 def _kept(start: int) -> str:
@@ -66,6 +66,7 @@ def _non_finite_part(train_state) -> str:
 # The fields a divergence's hint names, by the phase that diverged (ssl.* is shared by experts and base).
 SSL_FIELDS = ("ssl.lr", "ssl.temperature")
 FINETUNE_FIELDS = ("eval.lr", "eval.clip")
+ONLINE_FIELDS = ("online.lr",)
 
 
 def _default(field: str):
@@ -141,6 +142,13 @@ def evaluation_warnings(s, record: dict, chunk_records: list, episodes, task: in
 #   loss of two networks, tiny); cross-entropy at most 1.0 ln K (tiny), 0.93 (digits), 0.73
 #   (fashion_mnist_cpu). On tiny, eval.lr=0.1 gives 33-57 ln K in the first epoch, eval.lr=1e4 about 1e16.
 # FINETUNE_GROWTH: some epoch's loss above 3 x the first epoch's (healthy: never above the first one).
+# ONLINE_CEILING: an online learner's last-step loss of a chunk above 5 x ln K, chunks starting a new task
+#   left out. Healthy, fashion_mnist_cpu seed 0 at 40% noise: finetune, EWC, ER, MIR and PRS at most 2.3
+#   (0.99 ln K) on the other chunks, 2.2-13.3 on the first chunk of a task (a batch of unseen classes; a
+#   growth rule of 4x the first chunk's loss flagged all five); tiny: at most 2.9. Also finetune and ER + CE,
+#   SL, JoCoR at 20, 40 and 60% noise (tiny seeds 0 and 1, fashion_mnist_cpu seed 1): at most 2.7 ln K on
+#   the other chunks, up to 7.8 ln K (18.0, finetune) on a task's first chunk. On tiny, online.lr=0.1
+#   gives 52 at chunk 0 (and chance accuracy; 12.6-32.9 ln K for finetune, ER, ER + JoCoR), lr=1 1.9e4.
 # Chance: the final accuracy at most chance + max(CHANCE_SDS sd of a chance classifier's accuracy on the N
 #   test samples, CHANCE_MIN_MARGIN x chance), chance being the best constant prediction's accuracy on the
 #   test samples of the episodes' classes, on a stream whose noisy labels leave each class's majority label
@@ -153,6 +161,7 @@ SSL_CEILING = 1.5
 SSL_GROWTH = 1.5
 FINETUNE_CEILING = 5.0
 FINETUNE_GROWTH = 3.0
+ONLINE_CEILING = 5.0
 CHANCE_SDS = 3.0
 CHANCE_MIN_MARGIN = 0.25
 
@@ -209,6 +218,24 @@ def finetune_divergence(evals: list, num_classes: int) -> Optional[str]:
     return None
 
 
+def online_divergence(chunk_records: list, num_classes: int) -> Optional[str]:
+    """A phrase if an online learner's loss per chunk (its last step's, metrics.jsonl's base_loss) exploded,
+    above ONLINE_CEILING x ln K in a chunk that does not start a new task; else None. The first chunk of a new
+    task ends on that task's first batches, classes the learner has never been trained on, so its loss is
+    judged by nothing (healthy learners reach 13 there, see ONLINE_CEILING). No growth rule: the online
+    learner's problem grows with every task (more classes, the same noise), and so does its loss."""
+    losses = [(r["chunk"], r["base_loss"]) for i, r in enumerate(chunk_records) if r.get("base_loss") is not None
+              and (i == 0 or r.get("task") == chunk_records[i - 1].get("task"))]
+    if not losses:
+        return None
+    limit = ONLINE_CEILING * math.log(max(num_classes, 2))
+    chunk, worst = max(losses, key=lambda x: x[1])
+    if worst > limit:
+        return (f"the online learner's loss reached {worst:.3g} at chunk {chunk}, above {limit:.3g} "
+                f"({ONLINE_CEILING:g} x ln {num_classes}, where a fresh classifier starts)")
+    return None
+
+
 def chance_level(test_labels, episodes) -> tuple:
     """(chance, limit): the accuracy of the best constant prediction on the test samples of the episodes'
     classes, and the accuracy at or below which a run counts as at chance (see CHANCE_SDS)."""
@@ -252,9 +279,13 @@ def divergence(s, prepared, chunk_records: list, evals: list, expert_losses, val
         phrase = base_divergence(chunk_records, s.replay.batch_size, prepared.stream.chunk_size)
         if phrase:
             causes.append((phrase, SSL_FIELDS))
+    if s.online is not None:
+        phrase = online_divergence(chunk_records, prepared.num_classes)
+        if phrase:
+            causes.append((phrase, ONLINE_FIELDS))
     phrase = finetune_divergence(evals, prepared.num_classes)
     if phrase:
-        causes.append((phrase, ("online.lr",) if s.online is not None else FINETUNE_FIELDS))
+        causes.append((phrase, ONLINE_FIELDS if s.online is not None else FINETUNE_FIELDS))
     special_hint = ""
     if s.online is None and evals and learnable(prepared):
         chance, limit = chance_level(prepared.dataset.test.labels, prepared.episodes)

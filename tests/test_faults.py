@@ -620,6 +620,19 @@ def test_an_exploding_fine_tune_ends_with_exit_status_3_naming_eval_lr(tmp_path)
     assert any("predicts class" in w and "config.eval.lr" in w for w in summary["warnings"])
 
 
+def test_an_exploding_online_learner_ends_with_exit_status_3_naming_online_lr(tmp_path):
+    """online.lr=0.1 (ER): finite losses of 12-33 x ln K from the first chunk and chance accuracy, which used to
+    exit 0 (only a non-finite loss stopped an online learner); the default rate's run stays healthy."""
+    online = ("--config.protocol=online", "--config.filter.kind=none", "--config.buffer.policy=reservoir")
+    work = tmp_path / "w"
+    r = launch(TINY, *online, "--config.online.lr=0.1", f"--workdir={work}")
+    summary = assert_diverged(r, work, "diverged: the online learner's loss reached", ["online.lr"])
+    assert "(5 x ln 10, where a fresh classifier starts)" in summary["diverged"]["message"]
+    healthy = launch(TINY, *online, f"--workdir={tmp_path / 'healthy'}")
+    assert healthy.returncode == 0, healthy.stderr[-3000:]
+    assert json.load(open(tmp_path / "healthy" / "summary.json"))["diverged"] is None
+
+
 @pytest.mark.parametrize("temperature, first", [
     ("1e-3", "diverged: the experts' self-supervised loss ended above 6.55"),  # finite, 1.4-1.9x no learning
     ("1e-30", "diverged: the base's self-supervised training gave a non-finite optimizer state at chunk 1"),
@@ -716,6 +729,10 @@ def test_the_divergence_rule_on_records():
     assert rc.finetune_divergence(evals, 10) is None
     assert "above 11.5" in rc.finetune_divergence([{"after_task": 0, "finetune_loss": [11.6, 1.0]}], 10)
     assert "grew from 0.5 to 1.6" in rc.finetune_divergence([{"after_task": 2, "finetune_loss": [0.5, 1.6]}], 10)
+    online = [{"chunk": c, "task": c // 2, "base_loss": v} for c, v in enumerate([1.5, 2.0, 13.0, 3.0])]
+    assert rc.online_divergence(online, 10) is None  # 13 > 5 ln 10, but on a new task's first chunk
+    online[3]["base_loss"] = 11.6
+    assert "reached 11.6 at chunk 3, above 11.5" in rc.online_divergence(online, 10)
     chance, limit = rc.chance_level(np.repeat(np.arange(10), 20), [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9)])
     assert chance == 0.1 and limit == pytest.approx(0.1 + 3 * np.sqrt(0.09 / 200))  # tiny: 16.4%
     assert rc.chance_level(np.repeat(np.arange(10), 20), [(0, 1)])[0] == 0.5  # only the episodes' classes count
@@ -745,6 +762,10 @@ def test_a_healthy_run_has_no_warnings(undisturbed):
     # Once only after the whole expert phase (a ValueError traceback), or a divergence blaming ssl.lr:
     ("--config.checkpoint.keep=0", ["config.checkpoint.keep=0 is outside [1, inf)", "the default is 3"]),
     ("--config.ssl.temperature=0", ["config.ssl.temperature=0.0 is outside (0, inf)", "the default is 0.5"]),
+    # Accepted silently (warmup -1 changed the accuracy from 70% to 79.5%):
+    ("--config.checkpoint.every_chunks=-2", ["config.checkpoint.every_chunks=-2 is outside [1, inf)"]),
+    ("--config.ssl.warmup_epochs=-1", ["config.ssl.warmup_epochs=-1 is outside [0, inf)", "the default is 11"]),
+    ("--config.eval.clip=-1", ["config.eval.clip=-1.0 is outside (0, inf)", "the default is 0.5"]),
 ])
 def test_values_out_of_range_are_refused_before_any_work(tmp_path, override, needles):
     work = tmp_path / "w"
