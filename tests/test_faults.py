@@ -232,10 +232,10 @@ def test_a_signal_while_the_run_starts_stops_it_at_once_with_one_line(tmp_path, 
     assert not work.exists()  # nothing written, not even the workdir's lock
 
 
-def test_a_signal_after_jax_loaded_before_the_experts_stops_at_once_and_the_run_resumes(tmp_path, undisturbed):
+def test_a_signal_after_jax_loaded_before_the_experts_stops_at_once_with_one_line(tmp_path):
     """Ctrl-C once JAX is loaded and the workdir locked, while the data and the run's settings are prepared (the
-    ~3 s moment that used to print a 36-line KeyboardInterrupt traceback): one line, 130, nothing half-written,
-    the lock released; the same command then runs to the undisturbed run's files."""
+    ~3 s moment that used to print a 36-line KeyboardInterrupt traceback): one line, 130, the lock released and
+    nothing half-written (the workdir gone, or holding only complete files a rerun checks)."""
     work = tmp_path / "w"
     proc = start(TINY, f"--workdir={work}")
     wait_for(lambda: os.path.exists(work / ".spr_jax.lock") and os.path.getsize(work / ".spr_jax.lock"), proc,
@@ -245,11 +245,10 @@ def test_a_signal_after_jax_loaded_before_the_experts_stops_at_once_and_the_run_
     assert proc.returncode == 130, (proc.returncode, err[-3000:])
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
     assert messages(err) == ["interrupted (SIGINT) with no work in progress; nothing was lost"]
-    assert not os.path.exists(work / ".spr_jax.lock") and not os.path.exists(work / "summary.json")
-    r = launch(TINY, f"--workdir={work}")
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert open(work / "metrics.jsonl").read() == open(undisturbed / "metrics.jsonl").read()
-    assert summary_without_walls(work) == summary_without_walls(undisturbed)
+    left = sorted(os.listdir(work)) if work.exists() else []  # (created by the run: removed when left empty)
+    assert set(left) <= {"stream.json", "config.json"}, left
+    for name in left:
+        json.load(open(work / name))
 
 
 def test_signals_during_experts_and_replay_are_acknowledged_at_once_and_the_run_resumes(tmp_path, undisturbed):
@@ -313,6 +312,7 @@ API_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # (two tiny runs; test_the_api_s_signal_handling_... checks the handling itself in a second)
 def test_ctrl_c_through_spr_jax_run_stops_at_a_checkpoint_and_a_second_call_resumes(tmp_path, undisturbed):
     """spr_jax.run handles Ctrl-C as launch.py does, without ending the process: acknowledged at once, RunStopped
     (one line, exit_status 130) at the next checkpoint; calling it again resumes to byte-identical metrics."""
@@ -424,19 +424,34 @@ def test_a_full_disk_through_spr_jax_run_is_a_one_line_spr_jax_error(tmp_path, u
         subprocess.run(["umount", str(disk)], capture_output=True)
 
 
-def test_an_unusable_workdir_is_one_line_from_launch_and_from_spr_jax_run(tmp_path):
-    """A workdir that is a file: the same one line from launch.py (exit 2) and spr_jax.run (UserError), the file
-    untouched (tests/test_api.py tries a read-only one and one that cannot be created, with compare too)."""
+@pytest.mark.parametrize("kind", ["file", "read-only"])
+def test_an_unusable_workdir_is_one_line_from_launch_and_from_spr_jax_run(tmp_path, kind):
+    """A workdir that is a file or read-only (it used to be a raw FileExistsError / OSError traceback from
+    spr_jax.run): the same one line and hint from launch.py (exit 2) and spr_jax.run (UserError), nothing
+    written (tests/test_api.py tries spr_jax.compare and a workdir that cannot be created too)."""
     import spr_jax
-    afile = tmp_path / "afile"
-    afile.write_text("x")
-    r = launch(TINY, f"--workdir={afile}")
-    assert r.returncode == 2
-    assert_short(r.stderr, f"error: --workdir={afile} is a file, not a folder")
-    with pytest.raises(spr_jax.UserError) as e:
-        spr_jax.run(spr_jax.load_config("tiny"), str(afile), progress=False)
-    assert lines_of(r.stderr) == [f"error: {e.value}", f"hint: {e.value.hint}"]
-    assert afile.read_text() == "x" and os.listdir(tmp_path) == ["afile"]
+    work = tmp_path / "w"
+    if kind == "file":
+        work.write_text("x")
+    else:
+        work.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(work)],
+                          capture_output=True).returncode:
+            if os.geteuid() == 0:
+                pytest.skip("cannot mount a read-only filesystem here")
+            work.chmod(0o555)  # (root writes anyway, hence the mount)
+    try:
+        r = launch(TINY, f"--workdir={work}")
+        assert r.returncode == 2
+        assert_short(r.stderr, f"error: --workdir={work} {'is a file' if kind == 'file' else 'is not writable'}")
+        with pytest.raises(spr_jax.UserError) as e:
+            spr_jax.run(spr_jax.load_config("tiny"), str(work), progress=False)
+        assert lines_of(r.stderr) == [f"error: {e.value}", f"hint: {e.value.hint}"]
+        assert (work.read_text() == "x") if kind == "file" else (os.listdir(work) == [])
+    finally:
+        if kind == "read-only":
+            subprocess.run(["umount", str(work)], capture_output=True)
+            work.chmod(0o755)
 
 
 def test_damaged_outputs_of_a_finished_run_are_rewritten_from_its_checkpoint(tmp_path, undisturbed):
@@ -622,15 +637,13 @@ def test_an_exploding_fine_tune_ends_with_exit_status_3_naming_eval_lr(tmp_path)
 
 def test_an_exploding_online_learner_ends_with_exit_status_3_naming_online_lr(tmp_path):
     """online.lr=0.1 (ER): finite losses of 12-33 x ln K from the first chunk and chance accuracy, which used to
-    exit 0 (only a non-finite loss stopped an online learner); the default rate's run stays healthy."""
-    online = ("--config.protocol=online", "--config.filter.kind=none", "--config.buffer.policy=reservoir")
+    exit 0 (only a non-finite loss stopped an online learner). (Tiny's ER and fine-tuning at the default rate
+    run to their end, not diverged, in tests/test_plugins.py.)"""
     work = tmp_path / "w"
-    r = launch(TINY, *online, "--config.online.lr=0.1", f"--workdir={work}")
+    r = launch(TINY, "--config.protocol=online", "--config.filter.kind=none", "--config.buffer.policy=reservoir",
+               "--config.online.lr=0.1", f"--workdir={work}")
     summary = assert_diverged(r, work, "diverged: the online learner's loss reached", ["online.lr"])
     assert "(5 x ln 10, where a fresh classifier starts)" in summary["diverged"]["message"]
-    healthy = launch(TINY, *online, f"--workdir={tmp_path / 'healthy'}")
-    assert healthy.returncode == 0, healthy.stderr[-3000:]
-    assert json.load(open(tmp_path / "healthy" / "summary.json"))["diverged"] is None
 
 
 @pytest.mark.parametrize("temperature, first", [
