@@ -16,7 +16,7 @@ The Python API (spr_jax.run, spr_jax.compare) runs within `handled()`: the same 
 call lasts, except that nothing ends the process (a notebook's kernel survives): where launch.py would exit,
 RunStopped is raised in the main thread as soon as it runs Python again (a compiled program in progress
 finishes first). It takes only signals whose handler is still Python's default, only in the main thread, and
-gives them back when the call returns. Elsewhere (tests, other threads) this module changes nothing.
+gives them back when the call returns. Outside install() and handled() signals keep Python's behaviour.
 
 `during(text)` names what runs (a comparison's method, rate and seed) in every line. Imports nothing heavy:
 launch.py imports it before JAX.
