@@ -131,6 +131,15 @@ def base_config() -> ml_collections.ConfigDict:
     # eval.loss=l2r (learning to reweight): clean training samples per class in its meta set, with their TRUE
     # labels: supervision the other methods do not get (docs/algorithm.md section 8)
     c.eval.l2r_meta_per_class = 10
+    # eval.loss=pencil (docs/algorithm.md section 8): its losses' weights, the label logits' step size (per batch
+    # of eval.batch_size), their initial scale K, and its first two stages as shares of eval.epochs (the rest:
+    # stage 3; the paper's 70 and 130 of 320 epochs)
+    c.eval.pencil_alpha = 0.1
+    c.eval.pencil_beta = 0.8
+    c.eval.pencil_lr = 75.0
+    c.eval.pencil_k = 10.0
+    c.eval.pencil_stage1 = 0.22
+    c.eval.pencil_stage2 = 0.41
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_chunks = 10
@@ -231,6 +240,12 @@ RANGES = (
     Range("eval.clip", 0, open_low=True, integer=False, note="gradients are clipped to [-clip, clip]"),
     Range("eval.test_batch_size", 1),
     Range("eval.l2r_meta_per_class", 1, note="L2R's clean samples per class (true labels)"),
+    Range("eval.pencil_alpha", 0, integer=False, note="Pencil's compatibility-loss weight"),
+    Range("eval.pencil_beta", 0, integer=False, note="Pencil's entropy-loss weight"),
+    Range("eval.pencil_lr", 0, integer=False, note="Pencil's label-logit step size; 0 = labels never learned"),
+    Range("eval.pencil_k", 0, open_low=True, integer=False, note="Pencil's initial label-logit scale"),
+    Range("eval.pencil_stage1", 0, 1, integer=False, note="Pencil's share of cross-entropy epochs"),
+    Range("eval.pencil_stage2", 0, 1, integer=False, note="Pencil's share of label-learning epochs"),
     Range("checkpoint.every_chunks", 1),
     Range("checkpoint.keep", 1, note="checkpoints kept; the latest is the one a run resumes from"),
     Range("logging.profile_segments", 0, note="0 = no profile"),

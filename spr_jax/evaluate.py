@@ -41,6 +41,8 @@ class EvalSettings:
     networks: int = 1  # 2: a two-network learner (JoCoR)
     l2r: bool = False  # learning to reweight (eval.loss=l2r): each batch weighted against a clean meta set
     l2r_meta_per_class: int = 0  # L2R: the meta set's clean samples per class (eval.l2r_meta_per_class)
+    # Pencil (eval.loss=pencil): (alpha, beta, label lr, K, stage-1 epochs, stage-2 epochs), else ()
+    pencil: tuple = ()
     pretrained_base: bool = True  # False: the base is never trained (GDumb), so a second network starts afresh
 
 
@@ -84,9 +86,9 @@ _FINETUNE_CPU_OPTIONS = compilation.wide_vector_options
 
 @functools.partial(compilation.jit, cpu_options=_FINETUNE_CPU_OPTIONS,
                    static_argnames=("classifier", "epochs", "batch_size", "lr", "decay_every", "decay", "clip", "loss",
-                                    "networks"))
+                                    "networks", "pencil"))
 def finetune(classifier, variables, images, labels, key, meta_images=None, meta_labels=None, *, epochs, batch_size,
-             lr, decay_every, decay, clip, loss=losses.cross_entropy, networks: int = 1):
+             lr, decay_every, decay, clip, loss=losses.cross_entropy, networks: int = 1, pencil: tuple = ()):
     """Fine-tunes all of the classifier on (images uint8 [n, ...], labels [n]) with `loss(logits, labels)`;
     returns the variables and each epoch's mean training loss (float32 [epochs]).
 
@@ -94,6 +96,9 @@ def finetune(classifier, variables, images, labels, key, meta_images=None, meta_
     axis, both are applied to every batch and trained together on `loss(logits [2, B, K], labels, epoch)`.
     With a clean meta set (meta_images, meta_labels: L2R) each batch's samples are weighted by
     online_methods.l2r_weights and the step's loss is sum_i w_i loss(sample i).
+    With `pencil` = (alpha, beta, label_lr, K, stage-1 epochs, stage-2 epochs) it runs Pencil's three stages
+    (losses.pencil_loss): every sample's label logits start at K x its one-hot noisy label and, in stage 2,
+    take a gradient step of size label_lr on the batch's loss with each network step.
     """
     tx = optim.finetune_optimizer(lr=lr, decay_every=decay_every, decay=decay, clip=clip)
     params = variables["params"]
@@ -122,10 +127,23 @@ def finetune(classifier, variables, images, labels, key, meta_images=None, meta_
         return loss(logits, y, e), stats
 
     def step(carry, idx, e):
-        params, stats, opt_state = carry
-        (value, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, stats, images[idx], labels[idx], e)
+        params, stats, opt_state, label_logits = carry
+        if pencil:
+            alpha, beta, label_lr, _, stage1, stage2 = pencil
+            stage = jnp.where(e < stage1, 1, jnp.where(e < stage1 + stage2, 2, 3))
+
+            def pencil_fn(params, y_logits):
+                logits, new_stats = forward(params, stats, images[idx])
+                return losses.pencil_loss(logits, labels[idx], y_logits, stage, alpha=alpha, beta=beta), new_stats
+
+            (value, stats), (grads, y_grads) = jax.value_and_grad(pencil_fn, argnums=(0, 1), has_aux=True)(
+                params, label_logits[idx])
+            label_logits = label_logits.at[idx].add(jnp.where(stage == 2, -label_lr * y_grads, 0.0))
+        else:
+            (value, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, stats, images[idx], labels[idx],
+                                                                              e)
         updates, opt_state = tx.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), stats, opt_state), value
+        return (optax.apply_updates(params, updates), stats, opt_state, label_logits), value
 
     def epoch(carry, xs):
         k, e = xs
@@ -133,8 +151,10 @@ def finetune(classifier, variables, images, labels, key, meta_images=None, meta_
         carry, step_losses = jax.lax.scan(functools.partial(step, e=e), carry, order)
         return carry, jnp.mean(step_losses)
 
-    (params, stats, _), epoch_losses = jax.lax.scan(epoch, (params, stats, opt_state),
-                                                    (jax.random.split(key, epochs), jnp.arange(epochs)))
+    label_logits = (pencil[3] * jax.nn.one_hot(labels, classifier.num_classes) if pencil
+                    else None)  # Pencil: every sample's learned label distribution, as logits
+    (params, stats, _, _), epoch_losses = jax.lax.scan(epoch, (params, stats, opt_state, label_logits),
+                                                       (jax.random.split(key, epochs), jnp.arange(epochs)))
     return ({"params": params, "batch_stats": stats} if stats else {"params": params}), epoch_losses
 
 
@@ -165,7 +185,7 @@ def initial_variables(s: EvalSettings, base, k_init, input_shape):
 
 def _finetune_settings(s: EvalSettings) -> dict:
     return dict(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, decay_every=s.decay_every, decay=s.decay,
-                clip=s.clip, loss=s.loss, networks=s.networks)
+                clip=s.clip, loss=s.loss, networks=s.networks, pencil=s.pencil)
 
 
 @compilation.jit

@@ -107,10 +107,36 @@ def l2r(logits, labels):
 l2r.meta_set = True  # the learner reweights each batch against a clean meta set (evaluate.py, online.py)
 
 
+def pencil(logits, labels):
+    """Pencil (Yi and Wu, CVPR 2019) as a learner's loss: alone, its first stage's cross-entropy. A fine-tuning
+    recognises it by its attribute `label_learning` and runs its three stages (pencil_loss)."""
+    return cross_entropy(logits, labels)
+
+
+pencil.label_learning = True  # the fine-tuning learns a label distribution per sample (evaluate.finetune)
+
+
+def pencil_loss(logits, labels, label_logits, stage, *, alpha: float, beta: float):
+    """Pencil's loss of a batch in `stage` (1, 2 or 3; traced): stage 1 the cross-entropy with the noisy labels;
+    stage 2 L_c + alpha L_o + beta L_e; stage 3 L_c. With f = softmax(logits) and y_d = softmax(label_logits),
+    each sample's learned label distribution: L_c = mean KL(f || y_d), the classification loss; L_o = mean
+    cross-entropy of y_d against the noisy one-hot label, the compatibility loss; L_e = mean entropy of f."""
+    logf = jax.nn.log_softmax(logits, axis=-1)
+    f = jnp.exp(logf)
+    log_yd = jax.nn.log_softmax(label_logits, axis=-1)
+    onehot = jax.nn.one_hot(labels, logits.shape[-1])
+    l_c = jnp.mean(jnp.sum(f * (logf - log_yd), axis=-1))
+    l_o = -jnp.mean(jnp.sum(onehot * log_yd, axis=-1))
+    l_e = -jnp.mean(jnp.sum(f * logf, axis=-1))
+    ce = -jnp.mean(jnp.sum(onehot * logf, axis=-1))
+    return jnp.where(stage == 1, ce, jnp.where(stage == 2, l_c + alpha * l_o + beta * l_e, l_c))
+
+
 # Built-in names of config.eval.loss -> import paths. A loss is fn(logits [B, K], labels [B]) -> scalar; a
 # two-network learner (attribute networks = 2, as JoCoR) is fn(logits [2, B, K], labels [B], epoch) -> scalar.
 EVAL_LOSSES = {"cross_entropy": "spr_jax.losses:cross_entropy", "sl": "spr_jax.losses:symmetric_cross_entropy",
-               "jocor": "spr_jax.losses:jocor", "l2r": "spr_jax.losses:l2r"}
+               "jocor": "spr_jax.losses:jocor", "l2r": "spr_jax.losses:l2r",
+               "pencil": "spr_jax.losses:pencil"}
 
 
 def check(loss, num_classes: int, kind, networks: int = 1) -> None:

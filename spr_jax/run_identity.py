@@ -103,8 +103,11 @@ def run_fingerprint(config, identities: dict) -> dict:
     for field, default in _ONLINE_DEFAULTS.items():  # (the same for the online methods' later settings)
         if d.get("online", {}).get(field, default) == default:
             d.get("online", {}).pop(field, None)
-    if d["eval"].get("l2r_meta_per_class") == 10 and d["eval"].get("loss") != "l2r":  # (read by L2R alone)
-        d["eval"].pop("l2r_meta_per_class")
+    if d["eval"].get("loss") != "l2r":  # (read by L2R alone)
+        d["eval"].pop("l2r_meta_per_class", None)
+    if d["eval"].get("loss") != "pencil":  # (read by Pencil alone)
+        for field in ("pencil_alpha", "pencil_beta", "pencil_lr", "pencil_k", "pencil_stage1", "pencil_stage2"):
+            d["eval"].pop(field, None)
     return {"config": d, "code_version": __version__, "plugins": identities}
 
 

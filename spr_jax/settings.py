@@ -120,6 +120,7 @@ def build(config, *, image_shape, num_classes: int, chunk_size: int, data_parall
     networks = loss_networks(p.loss, config)
     losses.check(loss, num_classes, config.eval.loss, networks)
     l2r = bool(getattr(p.loss, "meta_set", False))  # learning to reweight: a clean meta set of true labels
+    pencil = pencil_settings(config) if getattr(p.loss, "label_learning", False) else ()
     if l2r and (networks != 1 or config.noise.kind == "real"):
         raise ConfigError(f"config.eval.loss={config.eval.loss!r} reweights against a clean meta set of true labels"
                           + (" and one network" if networks != 1 else "; with config.noise.kind='real' the true "
@@ -142,6 +143,7 @@ def build(config, *, image_shape, num_classes: int, chunk_size: int, data_parall
                           decay=float(config.eval.decay), clip=float(config.eval.clip),
                           test_batch_size=int(config.eval.test_batch_size), loss=loss, networks=networks,
                           l2r=l2r, l2r_meta_per_class=int(config.eval.l2r_meta_per_class) if l2r else 0,
+                          pencil=pencil,
                           pretrained_base=config.protocol == "spr" and int(config.base.epochs) > 0),
         identities=p.identities,
         online=online_settings(config, classifier, loss, policy, num_classes, chunk_size, networks, l2r))
@@ -153,6 +155,22 @@ def loss_networks(loss, config) -> int:
     if networks not in (1, 2):
         raise ConfigError(f"config.eval.loss={config.eval.loss!r} declares networks={networks!r}; 1 or 2 are supported")
     return networks
+
+
+def pencil_settings(config) -> tuple:
+    """eval.loss=pencil: (alpha, beta, label lr, K, stage-1 epochs, stage-2 epochs) from config.eval, the stages
+    as shares of eval.epochs (rounded); they are fine-tuning epochs, so the online protocol (none) is refused."""
+    e = config.eval
+    if config.protocol == "online":
+        raise ConfigError("config.eval.loss='pencil' runs its three stages over fine-tuning epochs; the online "
+                          "protocol has none: use it with a memory-only learner (GDumb) or SPR")
+    if float(e.pencil_stage1) + float(e.pencil_stage2) > 1.0:
+        raise ConfigError(f"config.eval.pencil_stage1={e.pencil_stage1} + pencil_stage2={e.pencil_stage2} exceed 1; "
+                          f"they are shares of the fine-tuning's epochs")
+    epochs = int(e.epochs)
+    stage1 = int(round(float(e.pencil_stage1) * epochs))
+    stage2 = min(int(round(float(e.pencil_stage2) * epochs)), epochs - stage1)
+    return (float(e.pencil_alpha), float(e.pencil_beta), float(e.pencil_lr), float(e.pencil_k), stage1, stage2)
 
 
 def online_settings(config, classifier, loss, policy, num_classes: int, chunk_size: int, networks: int = 1,

@@ -290,7 +290,7 @@ def test_prs_with_power_0_is_the_class_balanced_policy(seed):
 def test_paper_lists_every_method_of_the_table_spr_jax_has():
     paper = comparison.expand_methods(["paper"])
     assert set(paper) <= set(comparison.METHODS) and "plain_replay" not in paper  # (an ablation, not a row)
-    assert paper[0] == "multitask" and paper[-1] == "spr" and len(paper) == 20
+    assert paper[0] == "multitask" and paper[-1] == "spr" and len(paper) == 21
     assert comparison.expand_methods(["spr", "paper", "plain_replay"])[:2] == ["spr", "multitask"]
 
 
@@ -387,3 +387,64 @@ def test_an_l2r_step_weights_the_batch_by_l2r_weights():
     for leaf in ("kernel", "bias"):
         np.testing.assert_allclose(np.asarray(learner.params["Dense_0"][leaf]), np.asarray(want["Dense_0"][leaf]),
                                    rtol=1e-4, atol=1e-6)
+
+
+# --- Pencil ----------------------------------------------------------------------------------------------------
+
+def _pencil_numpy(logits, labels, y_logits, alpha, beta):
+    """Pencil's stage-2 loss and its gradient in the label logits, written out: with f = softmax(logits), y_d =
+    softmax(y_logits), L = mean KL(f || y_d) + alpha mean CE(onehot, y_d) + beta mean H(f), and
+    dL / d y_logits_i = ((y_d_i - f_i) + alpha (y_d_i - onehot_i)) / B."""
+    f, yd = _softmax(logits), _softmax(y_logits)
+    onehot = np.eye(logits.shape[1])[labels]
+    b = len(labels)
+    loss = (np.mean(np.sum(f * (np.log(f) - np.log(yd)), 1)) - alpha * np.mean(np.sum(onehot * np.log(yd), 1))
+            - beta * np.mean(np.sum(f * np.log(f), 1)))
+    return loss, ((yd - f) + alpha * (yd - onehot)) / b
+
+
+def test_pencil_label_update_and_stage_losses_match_numpy():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 2, (5, K))
+    labels = rng.integers(0, K, 5)
+    y_logits = 10.0 * np.eye(K)[labels] + rng.normal(0, 1, (5, K))
+    args = (jnp.asarray(logits, jnp.float32), jnp.asarray(labels), jnp.asarray(y_logits, jnp.float32))
+    loss2, grad2 = _pencil_numpy(logits, labels, y_logits, 0.1, 0.8)
+    fn = lambda stage: losses.pencil_loss(*args, stage, alpha=0.1, beta=0.8)
+    assert float(fn(2)) == pytest.approx(loss2, rel=1e-5)
+    g = jax.grad(lambda yl, st: losses.pencil_loss(args[0], args[1], yl, st, alpha=0.1, beta=0.8))
+    np.testing.assert_allclose(np.asarray(g(args[2], 2)), grad2, rtol=1e-4, atol=1e-7)
+    # the update of stage 2 (label lr 75): y_logits - 75 grad
+    np.testing.assert_allclose(np.asarray(args[2] - 75.0 * g(args[2], 2)), y_logits - 75.0 * grad2, rtol=1e-5, atol=1e-5)
+    # stage 1: the noisy labels' cross-entropy, no label gradient; stage 3: KL(f || y_d) alone
+    f, yd = _softmax(logits), _softmax(y_logits)
+    assert float(fn(1)) == pytest.approx(np.mean(-np.log(f[np.arange(5), labels])), rel=1e-5)
+    np.testing.assert_array_equal(np.asarray(g(args[2], 1)), 0.0)
+    assert float(fn(3)) == pytest.approx(np.mean(np.sum(f * (np.log(f) - np.log(yd)), 1)), rel=1e-5)
+    np.testing.assert_allclose(np.asarray(g(args[2], 3)), (yd - f) / 5, rtol=1e-4, atol=1e-7)
+
+
+class _Classifier(Linear):
+    num_classes: int = K
+
+
+def test_pencil_with_every_epoch_in_stage_1_is_the_cross_entropy_fine_tune():
+    """The fine-tuning's Pencil path: with stage 1 spanning every epoch it trains exactly as cross-entropy does;
+    with label learning it trains otherwise (the labels it learns change the network's steps)."""
+    from spr_jax import evaluate
+    data = _data(n=48)
+    variables = {"params": _params(4)}
+    images, labels = data.images[:32], data.noisy[:32]
+    common = dict(epochs=3, batch_size=8, lr=1e-2, decay_every=100, decay=0.1, clip=0.5)
+    key = jax.random.PRNGKey(0)
+    ce, ce_losses = evaluate.finetune(_Classifier(), variables, images, labels, key, **common)
+    stage1, s1_losses = evaluate.finetune(_Classifier(), variables, images, labels, key, loss=losses.pencil,
+                                          pencil=(0.1, 0.8, 75.0, 10.0, 3, 0), **common)
+    for leaf in ("kernel", "bias"):
+        np.testing.assert_array_equal(np.asarray(ce["params"]["Dense_0"][leaf]),
+                                      np.asarray(stage1["params"]["Dense_0"][leaf]))
+    np.testing.assert_allclose(np.asarray(ce_losses), np.asarray(s1_losses), rtol=1e-6)
+    learned, l_losses = evaluate.finetune(_Classifier(), variables, images, labels, key, loss=losses.pencil,
+                                          pencil=(0.1, 0.8, 75.0, 10.0, 1, 1), **common)
+    assert not np.allclose(np.asarray(learned["params"]["Dense_0"]["kernel"]), np.asarray(ce["params"]["Dense_0"]["kernel"]))
+    assert np.isfinite(np.asarray(l_losses)).all()
