@@ -132,7 +132,7 @@ def _update(s: OnlineSettings, learner, x, y, weight, epoch, ewc=None, meta=None
 def _stream_fisher(s: OnlineSettings, learner, x, y):
     """Online EWC: the empirical diagonal Fisher of the stream batch at the parameters before the step. Without
     BatchNorm a sample's gradient is its own: one backward pass per sample, in a scan (vmapping them stacked a
-    [B, parameters] array per step, 9x slower on the MLP); with it, each sample's gradient through the batch's
+    [B, parameters] array per step, 8x slower on the MLP); with it, each sample's gradient through the batch's
     statistics (online_methods.empirical_fisher: a backward pass of the batch per sample)."""
     if not learner.batch_stats:  # one sample at a time, its squared gradient summed (no [B, params] stack)
         def add_one(total, xy):
