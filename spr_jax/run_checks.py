@@ -141,7 +141,10 @@ def evaluation_warnings(s, record: dict, chunk_records: list, episodes, task: in
 #   of a uniform prediction, where a fresh head starts). Healthy: at most 1.85 ln K (GDumb + JoCoR's joint
 #   loss of two networks, tiny); cross-entropy at most 1.0 ln K (tiny), 0.93 (digits), 0.73
 #   (fashion_mnist_cpu). On tiny, eval.lr=0.1 gives 33-57 ln K in the first epoch, eval.lr=1e4 about 1e16.
-# FINETUNE_GROWTH: some epoch's loss above 3 x the first epoch's (healthy: never above the first one).
+# FINETUNE_GROWTH: some epoch's loss above 3 x the first epoch's (healthy: never above the first one). With
+#   Pencil (eval.loss=pencil) only its first stage's epochs: its later stages minimise KL(f || learned labels)
+#   plus other terms, which on fashion_mnist_cpu at 60% noise grew from 0.88-1.58 to 2.83-4.87 in healthy runs
+#   (final accuracy 40.1 +- 8.1%, GDumb + SL's 38.6 on the same config).
 # ONLINE_CEILING: an online learner's last-step loss of a chunk above 5 x ln K, chunks starting a new task
 #   left out. Healthy, fashion_mnist_cpu seed 0 at 40% noise: finetune, EWC, ER, MIR and PRS at most 2.3
 #   (0.99 ln K) on the other chunks, 2.2-13.3 on the first chunk of a task (a batch of unseen classes; a
@@ -201,8 +204,10 @@ def base_divergence(chunk_records: list, batch_size: int, chunk_size: int) -> Op
     return None
 
 
-def finetune_divergence(evals: list, num_classes: int) -> Optional[str]:
-    """A phrase if some evaluation's fine-tune loss per epoch exploded (FINETUNE_CEILING, FINETUNE_GROWTH)."""
+def finetune_divergence(evals: list, num_classes: int, growth_epochs: Optional[int] = None) -> Optional[str]:
+    """A phrase if some evaluation's fine-tune loss per epoch exploded (FINETUNE_CEILING, FINETUNE_GROWTH; the
+    growth judged on the first `growth_epochs` epochs, all by default: Pencil's later stages minimise another
+    loss, its first stage's epochs alone are comparable)."""
     limit = FINETUNE_CEILING * math.log(max(num_classes, 2))
     for r in evals:
         curve = r.get("finetune_loss") or []
@@ -212,8 +217,9 @@ def finetune_divergence(evals: list, num_classes: int) -> Optional[str]:
         if worst > limit:
             return (f"the fine-tune's loss reached {worst:.3g} after task {r['after_task']}, above {limit:.3g} "
                     f"({FINETUNE_CEILING:g} x ln {num_classes}, where a fresh classifier starts)")
-        if curve[0] > 0 and worst > FINETUNE_GROWTH * curve[0]:
-            return (f"the fine-tune's loss grew from {curve[0]:.3g} to {worst:.3g} after task {r['after_task']}, "
+        grown = max(curve[:growth_epochs]) if curve[:growth_epochs] else 0.0
+        if curve[0] > 0 and grown > FINETUNE_GROWTH * curve[0]:
+            return (f"the fine-tune's loss grew from {curve[0]:.3g} to {grown:.3g} after task {r['after_task']}, "
                     f"more than {FINETUNE_GROWTH:g}x its first epoch")
     return None
 
@@ -283,7 +289,8 @@ def divergence(s, prepared, chunk_records: list, evals: list, expert_losses, val
         phrase = online_divergence(chunk_records, prepared.num_classes)
         if phrase:
             causes.append((phrase, ONLINE_FIELDS))
-    phrase = finetune_divergence(evals, prepared.num_classes)
+    phrase = finetune_divergence(evals, prepared.num_classes,
+                                 s.eval.pencil[4] if getattr(s.eval, "pencil", ()) else None)
     if phrase:
         causes.append((phrase, ONLINE_FIELDS if s.online is not None else FINETUNE_FIELDS))
     special_hint = ""

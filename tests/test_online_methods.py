@@ -448,3 +448,12 @@ def test_pencil_with_every_epoch_in_stage_1_is_the_cross_entropy_fine_tune():
                                           pencil=(0.1, 0.8, 75.0, 10.0, 1, 1), **common)
     assert not np.allclose(np.asarray(learned["params"]["Dense_0"]["kernel"]), np.asarray(ce["params"]["Dense_0"]["kernel"]))
     assert np.isfinite(np.asarray(l_losses)).all()
+
+
+def test_pencil_s_later_stages_are_not_judged_by_the_fine_tune_s_growth_rule():
+    from spr_jax import run_checks
+    evals = [{"after_task": 1, "finetune_loss": [1.5, 1.2, 4.9, 3.0]}]  # stage 2 from epoch 2 on
+    assert "grew from 1.5 to 4.9" in run_checks.finetune_divergence(evals, 10)
+    assert run_checks.finetune_divergence(evals, 10, growth_epochs=2) is None
+    assert "grew" in run_checks.finetune_divergence([{"after_task": 0, "finetune_loss": [1.0, 3.5, 1.0]}], 10, 2)
+    assert "above 11.5" in run_checks.finetune_divergence([{"after_task": 0, "finetune_loss": [1.0, 1.0, 12.0]}], 10, 1)
