@@ -110,7 +110,7 @@ def declare_plugin_settings(config, overrides: dict, prefix: str = "") -> list:
             probe[block][field] = overrides[f"{block}.{field}"]
     resolved = settings.resolve_plugins(probe)
     defaults = {"filter": plugins.setting_defaults(resolved.filter),
-                "buffer": buffers.setting_defaults(resolved.policy),  # (init, offer and sample together)
+                "buffer": plugins.policy_setting_defaults(resolved.policy),  # (init, offer and sample together)
                 "model": plugins.setting_defaults(resolved.encoder), "eval": plugins.setting_defaults(resolved.loss)}
     added = []
     for dotted in wanted:

@@ -107,6 +107,34 @@ def bind(fn, settings: Mapping[str, Any]):
     return _bound(fn, _freeze(dict(settings)))
 
 
+# How many leading arguments each function of a buffer policy (spr_jax.buffers.BufferPolicy) gets from the
+# interface; keyword parameters after them are settings.
+POLICY_ARGUMENTS = {"init": 2, "offer": 3, "sample": 3}
+
+
+def policy_setting_defaults(policy) -> dict:
+    """{name: default} of the settings the policy's functions take (num_classes apart: the run gives it)."""
+    out = {}
+    for name, skip in POLICY_ARGUMENTS.items():
+        out.update(setting_defaults(getattr(policy, name), skip))
+    out.pop("num_classes", None)
+    return out
+
+
+def bind_policy(policy, block, num_classes: int):
+    """The policy with its settings bound: each function's keyword parameters from `block` (config.buffer)
+    by name, and `num_classes` (offer, sample) the run's class count. Equal inputs give equal functions, so
+    compiled programs taking the policy are reused."""
+    bound = []
+    for name, skip in POLICY_ARGUMENTS.items():
+        fn = getattr(policy, name)
+        settings = accepted_settings(fn, block, exclude=("num_classes",), skip=skip)
+        if name != "init" and accepted_settings(fn, {"num_classes": None}, skip=skip):
+            settings["num_classes"] = int(num_classes)
+        bound.append(bind(fn, settings))
+    return type(policy)(*bound)  # a BufferPolicy (a NamedTuple of the three functions)
+
+
 def _source_hash(obj) -> str:
     """sha256 of the object's own source and of the file that defines it (what changes its behaviour).
 

@@ -111,7 +111,7 @@ def build(config, *, image_shape, num_classes: int, chunk_size: int, data_parall
 
     filter_fn = plugins.bind(p.filter, plugins.accepted_settings(p.filter, config.filter, exclude=("num_classes",)))
     filters.check(filter_fn, chunk_size=chunk_size, feature_dim=int(config.model.proj_dim), num_classes=num_classes)
-    policy = buffers.with_settings(p.policy, config.buffer, num_classes)  # its settings from config.buffer
+    policy = plugins.bind_policy(p.policy, config.buffer, num_classes)  # its settings from config.buffer
     buffers.check(policy, buffer_size, num_classes, chunk_size, config.buffer.policy)
     loss_settings = plugins.accepted_settings(p.loss, config.eval)
     if "noise_rate" in plugins.accepted_settings(p.loss, {"noise_rate": 0.0}):  # e.g. JoCoR's forget rate

@@ -10,7 +10,7 @@ A policy is a `BufferPolicy(init, offer, sample)` of pure functions, chosen by `
 Settings: a keyword parameter after these arguments is filled from `config.buffer`'s field of its name (set
 on the command line and in sweeps like any field: `--config.buffer.<name>=...`), and a keyword parameter
 `num_classes` of offer or sample receives the run's class count, as init's second argument does
-(`with_settings`).
+(`spr_jax.plugins.bind_policy`, at the edge).
 Built-ins: `purified` (SPR's class-balanced buffer with lowest-clean_p eviction, purified.py), `class_balanced`
 (the same admission with uniform eviction within the chosen class: plain replay's buffer), `reservoir`
 (Vitter's algorithm R over every offered sample) and `gdumb` (GDumb's greedy class-balanced sampler).
@@ -26,7 +26,6 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from spr_jax import plugins
 from spr_jax.errors import ConfigError
 from spr_jax.errors import first_line
 
@@ -46,33 +45,6 @@ class BufferPolicy(NamedTuple):
     init: Callable[[int, int], Any]
     offer: Callable[[Any, jax.Array, Candidates], Any]
     sample: Callable[[Any, jax.Array, int], jax.Array]
-
-
-# How many leading arguments of each function the interface passes; keyword parameters after them are settings.
-ARGUMENTS = {"init": 2, "offer": 3, "sample": 3}
-
-
-def setting_defaults(policy: BufferPolicy) -> dict:
-    """{name: default} of the settings the policy's functions take (num_classes apart: the run gives it)."""
-    out = {}
-    for name, skip in ARGUMENTS.items():
-        out.update(plugins.setting_defaults(getattr(policy, name), skip))
-    out.pop("num_classes", None)
-    return out
-
-
-def with_settings(policy: BufferPolicy, block, num_classes: int) -> BufferPolicy:
-    """The policy with its settings bound: each function's keyword parameters from `block` (config.buffer)
-    by name, and `num_classes` (offer, sample) the run's class count. Equal inputs give equal functions, so
-    compiled programs taking the policy are reused."""
-    bound = []
-    for name, skip in ARGUMENTS.items():
-        fn = getattr(policy, name)
-        settings = plugins.accepted_settings(fn, block, exclude=("num_classes",), skip=skip)
-        if name != "init" and plugins.accepted_settings(fn, {"num_classes": None}, skip=skip):
-            settings["num_classes"] = int(num_classes)
-        bound.append(plugins.bind(fn, settings))
-    return BufferPolicy(*bound)
 
 
 def class_counts(state, num_classes: int) -> jax.Array:
