@@ -38,14 +38,20 @@ def release_offers(path):
     return out, r["chunks"][-1]["buffer_purity"]
 
 
+def cached_chunks(workdir, names):
+    """{chunk index: tuple of the named arrays} from a run's expert cache (WORKDIR/expert_cache)."""
+    by_chunk = {}
+    for path in glob.glob(os.path.join(workdir, "expert_cache", "*", "*.npz")):
+        d = np.load(path)
+        by_chunk[json.loads(str(d["__description__"]))["chunk_index"]] = tuple(d[n] for n in names)
+    return by_chunk
+
+
 def spr_offers(workdir):
     with open(os.path.join(workdir, "config.json")) as f:
         config = ml_collections.ConfigDict(json.load(f)["config"])
     p = prepare_lib.prepare(config)
-    by_chunk = {}
-    for path in glob.glob(os.path.join(workdir, "expert_cache", "*", "*.npz")):
-        d = np.load(path)
-        by_chunk[json.loads(str(d["__description__"]))["chunk_index"]] = (d["clean_p"], d["keep"])
+    by_chunk = cached_chunks(workdir, ("clean_p", "keep"))
     out = []
     for c in range(p.stream.num_chunks):
         idx = p.stream.chunks[c]

@@ -10,7 +10,6 @@ class, the share of S above 0.5, and the filter's precision and removal.
     python benchmarks/release_reference/feature_swap.py --release-features FEAT.npz --spr WORKDIR
 """
 import argparse
-import glob
 import json
 import os
 import sys
@@ -21,18 +20,15 @@ import ml_collections
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from buffer_swap import final_purities  # noqa: E402
+from buffer_swap import cached_chunks, final_purities  # noqa: E402
 
 from spr_jax import rng, run_setup  # noqa: E402
 from spr_jax import metrics as metrics_lib  # noqa: E402
 
 
 def spr_features(workdir, n):
-    by_chunk = {}
-    for path in glob.glob(os.path.join(workdir, "expert_cache", "*", "*.npz")):
-        d = np.load(path)
-        by_chunk[json.loads(str(d["__description__"]))["chunk_index"]] = d["features"]
-    return np.stack([by_chunk[c] for c in range(n)])
+    by_chunk = cached_chunks(workdir, ("features",))
+    return np.stack([by_chunk[c][0] for c in range(n)])
 
 
 def similarity_stats(features, labels, corrupt):
@@ -83,8 +79,9 @@ def main():
             precision.append(1 - (keep & corrupt).sum() / keep.sum())
             removed.append(1 - (keep & corrupt).sum() / corrupt.sum())
         st = metrics_lib.seed_stats([100 * x for x in purities])
-        out[name] = {"purity_mean": round(st["mean"], 2), "purity_sd": round(st["sd"], 2),
-                     "purity_ci": [round(st["ci_low"], 2), round(st["ci_high"], 2)],
+        r2 = lambda x: None if x is None else round(x, 2)  # (sd and interval need two draws)
+        out[name] = {"purity_mean": r2(st["mean"]), "purity_sd": r2(st["sd"]),
+                     "purity_ci": [r2(st["ci_low"]), r2(st["ci_high"])],
                      "per_filter_draw_purity": [round(100 * float(np.mean(purities[i * args.buffer_draws:(i + 1) * args.buffer_draws])), 2)
                                                 for i in range(args.filter_draws)],
                      "precision": round(100 * float(np.mean(precision)), 2),
