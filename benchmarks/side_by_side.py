@@ -30,7 +30,8 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(HERE, "release_reference"))
 import release_reference  # noqa: E402
 
-VECTOR_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "amx_tile")
+from spr_jax import compilation  # noqa: E402  (the CPU's flags as spr_jax reads them; imports no backend)
+
 
 
 def cpu_description() -> dict:
@@ -40,14 +41,14 @@ def cpu_description() -> dict:
             for line in f:
                 key, _, value = line.partition(":")
                 key = key.strip()
-                if key in ("model name", "vendor_id", "cpu family", "model", "flags") and key not in info:
+                if key in ("model name", "vendor_id", "cpu family", "model") and key not in info:
                     info[key] = value.strip()
     except OSError:
         pass
-    flags = set(info.get("flags", "").split())
+    flags = compilation.cpu_flags()
     return {"model_name": info.get("model name"), "vendor": info.get("vendor_id"),
             "family": info.get("cpu family"), "model": info.get("model"), "cores": os.cpu_count(),
-            "vector_flags": [f for f in VECTOR_FLAGS if f in flags]}
+            "vector_flags": [f for f in compilation.VECTOR_FLAGS if f in flags]}
 
 
 def run_release(args, seed):

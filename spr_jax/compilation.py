@@ -37,6 +37,8 @@ _cpu_opt_level = 1
 # The vector width (bits) XLA is asked to prefer in programs that ask for wide vectors; None: from the CPU.
 _cpu_vector_width = None
 VECTOR_WIDTHS = (256, 512)
+# The CPU flags that decide XLA's vector code, as config.json and the benchmarks report them.
+VECTOR_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "amx_tile")
 
 
 @functools.lru_cache(maxsize=None)
@@ -86,8 +88,7 @@ def cpu_choices(opt_level, width) -> dict:
     """What spr_jax asks XLA for on this CPU, for config.json: the CPU's vector flags, the LLVM level and the
     wide-vector programs' width (each as configured, 0 / -1 resolved)."""
     flags = cpu_flags()
-    return {"vector_flags": [f for f in ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16",
-                                         "amx_tile") if f in flags],
+    return {"vector_flags": [f for f in VECTOR_FLAGS if f in flags],
             "llvm_opt_level": None if opt_level is None or int(opt_level) < 0 else int(opt_level),
             "wide_vector_width": vector_width(width or 0)}
 
