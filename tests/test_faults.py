@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import numpy as np
@@ -339,38 +340,56 @@ def test_ctrl_c_through_spr_jax_run_stops_at_a_checkpoint_and_a_second_call_resu
     assert summary_without_walls(work) == summary_without_walls(undisturbed)
 
 
+def _signal_main_thread(sig):
+    signal.pthread_kill(threading.main_thread().ident, sig)
+
+
 def test_the_api_s_signal_handling_never_ends_the_process_and_gives_the_handlers_back():
     """interrupt.handled() (spr_jax.run, spr_jax.compare): with no work in progress a signal raises RunStopped at
     once; in a deferred scope it is acknowledged and raised at the safe point, a second one at once; afterwards
     Python's own handling is back. A handler of the caller's is left alone."""
     from spr_jax import interrupt
     from spr_jax.errors import RunStopped
+    # handled() takes only signals at Python's own handling; a test run in the background of a shell starts with
+    # SIGINT ignored (and under nohup SIGHUP), so Python's own is set for the test and the original put back.
+    original = {s: signal.getsignal(s) for s in interrupt.SIGNALS}
+    for s in interrupt.SIGNALS:
+        signal.signal(s, signal.default_int_handler if s == signal.SIGINT else signal.SIG_DFL)
+    try:
+        _signal_handling_checks(interrupt, RunStopped)
+    finally:
+        for s, handler in original.items():
+            signal.signal(s, handler)
+
+
+def _signal_handling_checks(interrupt, RunStopped):
+    # (each signal goes to the main thread, where its handler runs: os.kill may hand it to another thread)
     before = {s: signal.getsignal(s) for s in interrupt.SIGNALS}
     with pytest.raises(RunStopped, match=r"^interrupted \(SIGTERM\) with no work in progress; nothing was lost$") as e:
         with interrupt.handled():
-            os.kill(os.getpid(), signal.SIGTERM)
+            _signal_main_thread(signal.SIGTERM)
             time.sleep(5)  # (the handler raises within)
     assert e.value.exit_status == 143
     with interrupt.handled(), interrupt.during("spr, noise 0.4, seed 1 (run 1 of 2)"):
         with pytest.raises(RunStopped, match=r"^interrupted \(SIGINT\) during spr, noise 0.4, seed 1 \(run 1 of 2\); "
                                              r"after the round; run the same command to resume$"):
             with interrupt.deferred("after this round", kept="the rounds done are kept", done="after the round"):
-                os.kill(os.getpid(), signal.SIGINT)
+                _signal_main_thread(signal.SIGINT)
                 time.sleep(0.5)  # acknowledged, not raised: the scope's end is the safe point
         with pytest.raises(RunStopped, match=r"^interrupted again \(SIGINT\) during spr, noise 0.4, seed 1 "
                                              r"\(run 1 of 2\); stopped at once, the rounds done are kept"):
             with interrupt.deferred("after this round", kept="the rounds done are kept", done="after the round"):
-                os.kill(os.getpid(), signal.SIGINT)  # (the first signal is still on record: this is the second)
+                _signal_main_thread(signal.SIGINT)  # (the first signal is still on record: this is the second)
                 time.sleep(5)
     assert {s: signal.getsignal(s) for s in interrupt.SIGNALS} == before
     with pytest.raises(KeyboardInterrupt):  # Python's Ctrl-C again
-        os.kill(os.getpid(), signal.SIGINT)
+        _signal_main_thread(signal.SIGINT)
         time.sleep(5)
     mine = []
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: mine.append(signum))
     try:
         with interrupt.handled():
-            os.kill(os.getpid(), signal.SIGTERM)
+            _signal_main_thread(signal.SIGTERM)
             time.sleep(0.2)
         assert mine == [signal.SIGTERM]
     finally:
