@@ -110,7 +110,7 @@ class OnlineLearner(_Common):
 
     def init_state(self):
         return online.init_state(self.s.online, self.s.seed, self.prepared.dataset.train.images.shape[1:],
-                                 self.s.buffer_size, self.meta)
+                                 self.s.buffer_size, self.meta, noisy_labels=self.data.noisy)
 
     def run_segment(self, state, chunk_indices, clean_p, keep, active):
         state, m = online.run_chunks(self.s.online, state, self.data, chunk_indices, clean_p, keep, active)

@@ -14,6 +14,11 @@ A two-network learner (JoCoR, `eval.loss=jocor`) trains two classifiers on its j
 batch (stream plus replay; while the memory is empty the stream batch stands in for the replay batch); its
 `epoch` is the chunk index, so the forget rate ramps over the first chunks of the stream (our choice: the
 online protocol has no epochs). The first classifier is tested.
+Pencil (`eval.loss=pencil`) learns every training sample's label distribution (its logits a [N, C] table in the
+state, K x the one-hot noisy label at first): its three stages are shares of the stream's chunks
+(`eval.pencil_stage1` / `pencil_stage2`, as they are shares of the fine-tuning's epochs there), and in the
+second stage every sample of a step's batch, streamed or replayed, takes a step of its label logits with the
+network's (our choice: the online protocol has no epochs; a sample's learned label goes with it into memory).
 """
 import functools
 from typing import Any, Callable, NamedTuple
@@ -44,6 +49,7 @@ class OnlineSettings(NamedTuple):
     ewc_lambda: float = 0.0  # > 0: online EWC with this penalty weight
     ewc_decay: float = 1.0  # online EWC: F* <- decay F* + F_chunk at each chunk's end (gamma)
     l2r: bool = False  # learning to reweight (eval.loss=l2r): each step's samples weighted against the meta set
+    pencil: tuple = ()  # Pencil: (alpha, beta, label lr, K, stage-1 chunks, stage-2 chunks), else ()
 
 
 @flax.struct.dataclass
@@ -54,6 +60,7 @@ class OnlineState:
     seed: jax.Array
     ewc: Any = None  # online_methods.EWCState with online EWC (ewc_lambda > 0), else None
     meta: Any = None  # online_methods.MetaSet with L2R (its clean meta set), else None
+    label_logits: Any = None  # Pencil: every training sample's label logits, float32 [N, C], else None
 
 
 @functools.lru_cache(maxsize=None)
@@ -62,10 +69,14 @@ def optimizer(lr: float):
     return optax.adam(lr)
 
 
-def init_state(s: OnlineSettings, seed: int, input_shape, buffer_size: int, meta=None) -> OnlineState:
-    """The state of chunk 0; `meta`: L2R's clean meta set (online_methods.meta_set), needed with s.l2r."""
+def init_state(s: OnlineSettings, seed: int, input_shape, buffer_size: int, meta=None,
+               noisy_labels=None) -> OnlineState:
+    """The state of chunk 0; `meta`: L2R's clean meta set (online_methods.meta_set), needed with s.l2r;
+    `noisy_labels`: the training set's labels as the stream gives them, needed with s.pencil."""
     if s.l2r and meta is None:
         raise ValueError("an L2R learner needs its meta set: online_methods.meta_set(...)")
+    if s.pencil and noisy_labels is None:
+        raise ValueError("a Pencil learner needs the training set's noisy labels")
     init = compilation.jit(s.classifier.init, static_argnames=("train",))
     key, x = rng.purpose_key(seed, rng.BASE_INIT), jnp.zeros((2,) + tuple(input_shape), jnp.float32)
     variables = init(key, x, train=False)
@@ -77,7 +88,9 @@ def init_state(s: OnlineSettings, seed: int, input_shape, buffer_size: int, meta
     return OnlineState(learner=learner, buffer=s.policy.init(buffer_size, s.num_classes),
                        chunk=jnp.zeros((), jnp.int32), seed=jnp.asarray(seed, jnp.int32),
                        ewc=online_methods.ewc_init(learner.params) if s.ewc_lambda > 0 else None,
-                       meta=meta if s.l2r else None)
+                       meta=meta if s.l2r else None,
+                       label_logits=(online_methods.pencil_label_logits(noisy_labels, s.num_classes, s.pencil[3])
+                                     if s.pencil else None))
 
 
 def _forward(s: OnlineSettings, params, batch_stats, x):
@@ -108,6 +121,26 @@ def _batch_loss(s: OnlineSettings, params, batch_stats, x, y, weight, epoch):
     logits, stats = _forward(s, params, batch_stats, x)
     per_sample = jax.vmap(lambda lg, t: s.loss(lg[None], t[None]))(logits, y)
     return jnp.sum(per_sample * weight) / jnp.maximum(jnp.sum(weight), 1.0), stats
+
+
+def _pencil_update(s: OnlineSettings, learner, x, y, weight, label_logits, stage, ewc=None):
+    """One step of Pencil's loss (the weighted mean of online_methods.pencil_per_sample) on the batch, plus
+    online EWC's penalty when `ewc` is given; in stage 2 the batch's label logits take a step of size label lr
+    on the same loss. Returns (learner, loss, the batch's label logits after the step)."""
+    alpha, beta, label_lr = s.pencil[:3]
+
+    def loss_fn(params, y_logits):
+        logits, stats = _forward(s, params, learner.batch_stats, x)
+        per_sample = online_methods.pencil_per_sample(logits, y, y_logits, stage, alpha=alpha, beta=beta)
+        loss = jnp.sum(per_sample * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+        if ewc is not None:
+            loss = loss + online_methods.ewc_penalty(params, ewc, s.ewc_lambda)
+        return loss, stats
+
+    (loss, stats), (grads, y_grads) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
+        learner.params, label_logits)
+    label_logits = label_logits - jnp.where(stage == 2, label_lr, 0.0) * y_grads
+    return learner.apply_gradients(grads=grads, batch_stats=stats), loss, label_logits
 
 
 def _update(s: OnlineSettings, learner, x, y, weight, epoch, ewc=None, meta=None):
@@ -174,8 +207,10 @@ def chunk_step(s: OnlineSettings, data: TrainData, state: OnlineState, indices, 
     keys = jax.random.split(chunk_key(state, rng.REPLAY), n)
     keep = jnp.asarray(keep, bool)
 
+    stage = online_methods.pencil_stage(state.chunk, *s.pencil[4:]) if s.pencil else None
+
     def step(carry, xs):
-        learner, buffer, fisher = carry
+        learner, buffer, fisher, label_logits = carry
         idx, key, cp, kp = xs
         k_replay, k_offer = jax.random.split(key)
         x = _images(data, idx)
@@ -184,6 +219,7 @@ def chunk_step(s: OnlineSettings, data: TrainData, state: OnlineState, indices, 
             fisher = jax.tree.map(jnp.add, fisher, _stream_fisher(s, learner, x, y))
         weight = jnp.ones(s.stream_batch, jnp.float32)
         replayed = jnp.asarray(False)
+        batch_index = idx  # (Pencil: whose label logits the step learns)
         if s.replay:
             if s.retrieval == "mir":
                 slots, real = _mir_slots(s, data, learner, buffer, k_replay, x, y, state.chunk)
@@ -201,15 +237,22 @@ def chunk_step(s: OnlineSettings, data: TrainData, state: OnlineState, indices, 
             x = jnp.concatenate([x, x_replay])
             y = jnp.concatenate([y, y_replay])
             weight = jnp.concatenate([weight, real.astype(jnp.float32)])
-        learner, loss = _update(s, learner, x, y, weight, state.chunk, state.ewc, meta)
+            batch_index = jnp.concatenate([idx, jnp.maximum(buffer.index[slots], 0)])
+        if s.pencil:  # the batch's label logits learned with the network; a missing replay sample's left alone
+            before = label_logits[batch_index]
+            learner, loss, after = _pencil_update(s, learner, x, y, weight, before, stage, state.ewc)
+            label_logits = label_logits.at[batch_index].add(jnp.where(weight[:, None] > 0, after - before, 0.0))
+        else:
+            learner, loss = _update(s, learner, x, y, weight, state.chunk, state.ewc, meta)
         cands = buffers.Candidates(index=idx, label=data.noisy[idx], corrupt=data.corrupt[idx], clean_p=cp, keep=kp)
         buffer = s.policy.offer(buffer, k_offer, cands)
-        return (learner, buffer, fisher), (loss, replayed)
+        return (learner, buffer, fisher, label_logits), (loss, replayed)
 
     fisher = jax.tree.map(jnp.zeros_like, state.learner.params) if s.ewc_lambda > 0 else None
     meta = (_images(data, state.meta.index), state.meta.label) if s.l2r else None
     xs = (batches, keys, clean_p[:n * s.stream_batch].reshape(n, -1), keep[:n * s.stream_batch].reshape(n, -1))
-    (learner, buffer, fisher), (losses_, replayed) = jax.lax.scan(step, (state.learner, state.buffer, fisher), xs)
+    (learner, buffer, fisher, label_logits), (losses_, replayed) = jax.lax.scan(
+        step, (state.learner, state.buffer, fisher, state.label_logits), xs)
     corrupt = data.corrupt[indices]
     metrics = chunk_metrics(losses_[-1], jnp.any(replayed), clean_p, keep, corrupt, state.buffer, buffer,
                             s.num_classes)
@@ -217,7 +260,8 @@ def chunk_step(s: OnlineSettings, data: TrainData, state: OnlineState, indices, 
     if s.ewc_lambda > 0:  # the chunk's mean Fisher consolidated, the anchor moved to the chunk's end
         ewc = online_methods.ewc_consolidate(ewc, learner.params, jax.tree.map(lambda f: f / n, fisher),
                                              s.ewc_decay)
-    return state.replace(learner=learner, buffer=buffer, chunk=state.chunk + 1, ewc=ewc), metrics
+    return state.replace(learner=learner, buffer=buffer, chunk=state.chunk + 1, ewc=ewc,
+                         label_logits=label_logits), metrics
 
 
 @functools.partial(compilation.jit, static_argnames=("settings",), donate_argnames=("state",))

@@ -14,6 +14,9 @@ Pure functions of arrays and parameter pytrees; online.py calls them inside its 
   to theta_v are replayed.
 - L2R (Ren et al., ICML 2018), a noisy-label learner of both protocols: each step's samples are weighted by how
   much a virtual step on them would lower the loss of a small clean meta set (l2r_weights, meta_set).
+- Pencil (Yi and Wu, CVPR 2019) online: every training sample's label logits (K x its one-hot noisy label at
+  first) are learned in the stream's second stage whenever the sample is in a step's batch, from the stream or
+  replayed (pencil_per_sample, pencil_stage); the fine-tuning's form is evaluate.finetune's.
 """
 from typing import Any
 
@@ -114,3 +117,31 @@ def meta_set(true_labels, per_class: int, seed: int) -> MetaSet:
     index = np.concatenate([gen.choice(np.flatnonzero(true_labels == k), min(per_class, int(np.sum(true_labels == k))),
                                        replace=False) for k in np.unique(true_labels)]).astype(np.int32)
     return MetaSet(index=jnp.asarray(index), label=jnp.asarray(true_labels[index].astype(np.int32)))
+
+
+# -- Pencil, online ------------------------------------------------------------------------------------------
+
+def pencil_per_sample(logits, labels, label_logits, stage, *, alpha: float, beta: float):
+    """Each sample's Pencil loss ([B]) in `stage` (1, 2 or 3; traced), the terms of losses.pencil_loss before
+    its batch mean: stage 1 the cross-entropy with the noisy label; stage 2 KL(f || y_d) + alpha CE(onehot, y_d)
+    + beta H(f); stage 3 KL(f || y_d); f = softmax(logits), y_d = softmax(label_logits)."""
+    logf = jax.nn.log_softmax(logits, axis=-1)
+    f = jnp.exp(logf)
+    log_yd = jax.nn.log_softmax(label_logits, axis=-1)
+    onehot = jax.nn.one_hot(labels, logits.shape[-1])
+    l_c = jnp.sum(f * (logf - log_yd), axis=-1)
+    l_o = -jnp.sum(onehot * log_yd, axis=-1)
+    l_e = -jnp.sum(f * logf, axis=-1)
+    ce = -jnp.sum(onehot * logf, axis=-1)
+    return jnp.where(stage == 1, ce, jnp.where(stage == 2, l_c + alpha * l_o + beta * l_e, l_c))
+
+
+def pencil_stage(chunk, stage1_chunks: int, stage2_chunks: int):
+    """Online Pencil's stage at stream chunk `chunk` (traced): 1 for the first stage1_chunks chunks, 2 for the
+    next stage2_chunks, 3 after: the fine-tuning's epoch shares become shares of the stream."""
+    return jnp.where(chunk < stage1_chunks, 1, jnp.where(chunk < stage1_chunks + stage2_chunks, 2, 3))
+
+
+def pencil_label_logits(noisy_labels, num_classes: int, k: float):
+    """Every training sample's label logits before any learning: K x its one-hot noisy label (float32 [N, C])."""
+    return k * jax.nn.one_hot(jnp.asarray(noisy_labels), num_classes, dtype=jnp.float32)

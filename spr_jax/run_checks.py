@@ -43,6 +43,8 @@ def check_online(names: dict, state, m, n: int, start: int, end: int) -> None:
     and config.online.lr. Run before anything of these chunks is written."""
     bad = np.flatnonzero(~np.isfinite(np.asarray(m["base_loss"])[:n]))
     what = "loss" if bad.size else _non_finite_part(state.learner)
+    if not what and state.label_logits is not None and not bool(jnp.isfinite(state.label_logits).all()):
+        what = "Pencil label logit"  # (online Pencil's learned labels)
     if what:
         raise Diverged(f"diverged: the online learner's training gave a non-finite {what} at chunk "
                        f"{start + int(bad[0]) if bad.size else end - 1}; nothing of it was written",

@@ -77,7 +77,7 @@ def prepare(config):
     run_settings = settings_lib.build(
         config, image_shape=prepared.dataset.train.images.shape[1:], num_classes=prepared.num_classes,
         chunk_size=prepared.stream.chunk_size, data_parallel=data_parallel_devices(config), resolved=resolved,
-        buffer_size=int(config.buffer.size) or offered)
+        buffer_size=int(config.buffer.size) or offered, num_chunks=prepared.stream.num_chunks)
     return prepared, run_settings
 
 

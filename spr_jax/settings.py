@@ -86,9 +86,10 @@ def resolve_plugins(config) -> Plugins:
 
 
 def build(config, *, image_shape, num_classes: int, chunk_size: int, data_parallel: int = 1,
-          resolved: Plugins = None, buffer_size: int = None) -> RunSettings:
+          resolved: Plugins = None, buffer_size: int = None, num_chunks: int = 0) -> RunSettings:
     """The run's settings; checks every plug-in on abstract inputs of these shapes (no training).
-    `buffer_size` is the memory's size when config.buffer.size = 0 (the whole stream)."""
+    `buffer_size` is the memory's size when config.buffer.size = 0 (the whole stream); `num_chunks`, the
+    stream's length in chunks, is needed by an online Pencil learner (its stages are shares of the stream)."""
     p = resolved or resolve_plugins(config)
     buffer_size = int(buffer_size or config.buffer.size)
     if buffer_size < 1:  # config.buffer.size = 0 needs the stream's length, which only the data knows
@@ -120,7 +121,8 @@ def build(config, *, image_shape, num_classes: int, chunk_size: int, data_parall
     networks = loss_networks(p.loss, config)
     losses.check(loss, num_classes, config.eval.loss, networks)
     l2r = bool(getattr(p.loss, "meta_set", False))  # learning to reweight: a clean meta set of true labels
-    pencil = pencil_settings(config) if getattr(p.loss, "label_learning", False) else ()
+    label_learning = bool(getattr(p.loss, "label_learning", False))
+    pencil = pencil_settings(config) if label_learning and config.protocol != "online" else ()
     if l2r and (networks != 1 or config.noise.kind == "real"):
         raise ConfigError(f"config.eval.loss={config.eval.loss!r} reweights against a clean meta set of true labels"
                           + (" and one network" if networks != 1 else "; with config.noise.kind='real' the true "
@@ -146,7 +148,8 @@ def build(config, *, image_shape, num_classes: int, chunk_size: int, data_parall
                           pencil=pencil,
                           pretrained_base=config.protocol == "spr" and int(config.base.epochs) > 0),
         identities=p.identities,
-        online=online_settings(config, classifier, loss, policy, num_classes, chunk_size, networks, l2r))
+        online=online_settings(config, classifier, loss, policy, num_classes, chunk_size, networks, l2r,
+                               pencil=online_pencil_settings(config, num_chunks) if label_learning else ()))
 
 
 def loss_networks(loss, config) -> int:
@@ -157,24 +160,30 @@ def loss_networks(loss, config) -> int:
     return networks
 
 
-def pencil_settings(config) -> tuple:
-    """eval.loss=pencil: (alpha, beta, label lr, K, stage-1 epochs, stage-2 epochs) from config.eval, the stages
-    as shares of eval.epochs (rounded); they are fine-tuning epochs, so the online protocol (none) is refused."""
+def pencil_settings(config, periods: int = None, unit: str = "the fine-tuning's epochs") -> tuple:
+    """eval.loss=pencil: (alpha, beta, label lr, K, stage-1 periods, stage-2 periods) from config.eval, the
+    stages as shares (rounded) of `periods`: eval.epochs by default, the stream's chunks online."""
     e = config.eval
-    if config.protocol == "online":
-        raise ConfigError("config.eval.loss='pencil' runs its three stages over fine-tuning epochs; the online "
-                          "protocol has none: use it with a memory-only learner (GDumb) or SPR")
     if float(e.pencil_stage1) + float(e.pencil_stage2) > 1.0:
         raise ConfigError(f"config.eval.pencil_stage1={e.pencil_stage1} + pencil_stage2={e.pencil_stage2} exceed 1; "
-                          f"they are shares of the fine-tuning's epochs")
-    epochs = int(e.epochs)
-    stage1 = int(round(float(e.pencil_stage1) * epochs))
-    stage2 = min(int(round(float(e.pencil_stage2) * epochs)), epochs - stage1)
+                          f"they are shares of {unit}")
+    periods = int(e.epochs) if periods is None else int(periods)
+    stage1 = int(round(float(e.pencil_stage1) * periods))
+    stage2 = min(int(round(float(e.pencil_stage2) * periods)), periods - stage1)
     return (float(e.pencil_alpha), float(e.pencil_beta), float(e.pencil_lr), float(e.pencil_k), stage1, stage2)
 
 
+def online_pencil_settings(config, num_chunks: int) -> tuple:
+    """An online Pencil learner's settings: its stages are shares of the stream's `num_chunks` chunks."""
+    if config.protocol != "online":
+        return ()
+    if num_chunks < 1:
+        raise ValueError("an online Pencil learner needs num_chunks=<the stream's chunks>; run_setup.prepare passes it")
+    return pencil_settings(config, num_chunks, "the stream's chunks (online)")
+
+
 def online_settings(config, classifier, loss, policy, num_classes: int, chunk_size: int, networks: int = 1,
-                    l2r: bool = False):
+                    l2r: bool = False, pencil: tuple = ()):
     if config.protocol != "online":
         return None
     if chunk_size % int(config.online.stream_batch):
@@ -188,7 +197,7 @@ def online_settings(config, classifier, loss, policy, num_classes: int, chunk_si
                           stream_batch=int(o.stream_batch), replay_batch=int(o.replay_batch),
                           loss=loss, policy=policy, num_classes=num_classes, networks=networks,
                           retrieval=str(o.retrieval), mir_candidates=int(o.mir_candidates), mir_step=float(o.mir_step),
-                          ewc_lambda=float(o.ewc_lambda), ewc_decay=float(o.ewc_decay), l2r=l2r)
+                          ewc_lambda=float(o.ewc_lambda), ewc_decay=float(o.ewc_decay), l2r=l2r, pencil=pencil)
 
 
 def expert_group_size(requested: int, model, image_shape, chunk_size: int, device=None) -> int:

@@ -290,7 +290,7 @@ def test_prs_with_power_0_is_the_class_balanced_policy(seed):
 def test_paper_lists_every_method_of_the_table_spr_jax_has():
     paper = comparison.expand_methods(["paper"])
     assert set(paper) <= set(comparison.METHODS) and "plain_replay" not in paper  # (an ablation, not a row)
-    assert paper[0] == "multitask" and paper[-1] == "spr" and len(paper) == 21
+    assert paper[0] == "multitask" and paper[-1] == "spr" and len(paper) == 24
     assert comparison.expand_methods(["spr", "paper", "plain_replay"])[:2] == ["spr", "multitask"]
 
 
@@ -457,3 +457,82 @@ def test_pencil_s_later_stages_are_not_judged_by_the_fine_tune_s_growth_rule():
     assert run_checks.finetune_divergence(evals, 10, growth_epochs=2) is None
     assert "grew" in run_checks.finetune_divergence([{"after_task": 0, "finetune_loss": [1.0, 3.5, 1.0]}], 10, 2)
     assert "above 11.5" in run_checks.finetune_divergence([{"after_task": 0, "finetune_loss": [1.0, 1.0, 12.0]}], 10, 1)
+
+
+def test_online_pencil_per_sample_losses_are_the_fine_tune_s_terms_before_the_mean():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(0, 2, (6, K))
+    labels = rng.integers(0, K, 6)
+    y_logits = 10.0 * np.eye(K)[labels] + rng.normal(0, 1, (6, K))
+    args = (jnp.asarray(logits, jnp.float32), jnp.asarray(labels), jnp.asarray(y_logits, jnp.float32))
+    f, yd = _softmax(logits), _softmax(y_logits)
+    onehot = np.eye(K)[labels]
+    kl = np.sum(f * (np.log(f) - np.log(yd)), 1)
+    want = {1: -np.log(f[np.arange(6), labels]),
+            2: kl - 0.1 * np.sum(onehot * np.log(yd), 1) - 0.8 * np.sum(f * np.log(f), 1), 3: kl}
+    for stage, expected in want.items():
+        got = online_methods.pencil_per_sample(*args, stage, alpha=0.1, beta=0.8)
+        np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-6)
+        assert float(jnp.mean(got)) == pytest.approx(float(losses.pencil_loss(*args, stage, alpha=0.1, beta=0.8)),
+                                                     rel=1e-5)
+    # the stages over a stream of 10 chunks at shares 0.22 / 0.41: chunks 0-1, 2-5, 6-9
+    from spr_jax import configlib, settings
+    c = configlib.base_config()
+    c.protocol, c.eval.loss = "online", "pencil"
+    assert settings.online_pencil_settings(c, 10) == (0.1, 0.8, 75.0, 10.0, 2, 4)
+    assert [int(online_methods.pencil_stage(i, 2, 4)) for i in range(10)] == [1, 1, 2, 2, 2, 2, 3, 3, 3, 3]
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_an_online_pencil_step_learns_the_batch_s_labels_in_stage_2_only(stage):
+    """One stream batch (no replay): in stage 2 the batch's rows of the label-logit table move by -lr x the
+    numpy gradient of the batch's mean Pencil loss, every other row stays at K x one-hot; the network takes one
+    Adam step on that loss in every stage."""
+    data = _data()
+    params = _params(3)
+    s = _settings(replay=False, loss=losses.pencil, pencil=(0.1, 0.8, 75.0, 10.0, 1, 1))
+    state = online.init_state(s, 0, (2, 2, 1), 8, noisy_labels=data.noisy)
+    start = np.asarray(state.label_logits)
+    np.testing.assert_array_equal(start, 10.0 * np.eye(K)[np.asarray(data.noisy)])
+    state = state.replace(learner=_learner(params), chunk=jnp.asarray(stage - 1, jnp.int32))
+    idx = np.arange(8, 12, dtype=np.int32)
+    out, _ = online.chunk_step(s, data, state, jnp.asarray(idx), jnp.ones(4), jnp.ones(4, bool))
+    w, b = _np(params)
+    x, y = _x(data, idx), np.asarray(data.noisy)[idx]
+    logits = x @ w + b
+    want = start.copy()
+    if stage == 2:
+        want[idx] -= 75.0 * _pencil_numpy(logits, y, start[idx], 0.1, 0.8)[1]
+    np.testing.assert_allclose(np.asarray(out.label_logits), want, rtol=1e-5, atol=1e-5)
+    # the network's step: Adam on the stage's mean loss (stage 1: cross-entropy; 3: KL(f || y_d))
+    f, yd = _softmax(logits), _softmax(start[idx])
+    r = {1: f - np.eye(K)[y], 2: None, 3: f * (np.log(f) - np.log(yd) - np.sum(f * (np.log(f) - np.log(yd)), 1,
+                                                                                keepdims=True))}[stage]
+    if r is not None:
+        grads = {"Dense_0": {"kernel": jnp.asarray(x.T @ r / 4, jnp.float32), "bias": jnp.asarray(r.mean(0), jnp.float32)}}
+        tx = online.optimizer(1e-2)
+        updates, _ = tx.update(grads, tx.init(params), params)
+        want_params = optax.apply_updates(params, updates)
+        np.testing.assert_allclose(np.asarray(out.learner.params["Dense_0"]["kernel"]),
+                                   np.asarray(want_params["Dense_0"]["kernel"]), rtol=1e-4, atol=1e-6)
+
+
+def test_online_pencil_s_learned_labels_go_with_replayed_samples():
+    """With replay in stage 2, the rows of the samples replayed (in memory) move too; rows of samples neither
+    streamed nor in memory never do."""
+    data = _data(n=40)
+    s = _settings(replay=True, stream_batch=4, replay_batch=3, loss=losses.pencil, pencil=(0.1, 0.8, 75.0, 10.0, 0, 5))
+    state = online.init_state(s, 0, (2, 2, 1), 8, noisy_labels=data.noisy)
+    start = np.asarray(state.label_logits)
+    first = np.arange(0, 8, dtype=np.int32)  # chunk 0 fills the memory (8 slots) in stage 2
+    state, _ = online.chunk_step(s, data, state, jnp.asarray(first), jnp.ones(8), jnp.ones(8, bool))
+    after_first = np.asarray(state.label_logits)
+    memory = set(np.asarray(state.buffer.index)[np.asarray(state.buffer.valid)].tolist())
+    second = np.arange(20, 28, dtype=np.int32)
+    state, _ = online.chunk_step(s, data, state, jnp.asarray(second), jnp.ones(8), jnp.ones(8, bool))
+    moved = set(np.flatnonzero(np.any(np.asarray(state.label_logits) != after_first, axis=1)).tolist())
+    assert set(second.tolist()) <= moved  # every streamed sample learned
+    assert moved - set(second.tolist()) and moved - set(second.tolist()) <= memory  # replayed ones, from memory
+    untouched = sorted(set(range(40)) - set(first.tolist()) - set(second.tolist()))
+    np.testing.assert_array_equal(np.asarray(state.label_logits)[untouched], start[untouched])
+    assert np.isfinite(np.asarray(state.label_logits)).all()
