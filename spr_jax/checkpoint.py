@@ -16,6 +16,7 @@ such unfinished folders are never listed as steps, so a crash mid-save leaves th
 """
 import errno
 import json
+import os
 import shutil
 from typing import Any, Optional
 
@@ -176,7 +177,8 @@ class RunCheckpointer:
     def __init__(self, workdir: str, fingerprint: dict, keep: int = 3):
         if keep < 1:
             raise ValueError(f"keep must be >= 1, got {keep}")
-        self.directory = epath.Path(workdir) / "checkpoints"
+        # (absolute: orbax's tensorstore refuses a relative path, as a `--workdir=runs/x` gives)
+        self.directory = epath.Path(os.path.abspath(workdir)) / "checkpoints"
         self.fingerprint = _canonical(fingerprint, "fingerprint")
         # What a run killed mid-write left (the workdir is locked, so no other process is writing here): an
         # unfinished orbax step (orbax would warn that its folder exists) and the fingerprint's temporary.

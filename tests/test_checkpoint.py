@@ -70,6 +70,16 @@ def test_round_trip_and_latest_step(tmp_path):
     c.close()
 
 
+def test_a_relative_workdir_saves_and_restores(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # (as `launch.py --workdir=runs/x` from the repository)
+    with ck.RunCheckpointer(os.path.join("runs", "x"), FP) as c:
+        c.save(2, make_state(1), {"position": {"chunk": 2}})
+    with ck.RunCheckpointer(os.path.join("runs", "x"), FP) as c:
+        state, meta, step = c.restore(make_state(0))
+    assert step == 2 and meta == {"position": {"chunk": 2}} and (tmp_path / "runs" / "x" / "checkpoints" / "2").is_dir()
+    assert_same(state, make_state(1))
+
+
 def test_keep_n(tmp_path):
     with ck.RunCheckpointer(str(tmp_path), FP, keep=2) as c:
         for s in range(1, 5):
