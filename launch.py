@@ -46,8 +46,8 @@ _METHODS = flags.DEFINE_list("methods", [], "--mode=compare: methods to run (def
                              "gdumb_ce, gdumb_sl, gdumb_jocor, multitask, finetune, reservoir_ce, reservoir_sl, "
                              "reservoir_jocor, ewc, mir, mir_sl, mir_jocor, prs_ce, prs_sl, prs_jocor, reservoir_l2r, "
                              "prs_l2r, mir_l2r, gdumb_l2r, reservoir_pencil, prs_pencil, mir_pencil, gdumb_pencil, "
-                             "spr_aum, spr_incv, spr_knn), or a named list: paper (every method of the paper's table "
-                             "that spr_jax has).")
+                             "spr_aum, spr_incv, spr_knn), or a named list: paper (the 24 methods of the paper's "
+                             "table).")
 _RATES = flags.DEFINE_list("rates", [], "--mode=compare: noise rates (default: the config's).")
 _SEEDS = flags.DEFINE_list("seeds", [], "--mode=compare: seeds (default: the config's).")
 _SWEEP = flags.DEFINE_multi_string("sweep", [], "--mode=compare: also sweep a config field, FIELD=V1,V2,... "
