@@ -148,6 +148,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.logging = ml_collections.ConfigDict()
     # TensorBoard event files in WORKDIR/tensorboard (tensorboardX, no TensorFlow); metrics.jsonl is always written
     c.logging.tensorboard = True
+    # WORKDIR/summary.png (about a second of matplotlib per run: a comparison of hundreds of small runs may skip it;
+    # its compare.png is drawn either way)
+    c.logging.summary_plot = True
     # Weights & Biases: "" (off) | "offline" (WORKDIR/wandb, no network; wandb sync uploads it) | "online"
     c.logging.wandb = ""
     c.logging.wandb_project = "spr_jax"  # the W&B project the run is logged to

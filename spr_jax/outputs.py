@@ -101,12 +101,18 @@ def summary(log: MetricsLog, *, num_chunks, method, seed, dataset, noise, walls,
     }
 
 
-def write_summary(workdir, summary_, episodes, progress=True, log=None) -> None:
+def write_summary(workdir, summary_, episodes, progress=True, log=None, summary_plot=True) -> None:
+    """summary.json, and summary.png unless summary_plot=False (an older one is then removed: it would show
+    another run)."""
     if not parallel.is_primary():
         return
     write_atomic(os.path.join(workdir, "summary.json"), json.dumps(summary_, indent=1))
+    png = os.path.join(workdir, "summary.png")
     try:
-        plot(summary_, episodes, os.path.join(workdir, "summary.png"), log=log)
+        if summary_plot:
+            plot(summary_, episodes, png, log=log)
+        elif os.path.exists(png):
+            os.remove(png)
     except Exception as e:  # a plot is a convenience; never lose a run over it
         print(f"(plot skipped: {e})")
     if progress:

@@ -218,10 +218,12 @@ def _run(setup: run_setup.Setup, started: float, workdir, progress, redo, compil
     # Not cut short by a signal: a summary.json without its summary.png would pass for a finished run.
     with interrupt.deferred("once the summary is written", kept="the last complete checkpoint is kept",
                             done="as the run ended", then="it finished and its outputs are complete"):
-        outputs.write_summary(workdir, summary, prepared.episodes, progress, log=log)
+        outputs.write_summary(workdir, summary, prepared.episodes, progress, log=log,
+                              summary_plot=options.summary_plot)
         for writer in writers:  # at the last chunk's step (the writers' one chunk numbering)
             writer.add_accuracy_matrix(summary["accuracy_matrix"], stream.num_chunks - 1, prepared.episodes)
-            writer.add_image_file("summary", os.path.join(workdir, "summary.png"), stream.num_chunks - 1)
+            if options.summary_plot:
+                writer.add_image_file("summary", os.path.join(workdir, "summary.png"), stream.num_chunks - 1)
             writer.close()
     raise_if_diverged(summary)
     return summary

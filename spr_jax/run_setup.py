@@ -22,6 +22,7 @@ class RunOptions(NamedTuple):
     cpu_vector_width: int  # 0: chosen from the CPU (compilation.vector_width)
     warm_up: bool  # compile the replay and evaluation programs while the experts train
     tensorboard: bool
+    summary_plot: bool  # WORKDIR/summary.png
     wandb: str  # "" | "offline" | "online"
     wandb_project: str
     profile_segments: int
@@ -33,6 +34,7 @@ def run_options(config) -> RunOptions:
                       compile_dir=config.cache.compile_dir, cpu_opt_level=config.cache.cpu_opt_level,
                       cpu_vector_width=int(config.cache.get("cpu_vector_width", 0)),
                       warm_up=bool(config.cache.warm_up), tensorboard=bool(config.logging.tensorboard),
+                      summary_plot=bool(config.logging.get("summary_plot", True)),
                       wandb=config.logging.wandb, wandb_project=config.logging.wandb_project,
                       profile_segments=int(config.logging.profile_segments))
 

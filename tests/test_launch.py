@@ -196,8 +196,12 @@ def test_redo_runs_a_finished_run_again(finished_run, tmp_path):
 
 def test_compare_runs_every_method_reuses_finished_runs_and_agrees_with_them(tmp_path):
     work = tmp_path / "cmp"
-    r = launch("--config=configs/tiny.py", "--mode=compare", f"--workdir={work}")  # every method
+    # Quick: two tasks, one checkpoint per task, no per-run figures (every method still runs its whole protocol)
+    quick = ("--config.episodes=((0,1,2,3,4),(5,6,7,8,9))", "--config.checkpoint.every_chunks=100",
+             "--config.logging.summary_plot=False", "--config.logging.tensorboard=False")
+    r = launch("--config=configs/tiny.py", "--mode=compare", f"--workdir={work}", *quick)  # every method
     assert r.returncode == 0, r.stderr[-3000:]
+    assert not list(work.glob("*/rate_*/seed_*/summary.png")) and list(work.glob("*/rate_*/seed_*/summary.json"))
     doc = json.load(open(work / "compare.json"))
     from spr_jax import comparison as compare
     assert [row["method"] for row in doc["runs"]] == list(compare.METHODS)
@@ -213,7 +217,7 @@ def test_compare_runs_every_method_reuses_finished_runs_and_agrees_with_them(tmp
     assert all(line.count(" & ") == 2 for line in tex.splitlines() if " & " in line) and r"\textbf{" in tex
     # Rerun: every run is finished, so nothing is trained again and the rows are the same.
     before = file_digests(work / "spr")
-    again = launch("--config=configs/tiny.py", "--mode=compare", "--methods=spr,gdumb_sl", f"--workdir={work}")
+    again = launch("--config=configs/tiny.py", "--mode=compare", "--methods=spr,gdumb_sl", f"--workdir={work}", *quick)
     assert again.returncode == 0 and file_digests(work / "spr") == before
     assert [row["method"] for row in json.load(open(work / "compare.json"))["runs"]] == ["spr", "gdumb_sl"]
     bad = launch("--config=configs/tiny.py", "--mode=compare", "--methods=spr,nope", f"--workdir={work}")
