@@ -2,7 +2,7 @@
 
     # once: the release with its own pins in a scratch folder (see release_reference.py)
     python benchmarks/release_reference/release_reference.py setup --scratch /tmp/spr_release
-    python benchmarks/side_by_side.py --scratch /tmp/spr_release [--seed 1] [--pairs 2] [--threads 2]
+    python benchmarks/side_by_side.py --scratch /tmp/spr_release [--seed 1] [--pairs 2] [--threads 2] [--isa avx2]
 
 Each pair runs, in alternating order (release first in even pairs, spr_jax first in odd ones, so a drift of
 the machine's speed does not favour one side):
@@ -16,6 +16,12 @@ Walls are the whole processes' (interpreter start, imports and data loading incl
 JSON names the CPU (model, family/model numbers, the vector flags that decide the compiler's choices), the
 load average before each run (an idle machine reads ~0), each run's split as the program reports it, and the
 ratios release / spr_jax per pair. Both sides run the same data: the same subset, noisy labels and task order.
+
+`--isa avx2` caps both programs' instruction sets at AVX2 on a CPU that has AVX-512, as far as each lets one
+cap it: XLA's generated code (`--xla_cpu_max_isa=AVX2`, and spr_jax's fine-tune at the 256-bit vectors it
+chooses on a CPU without avx512f), torch's MKL and oneDNN kernels (MKL_ENABLE_INSTRUCTIONS=AVX2,
+DNNL_MAX_CPU_ISA=AVX2; torch 1.7's own kernels have no AVX-512 forms). Library kernels compiled into jaxlib
+keep their own dispatch. It imitates an AVX2-only CPU's instructions, not its cores, caches or clocks.
 """
 import argparse
 import json
@@ -67,11 +73,13 @@ def run_release(args, seed):
             "final_accuracy": round(s["final_accuracy"], 2), "buffer_purity": round(s["buffer_purity"], 1)}
 
 
-def run_spr(seed, compile_dir, label):
+def run_spr(seed, compile_dir, label, isa="native"):
     workdir = tempfile.mkdtemp(prefix=f"side_by_side_spr_{label}_")
     cmd = [sys.executable, os.path.join(ROOT, "launch.py"), "--config=configs/fashion_mnist_cpu.py",
            "--config.dataset.stream=release", f"--config.seed={seed}", f"--config.cache.compile_dir={compile_dir}",
            "--config.logging.tensorboard=False", f"--workdir={workdir}"]
+    if isa == "avx2":  # (XLA_FLAGS is set for the process: see cap_isa)
+        cmd.append("--config.cache.cpu_vector_width=256")
     load = os.getloadavg()[0]
     start = time.perf_counter()
     done = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -85,6 +93,16 @@ def run_spr(seed, compile_dir, label):
             "buffer_purity": round(100 * s["final_purity"], 1)}
 
 
+def cap_isa(isa: str) -> dict:
+    """--isa avx2: the environment both programs inherit (the module's doc); returns what was set."""
+    if isa == "native":
+        return {}
+    caps = {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "DNNL_MAX_CPU_ISA": "AVX2",
+            "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_max_isa=AVX2").strip()}
+    os.environ.update(caps)
+    return caps
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scratch", required=True, help="the release's scratch folder (release_reference.py setup)")
@@ -92,7 +110,10 @@ def main():
     parser.add_argument("--pairs", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2, help="torch threads for the release (spr_jax uses XLA's)")
     parser.add_argument("--fashion-dir", default="/usr/share/datasets/fashion-mnist")
+    parser.add_argument("--isa", choices=("native", "avx2"), default="native",
+                        help="avx2: cap both programs at AVX2 instructions (see the module's doc)")
     args = parser.parse_args()
+    caps = cap_isa(args.isa)
     args.subset_per_class = 600
     pairs = []
     for i in range(args.pairs):
@@ -103,14 +124,15 @@ def main():
             if side == "release":
                 sides["release"] = run_release(args, args.seed)
             else:
-                sides["spr_jax_cold"] = run_spr(args.seed, compile_dir, "cold")
-                sides["spr_jax_warm"] = run_spr(args.seed, compile_dir, "warm")
+                sides["spr_jax_cold"] = run_spr(args.seed, compile_dir, "cold", args.isa)
+                sides["spr_jax_warm"] = run_spr(args.seed, compile_dir, "warm", args.isa)
         sides["order"] = order
         sides["ratio_cold"] = round(sides["release"]["wall_s"] / sides["spr_jax_cold"]["wall_s"], 2)
         sides["ratio_warm"] = round(sides["release"]["wall_s"] / sides["spr_jax_warm"]["wall_s"], 2)
         pairs.append(sides)
         print(json.dumps({"pair": i, **sides}), file=sys.stderr, flush=True)
-    print(json.dumps({"cpu": cpu_description(), "seed": args.seed, "release_threads": args.threads,
+    print(json.dumps({"cpu": cpu_description(), "isa": args.isa, "isa_caps": caps, "seed": args.seed,
+                      "release_threads": args.threads,
                       "config": "configs/fashion_mnist_cpu.py (the release's stream)", "pairs": pairs,
                       "ratio_cold": [p["ratio_cold"] for p in pairs], "ratio_warm": [p["ratio_warm"] for p in pairs]}))
 
