@@ -403,12 +403,18 @@ def _pencil_numpy(logits, labels, y_logits, alpha, beta):
     return loss, ((yd - f) + alpha * (yd - onehot)) / b
 
 
+def _pencil_case(seed, n):
+    """A batch of n logits, noisy labels and label logits near K = 10 x one-hot, as numpy and as jax arrays."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 2, (n, K))
+    labels = rng.integers(0, K, n)
+    y_logits = 10.0 * np.eye(K)[labels] + rng.normal(0, 1, (n, K))
+    return logits, labels, y_logits, (jnp.asarray(logits, jnp.float32), jnp.asarray(labels),
+                                      jnp.asarray(y_logits, jnp.float32))
+
+
 def test_pencil_label_update_and_stage_losses_match_numpy():
-    rng = np.random.default_rng(0)
-    logits = rng.normal(0, 2, (5, K))
-    labels = rng.integers(0, K, 5)
-    y_logits = 10.0 * np.eye(K)[labels] + rng.normal(0, 1, (5, K))
-    args = (jnp.asarray(logits, jnp.float32), jnp.asarray(labels), jnp.asarray(y_logits, jnp.float32))
+    logits, labels, y_logits, args = _pencil_case(0, 5)
     loss2, grad2 = _pencil_numpy(logits, labels, y_logits, 0.1, 0.8)
     fn = lambda stage: losses.pencil_loss(*args, stage, alpha=0.1, beta=0.8)
     assert float(fn(2)) == pytest.approx(loss2, rel=1e-5)
@@ -460,11 +466,7 @@ def test_pencil_s_later_stages_are_not_judged_by_the_fine_tune_s_growth_rule():
 
 
 def test_online_pencil_per_sample_losses_are_the_fine_tune_s_terms_before_the_mean():
-    rng = np.random.default_rng(1)
-    logits = rng.normal(0, 2, (6, K))
-    labels = rng.integers(0, K, 6)
-    y_logits = 10.0 * np.eye(K)[labels] + rng.normal(0, 1, (6, K))
-    args = (jnp.asarray(logits, jnp.float32), jnp.asarray(labels), jnp.asarray(y_logits, jnp.float32))
+    logits, labels, y_logits, args = _pencil_case(1, 6)
     f, yd = _softmax(logits), _softmax(y_logits)
     onehot = np.eye(K)[labels]
     kl = np.sum(f * (np.log(f) - np.log(yd)), 1)
