@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from spr_jax import losses
+
 
 # -- online EWC ----------------------------------------------------------------------------------------------
 
@@ -122,18 +124,10 @@ def meta_set(true_labels, per_class: int, seed: int) -> MetaSet:
 # -- Pencil, online ------------------------------------------------------------------------------------------
 
 def pencil_per_sample(logits, labels, label_logits, stage, *, alpha: float, beta: float):
-    """Each sample's Pencil loss ([B]) in `stage` (1, 2 or 3; traced), the terms of losses.pencil_loss before
-    its batch mean: stage 1 the cross-entropy with the noisy label; stage 2 KL(f || y_d) + alpha CE(onehot, y_d)
-    + beta H(f); stage 3 KL(f || y_d); f = softmax(logits), y_d = softmax(label_logits)."""
-    logf = jax.nn.log_softmax(logits, axis=-1)
-    f = jnp.exp(logf)
-    log_yd = jax.nn.log_softmax(label_logits, axis=-1)
-    onehot = jax.nn.one_hot(labels, logits.shape[-1])
-    l_c = jnp.sum(f * (logf - log_yd), axis=-1)
-    l_o = -jnp.sum(onehot * log_yd, axis=-1)
-    l_e = -jnp.sum(f * logf, axis=-1)
-    ce = -jnp.sum(onehot * logf, axis=-1)
-    return jnp.where(stage == 1, ce, jnp.where(stage == 2, l_c + alpha * l_o + beta * l_e, l_c))
+    """Each sample's Pencil loss ([B]) in `stage` (1, 2 or 3; traced): losses.pencil_loss of the sample alone
+    (its batch mean over one sample), so the online learner can weight its samples as _batch_loss does."""
+    one = lambda lg, y, yl: losses.pencil_loss(lg[None], y[None], yl[None], stage, alpha=alpha, beta=beta)
+    return jax.vmap(one)(logits, labels, label_logits)
 
 
 def pencil_stage(chunk, stage1_chunks: int, stage2_chunks: int):
