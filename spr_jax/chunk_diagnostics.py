@@ -12,64 +12,61 @@ eviction is oldest-first, blind to the label). Per chunk, of the kept samples:
   statistic, pairs (clean, noisy) with the clean one above counted 1 and ties 1/2;
 and of the memory, its admissions and evictions over the chunk, of clean and noisy samples.
 
-Computed on the device inside the replay's scan (`clean_p_diagnostics`, `buffer_turnover`: static shapes,
-masks, integer counts only, so nothing rounds there) and turned into metrics.jsonl's fields on the host
-(`record_fields`; None where a value is undefined: nothing kept, an empty group, noise not known).
+Computed on the host, once a segment of chunks is back from the device, from what each chunk's step hands
+back (segment_scan.chunk_outputs: its clean_p, keep and noisy flags and the memory's slots); masks and integer
+counts only, so nothing rounds, and none of it is compiled into the training programs (it was a quarter of
+their XLA compile time). `record_fields` turns them into metrics.jsonl's fields (None where a value is
+undefined: nothing kept, an empty group, noise not known).
 """
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 CLEAN_P_BINS = 10
 CLEAN_P_EDGES = np.linspace(0.0, 1.0, CLEAN_P_BINS + 1)
 
 
-def clean_p_histogram(clean_p, mask) -> jax.Array:
-    """int32 [CLEAN_P_BINS]: the masked samples per clean_p bin."""
-    inner = jnp.asarray(CLEAN_P_EDGES[1:-1], jnp.float32)
-    bins = jnp.sum(clean_p[:, None] >= inner[None, :], axis=1)
-    return jnp.sum((bins[:, None] == jnp.arange(CLEAN_P_BINS)) & mask[:, None], axis=0, dtype=jnp.int32)
+def clean_p_histogram(clean_p, mask) -> np.ndarray:
+    """int64 [CLEAN_P_BINS]: the masked samples per clean_p bin (float32 clean_p against float32 edges)."""
+    inner = CLEAN_P_EDGES[1:-1].astype(np.float32)
+    bins = np.sum(np.asarray(clean_p, np.float32)[:, None] >= inner[None, :], axis=1)
+    return np.bincount(bins[np.asarray(mask, bool)], minlength=CLEAN_P_BINS)
 
 
 def clean_p_diagnostics(clean_p, keep, corrupt) -> dict:
     """The kept samples' clean_p histograms (right and wrong labels apart), the chunk's highest kept clean_p
     (-inf if nothing was kept), how many kept (and kept noisy) samples share it, and twice the Mann-Whitney U
     of clean kept against noisy kept (an integer: ties count 1)."""
-    clean_p = jnp.nan_to_num(jnp.asarray(clean_p, jnp.float32), nan=0.0, posinf=1.0, neginf=0.0)  # as stored
+    clean_p = np.nan_to_num(np.asarray(clean_p, np.float32), nan=0.0, posinf=1.0, neginf=0.0)  # as stored
+    keep, corrupt = np.asarray(keep, bool), np.asarray(corrupt, bool)
     clean_kept, noisy_kept = keep & ~corrupt, keep & corrupt
-    top = jnp.max(jnp.where(keep, clean_p, -jnp.inf))
+    top = np.max(np.where(keep, clean_p, -np.inf)).astype(np.float32)
     tied = keep & (clean_p == top)
     # Per clean kept sample, the noisy kept ones strictly below it and at or below it: lookups in their
-    # sorted clean_p, where the others sort last as +inf (above every finite clean_p).
-    noisy_sorted = jnp.sort(jnp.where(noisy_kept, clean_p, jnp.inf))
-    below = jnp.searchsorted(noisy_sorted, clean_p, side="left")
-    at_or_below = jnp.searchsorted(noisy_sorted, clean_p, side="right")
+    # sorted clean_p.
+    noisy_sorted = np.sort(clean_p[noisy_kept])
+    below = np.searchsorted(noisy_sorted, clean_p, side="left")
+    at_or_below = np.searchsorted(noisy_sorted, clean_p, side="right")
     return {
         "clean_p_hist_clean": clean_p_histogram(clean_p, clean_kept),
         "clean_p_hist_noisy": clean_p_histogram(clean_p, noisy_kept),
         "clean_p_max": top,
-        "kept_at_max": tied.sum(),
-        "kept_noisy_at_max": (tied & corrupt).sum(),
-        "auc_twice_u": jnp.sum(jnp.where(clean_kept, below + at_or_below, 0), dtype=jnp.int32),
+        "kept_at_max": int(tied.sum()),
+        "kept_noisy_at_max": int((tied & corrupt).sum()),
+        "auc_twice_u": int(np.sum(np.where(clean_kept, below + at_or_below, 0))),
     }
 
 
-def _is_member(index, of_index, of_valid):
-    """bool, per entry of `index`: whether it is among the valid entries of `of_index` (a sorted lookup)."""
-    table = jnp.sort(jnp.where(of_valid, of_index, jnp.iinfo(jnp.int32).max))
-    at = jnp.clip(jnp.searchsorted(table, index), 0, table.shape[0] - 1)
-    return table[at] == index
-
-
 def buffer_turnover(before, after) -> dict:
-    """The memory's admissions and evictions over a chunk, for any policy's state, by membership of training
-    indices (the stream never repeats one): admitted = in the memory after the chunk and not before it,
-    evicted = before and not after. Net over the chunk, so that buffer_size and its clean count move by exactly
-    admitted - evicted: a sample that entered and left within the chunk is neither."""
-    admitted = after.valid & ~_is_member(after.index, before.index, before.valid)
-    evicted = before.valid & ~_is_member(before.index, after.index, after.valid)
-    return {"admitted": admitted.sum(), "admitted_noisy": (admitted & after.corrupt).sum(),
-            "evicted": evicted.sum(), "evicted_noisy": (evicted & before.corrupt).sum()}
+    """The memory's admissions and evictions over a chunk, for any policy's state (anything with [size]
+    `index`, `valid` and `corrupt`), by membership of training indices (the stream never repeats one):
+    admitted = in the memory after the chunk and not before it, evicted = before and not after. Net over the
+    chunk, so that buffer_size and its clean count move by exactly admitted - evicted: a sample that entered
+    and left within the chunk is neither."""
+    b_index, b_valid, b_corrupt = (np.asarray(getattr(before, f)) for f in ("index", "valid", "corrupt"))
+    a_index, a_valid, a_corrupt = (np.asarray(getattr(after, f)) for f in ("index", "valid", "corrupt"))
+    admitted = a_valid & ~np.isin(a_index, b_index[b_valid])
+    evicted = b_valid & ~np.isin(b_index, a_index[a_valid])
+    return {"admitted": int(admitted.sum()), "admitted_noisy": int((admitted & a_corrupt).sum()),
+            "evicted": int(evicted.sum()), "evicted_noisy": int((evicted & b_corrupt).sum())}
 
 
 def auc_from_twice_u(twice_u: int, n_clean: int, n_noisy: int):

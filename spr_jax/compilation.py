@@ -17,6 +17,13 @@ asks for the CPU's widest vectors (`wide_vector_options`): 512-bit where the CPU
 took 1.39 s instead of 1.67 s on an AVX-512 Xeon), XLA's default 256 elsewhere (512 measured 20% slower
 on an AVX2-only AMD EPYC). The width is chosen from the CPU's flags as the OS reports them
 (`config.cache.cpu_vector_width = 0`) or set (256 / 512); config.json records the choice (`cpu_choices`).
+
+Quick compilation (`config.cache.cpu_quick_compile`, off by default, on in configs/tiny.py) is for runs of
+seconds, whose time is mostly compiling: XLA's older loop emitters instead of its fusion emitters
+(xla_cpu_use_fusion_emitters off). A tiny online learner's segment program compiles in 0.7 s instead of
+1.2 s; the programs run slower (fashion_mnist_cpu's replay 47 s instead of 42 s), so a run of minutes keeps
+the default. In our checks every accuracy and buffer came out the same (fashion_mnist_cpu seed 1: every
+metric; a tiny comparison of 7 methods: a logged loss differed in its last bits).
 """
 import contextlib
 import functools
@@ -33,6 +40,10 @@ from spr_jax.errors import ConfigError
 # from config.cache.cpu_opt_level for its duration).
 _cpu_opt_level = 1
 
+
+# Whether programs compiled for a CPU ask for quick compilation (see the module's docstring).
+_cpu_quick_compile = False
+QUICK_COMPILE_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 
 # The vector width (bits) XLA is asked to prefer in programs that ask for wide vectors; None: from the CPU.
 _cpu_vector_width = None
@@ -84,13 +95,13 @@ def cpu_vector_width(width):
         _cpu_vector_width = before
 
 
-def cpu_choices(opt_level, width) -> dict:
-    """What spr_jax asks XLA for on this CPU, for config.json: the CPU's vector flags, the LLVM level and the
-    wide-vector programs' width (each as configured, 0 / -1 resolved)."""
+def cpu_choices(opt_level, width, quick=False) -> dict:
+    """What spr_jax asks XLA for on this CPU, for config.json: the CPU's vector flags, the LLVM level, the
+    wide-vector programs' width (each as configured, 0 / -1 resolved) and whether it compiles quickly."""
     flags = cpu_flags()
     return {"vector_flags": [f for f in VECTOR_FLAGS if f in flags],
             "llvm_opt_level": None if opt_level is None or int(opt_level) < 0 else int(opt_level),
-            "wide_vector_width": vector_width(width or 0)}
+            "wide_vector_width": vector_width(width or 0), "quick_compile": bool(quick)}
 
 
 def set_cpu_opt_level(level) -> None:
@@ -115,6 +126,19 @@ def cpu_opt_level(level):
         set_cpu_opt_level(before)
 
 
+@contextlib.contextmanager
+def cpu_compiler(opt_level, width, quick=False):
+    """A run's CPU compiler settings (config.cache: cpu_opt_level, cpu_vector_width, cpu_quick_compile) inside
+    the block, the ones before it afterwards."""
+    global _cpu_quick_compile
+    before, _cpu_quick_compile = _cpu_quick_compile, bool(quick)
+    try:
+        with cpu_opt_level(opt_level), cpu_vector_width(width):
+            yield
+    finally:
+        _cpu_quick_compile = before
+
+
 def compiler_options(backend: str | None = None, cpu_options: dict | None = None) -> dict | None:
     """The compiler options spr_jax's programs get on `backend` (default: JAX's default backend); a program's
     own `cpu_options` come with the level (none when the level is XLA's default: -1 keeps every default)."""
@@ -122,7 +146,8 @@ def compiler_options(backend: str | None = None, cpu_options: dict | None = None
         return None
     if callable(cpu_options):
         cpu_options = cpu_options()
-    return {"xla_backend_optimization_level": _cpu_opt_level, **(cpu_options or {})}
+    quick = QUICK_COMPILE_OPTIONS if _cpu_quick_compile else {}
+    return {"xla_backend_optimization_level": _cpu_opt_level, **quick, **(cpu_options or {})}
 
 
 def tracing() -> bool:

@@ -171,6 +171,10 @@ def base_config() -> ml_collections.ConfigDict:
     # The vector width (bits) XLA prefers in the programs that gain from wide vectors (the evaluation's
     # fine-tuning): 0 = chosen from the CPU's flags (512 with AVX-512, else 256); 256 | 512 set it.
     c.cache.cpu_vector_width = 0
+    # Quick compilation for runs of seconds (configs/tiny.py): XLA's older CPU emitters compile a program in
+    # about 60% of the time and run it slower (spr_jax/compilation.py); accuracies and buffers the same in
+    # our checks, a logged loss can differ in its last bits.
+    c.cache.cpu_quick_compile = False
     return c
 
 

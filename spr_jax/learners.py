@@ -24,6 +24,7 @@ from spr_jax import online_methods
 from spr_jax import replay_phase
 from spr_jax import rng
 from spr_jax import run_checks
+from spr_jax import segment_scan
 
 
 class Learner(Protocol):
@@ -81,9 +82,10 @@ class ReplayLearner(_Common):
         return replay_phase.replicate(state, s.replay.data_parallel) if s.replay.data_parallel > 1 else state
 
     def run_segment(self, state, chunk_indices, clean_p, keep, active):
-        state, m = replay_phase.run_chunks(self.s.model, self.s.replay, state, self.data, chunk_indices, clean_p,
-                                           keep, active)
-        return state, jax.tree.map(np.asarray, m)
+        before = jax.device_get(segment_scan.memory_view(state.buffer))  # (the state is donated)
+        state, out = replay_phase.run_chunks(self.s.model, self.s.replay, state, self.data, chunk_indices, clean_p,
+                                             keep, active)
+        return state, segment_scan.segment_metrics(out, before, active, self.prepared.num_classes)
 
     def check_segment(self, state, metrics, n, start, end, keep):
         run_checks.check_replay(self.names, self.s, state, metrics, n, start, self.prepared.stream, keep, end)
@@ -113,8 +115,9 @@ class OnlineLearner(_Common):
                                  self.s.buffer_size, self.meta, noisy_labels=self.data.noisy)
 
     def run_segment(self, state, chunk_indices, clean_p, keep, active):
-        state, m = online.run_chunks(self.s.online, state, self.data, chunk_indices, clean_p, keep, active)
-        return state, jax.tree.map(np.asarray, m)
+        before = jax.device_get(segment_scan.memory_view(state.buffer))  # (the state is donated)
+        state, out = online.run_chunks(self.s.online, state, self.data, chunk_indices, clean_p, keep, active)
+        return state, segment_scan.segment_metrics(out, before, active, self.prepared.num_classes)
 
     def check_segment(self, state, metrics, n, start, end, keep):
         run_checks.check_online(self.names, state, metrics, n, start, end)  # (its memory takes every sample)

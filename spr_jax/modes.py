@@ -35,8 +35,8 @@ def fill_expert_cache(config, workdir: str, progress: bool = True) -> dict:
     prepared, s, identity, _ = run_setup.setup(config, options)
     os.makedirs(workdir, exist_ok=True)
     folder = expert_phase.cache_dir(options.expert_cache, workdir)
-    with compilation.matmul_precision(s.precision), compilation.cpu_opt_level(options.cpu_opt_level), \
-            compilation.cpu_vector_width(options.cpu_vector_width):
+    with compilation.matmul_precision(s.precision), \
+            compilation.cpu_compiler(options.cpu_opt_level, options.cpu_vector_width, options.cpu_quick_compile):
         out = expert_phase.run(s, identity.expert_chunks, prepared, jnp.asarray(prepared.dataset.train.images),
                                folder, progress)
     info = {"chunks": prepared.stream.num_chunks, "cache_hits": out["cache_hits"], "trained": out["trained"],

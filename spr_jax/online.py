@@ -30,7 +30,7 @@ import numpy as np
 import optax
 
 from spr_jax import buffers, compilation, evaluate, losses, online_methods, rng, simclr
-from spr_jax.segment_scan import TrainData, chunk_key, chunk_metrics, scan_chunks, stack_networks
+from spr_jax.segment_scan import TrainData, chunk_key, chunk_outputs, scan_chunks, stack_networks
 
 
 class OnlineSettings(NamedTuple):
@@ -253,15 +253,13 @@ def chunk_step(s: OnlineSettings, data: TrainData, state: OnlineState, indices, 
     xs = (batches, keys, clean_p[:n * s.stream_batch].reshape(n, -1), keep[:n * s.stream_batch].reshape(n, -1))
     (learner, buffer, fisher, label_logits), (losses_, replayed) = jax.lax.scan(
         step, (state.learner, state.buffer, fisher, state.label_logits), xs)
-    corrupt = data.corrupt[indices]
-    metrics = chunk_metrics(losses_[-1], jnp.any(replayed), clean_p, keep, corrupt, state.buffer, buffer,
-                            s.num_classes)
+    outputs = chunk_outputs(losses_[-1], jnp.any(replayed), clean_p, keep, data.corrupt[indices], buffer)
     ewc = state.ewc
     if s.ewc_lambda > 0:  # the chunk's mean Fisher consolidated, the anchor moved to the chunk's end
         ewc = online_methods.ewc_consolidate(ewc, learner.params, jax.tree.map(lambda f: f / n, fisher),
                                              s.ewc_decay)
     return state.replace(learner=learner, buffer=buffer, chunk=state.chunk + 1, ewc=ewc,
-                         label_logits=label_logits), metrics
+                         label_logits=label_logits), outputs
 
 
 @functools.partial(compilation.jit, static_argnames=("settings",), donate_argnames=("state",))

@@ -25,7 +25,7 @@ from spr_jax import compilation
 from spr_jax import optim
 from spr_jax import rng
 from spr_jax import simclr
-from spr_jax.segment_scan import TrainData, chunk_key, chunk_metrics, scan_chunks  # (shared with online)
+from spr_jax.segment_scan import TrainData, chunk_key, chunk_outputs, scan_chunks  # (shared with online)
 from spr_jax import augment
 
 
@@ -158,8 +158,8 @@ def chunk_step(model, s: ReplaySettings, data: TrainData, state: SPRState, indic
     candidates = buffers.Candidates(index=indices, label=data.noisy[indices], corrupt=corrupt, clean_p=clean_p,
                                     keep=keep)
     buffer = s.policy.offer(state.buffer, chunk_key(state, rng.BUFFER), candidates)
-    metrics = chunk_metrics(loss, mixed, clean_p, keep, corrupt, state.buffer, buffer, s.num_classes)
-    return state.replace(base=base, buffer=buffer, chunk=state.chunk + 1), metrics
+    return state.replace(base=base, buffer=buffer, chunk=state.chunk + 1), chunk_outputs(loss, mixed, clean_p, keep,
+                                                                                          corrupt, buffer)
 
 
 @functools.partial(compilation.jit, static_argnames=("model", "settings", "inline_filter"), donate_argnames=("state",))

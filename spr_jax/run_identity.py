@@ -76,7 +76,8 @@ def run_description(config, identities: dict) -> dict:
                "devices": len(devices), "processes": jax.process_count()}
     if devices[0].platform == "cpu":  # what XLA is asked for on this CPU (results are deterministic per CPU)
         machine["cpu_compiler"] = compilation.cpu_choices(config.cache.cpu_opt_level,
-                                                          config.cache.get("cpu_vector_width", 0))
+                                                          config.cache.get("cpu_vector_width", 0),
+                                                          config.cache.get("cpu_quick_compile", False))
     return {"config": config.to_dict(), "plugins": identities, "versions": versions, "python": platform.python_version(),
             "machine": machine}
 

@@ -54,7 +54,7 @@ def run(config, workdir: str, progress: bool = True, redo: bool = False) -> dict
     compiling (JAX's persistent cache, config.cache.compile_dir, saves most of it on a later run)."""
     options = run_setup.run_options(config)
     compilation.use_persistent_cache(options.compile_dir)
-    with compilation.cpu_opt_level(options.cpu_opt_level), compilation.cpu_vector_width(options.cpu_vector_width), \
+    with compilation.cpu_compiler(options.cpu_opt_level, options.cpu_vector_width, options.cpu_quick_compile), \
             compilation.compile_timer() as compiled:
         started = time.time()
         return _run(run_setup.setup(config, options), started, workdir, progress, redo, compiled)

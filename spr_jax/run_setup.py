@@ -20,6 +20,7 @@ class RunOptions(NamedTuple):
     compile_dir: str  # JAX's persistent compilation cache ("" = off)
     cpu_opt_level: int
     cpu_vector_width: int  # 0: chosen from the CPU (compilation.vector_width)
+    cpu_quick_compile: bool  # XLA's quicker-compiling emitters (for runs of seconds)
     warm_up: bool  # compile the replay and evaluation programs while the experts train
     tensorboard: bool
     summary_plot: bool  # WORKDIR/summary.png
@@ -33,6 +34,7 @@ def run_options(config) -> RunOptions:
                       checkpoint_keep=int(config.checkpoint.keep), expert_cache=config.cache.dir,
                       compile_dir=config.cache.compile_dir, cpu_opt_level=config.cache.cpu_opt_level,
                       cpu_vector_width=int(config.cache.get("cpu_vector_width", 0)),
+                      cpu_quick_compile=bool(config.cache.get("cpu_quick_compile", False)),
                       warm_up=bool(config.cache.warm_up), tensorboard=bool(config.logging.tensorboard),
                       summary_plot=bool(config.logging.get("summary_plot", True)),
                       wandb=config.logging.wandb, wandb_project=config.logging.wandb_project,

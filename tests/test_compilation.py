@@ -96,7 +96,13 @@ def test_wide_vector_programs_get_the_cpus_widest_vectors_unless_set(monkeypatch
         "xla_backend_optimization_level": 1, **(wide if width == 512 else {})}
     assert compilation.cpu_choices(1, 0) == {"vector_flags": [f for f in ("avx", "avx2", "fma", "avx512f")
                                                               if f in flags],
-                                             "llvm_opt_level": 1, "wide_vector_width": width}
+                                             "llvm_opt_level": 1, "wide_vector_width": width,
+                                             "quick_compile": False}
+    # a run's quick compilation (configs/tiny.py) adds XLA's older emitters to every program, for its block only
+    with compilation.cpu_compiler(1, 256, quick=True):
+        compilation.jit(lambda x: x * 5.0)(jnp.ones(4))
+        assert seen[-1] == {"xla_backend_optimization_level": 1, "xla_cpu_use_fusion_emitters": False}
+    assert compilation.compiler_options("cpu") == {"xla_backend_optimization_level": 1}
 
 
 def test_a_vector_width_xla_does_not_take_is_refused_before_anything_runs():
