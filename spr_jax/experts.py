@@ -84,8 +84,12 @@ def expert_phase(train_images, chunks, seed: int, *, model: nn.Module, epochs: i
     devices = tuple(devices) if devices is not None else tuple(jax.local_devices())
     per_round = len(devices) * group_size
     rounds = math.ceil(num_chunks / per_round)
+    # Per-epoch progress from inside the program only where a round trains several experts (it then moves the
+    # bar within a round); with one expert per round (a CPU's default) the bar moves as each round's results
+    # arrive, and the per-epoch host callback would cost ~10% of the expert's time (Intel Xeon, fashion_mnist_cpu:
+    # 1.31 s against 1.19 s per expert). The program's results are the same either way.
     run_round, mesh, round_progress = _round_fn(model, epochs, warmup_epochs, views, temperature, devices,
-                                                post_fn, keep_losses, bool(progress))
+                                                post_fn, keep_losses, bool(progress) and per_round > 1)
     replicated, split = NamedSharding(mesh, P()), NamedSharding(mesh, P(AXIS))
     if not isinstance(train_images, jax.Array):
         train_images = np.asarray(train_images)
