@@ -86,8 +86,10 @@ def expert_phase(train_images, chunks, seed: int, *, model: nn.Module, epochs: i
     rounds = math.ceil(num_chunks / per_round)
     # Per-epoch progress from inside the program only where a round trains several experts (it then moves the
     # bar within a round); with one expert per round (a CPU's default) the bar moves as each round's results
-    # arrive, and the per-epoch host callback would cost ~10% of the expert's time (Intel Xeon, fashion_mnist_cpu:
-    # 1.31 s against 1.19 s per expert). The program's results are the same either way.
+    # arrive. A program with a host callback misses JAX's persistent compilation cache in every new process (its
+    # key holds the callback's address), so it was compiled by every run (fashion_mnist_cpu's first round with a
+    # warm cache: 6.6 s against 3.2 s without the callback), and the callback
+    # costs ~3% of the expert's time (benchmarks/expert_vs_replay.py). The results are the same either way.
     run_round, mesh, round_progress = _round_fn(model, epochs, warmup_epochs, views, temperature, devices,
                                                 post_fn, keep_losses, bool(progress) and per_round > 1)
     replicated, split = NamedSharding(mesh, P()), NamedSharding(mesh, P(AXIS))
