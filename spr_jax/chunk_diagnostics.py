@@ -15,7 +15,7 @@ and of the memory, its admissions and evictions over the chunk, of clean and noi
 Computed on the host, once a segment of chunks is back from the device, from what each chunk's step hands
 back (segment_scan.chunk_outputs: its clean_p, keep and noisy flags and the memory's slots); masks and integer
 counts only, so nothing rounds, and none of it is compiled into the training programs (it was a quarter of
-their XLA compile time). `record_fields` turns them into metrics.jsonl's fields (None where a value is
+a tiny online learner's segment program's XLA compile time). `record_fields` turns them into metrics.jsonl's fields (None where a value is
 undefined: nothing kept, an empty group, noise not known).
 """
 import numpy as np
