@@ -46,3 +46,15 @@ def test_compile_time_benchmark_runs_on_the_tiny_config():
         assert all(v > 0 for v in programs.values())
         assert programs["expert_round"] > programs["expert_round_without_filter"]  # the filter compiles too
     assert res["trace_and_lower_s_median"]["run_chunks"] > 0
+
+
+@pytest.mark.slow
+def test_expert_vs_replay_benchmark_runs_on_the_tiny_config():
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "expert_vs_replay.py"), "--config=tiny",
+                        "--repeats=1", "--chunks=2"], cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["chunk_size"] == 40 and res["epochs"] == 4 and res["cpu"]
+    assert all(res[k] > 0 for k in ("expert_step_ms", "replay_step_ms", "filter_ms"))
+    assert set(res["round_s_per_expert"]) == {"none", "epoch_callback"}
+    assert all(v > 0 for v in res["round_s_per_expert"].values())
