@@ -52,6 +52,13 @@ class _Common:
         return dict(test_images=self.test_images, test_labels=p.dataset.test.labels, episodes=p.episodes,
                     num_classes=p.num_classes, noise_known=p.noisy.known)
 
+    def _segment(self, run_chunks, state, *xs):
+        """run_chunks(state, chunk_indices, clean_p, keep, active) -> (state, chunk outputs), and the segment's
+        metrics counted on the host against the memory the segment started from."""
+        before = jax.device_get(segment_scan.memory_view(state.buffer))  # (the state is donated)
+        state, out = run_chunks(state, *xs)
+        return state, segment_scan.segment_metrics(out, before, xs[-1], self.prepared.num_classes)
+
 
 class ReplayLearner(_Common):
     """SPR's protocol: self-supervised replay of the base on chunks and the purified memory, evaluations
@@ -82,10 +89,8 @@ class ReplayLearner(_Common):
         return replay_phase.replicate(state, s.replay.data_parallel) if s.replay.data_parallel > 1 else state
 
     def run_segment(self, state, chunk_indices, clean_p, keep, active):
-        before = jax.device_get(segment_scan.memory_view(state.buffer))  # (the state is donated)
-        state, out = replay_phase.run_chunks(self.s.model, self.s.replay, state, self.data, chunk_indices, clean_p,
-                                             keep, active)
-        return state, segment_scan.segment_metrics(out, before, active, self.prepared.num_classes)
+        return self._segment(lambda st, *xs: replay_phase.run_chunks(self.s.model, self.s.replay, st, self.data, *xs),
+                             state, chunk_indices, clean_p, keep, active)
 
     def check_segment(self, state, metrics, n, start, end, keep):
         run_checks.check_replay(self.names, self.s, state, metrics, n, start, self.prepared.stream, keep, end)
@@ -115,9 +120,8 @@ class OnlineLearner(_Common):
                                  self.s.buffer_size, self.meta, noisy_labels=self.data.noisy)
 
     def run_segment(self, state, chunk_indices, clean_p, keep, active):
-        before = jax.device_get(segment_scan.memory_view(state.buffer))  # (the state is donated)
-        state, out = online.run_chunks(self.s.online, state, self.data, chunk_indices, clean_p, keep, active)
-        return state, segment_scan.segment_metrics(out, before, active, self.prepared.num_classes)
+        return self._segment(lambda st, *xs: online.run_chunks(self.s.online, st, self.data, *xs),
+                             state, chunk_indices, clean_p, keep, active)
 
     def check_segment(self, state, metrics, n, start, end, keep):
         run_checks.check_online(self.names, state, metrics, n, start, end)  # (its memory takes every sample)
